@@ -1,0 +1,43 @@
+# HiCXR: two commands on a fresh machine.
+#   make dashboard   set up .venv and start the dashboard on the shipped weights (http://localhost:8501)
+#   make test        set up .venv (and Debian chromium for the browser tests) and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup dashboard test test-fast lint bench browser-deps clean
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+dashboard: $(STAMP)
+	$(VENV)/bin/streamlit run dashboard/app.py
+
+# Debian's chromium drives the browser tests (Playwright's own browser download does not work here).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser-deps
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not browser"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) bench/train_step.py
+	$(PY) bench/inference.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""HiCXR core: the ML toolkit (importable without Streamlit)."""

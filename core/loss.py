@@ -1,0 +1,100 @@
+r"""Hierarchical binary cross-entropy (HBCE).
+
+.. math::
+
+    L = \frac{\sum_{b,l} m_{bl}\,\mathrm{BCE}(z_{bl}, y_{bl})}{\max(1, \sum_{b,l} m_{bl})}
+        + \lambda \cdot \frac{1}{B} \sum_b \sum_{(p,c) \in E} P_{pc}\, v(s_{bp}, s_{bc})
+
+with logits :math:`z`, probabilities :math:`s = \sigma(z)`, targets :math:`y`, known-entry mask :math:`m`,
+edge penalties :math:`P_{pc}` (:mod:`core.penalties`) and a violation function :math:`v`:
+
+* ``hard``: :math:`v = \mathbb{1}[s_p < 0.5 \wedge s_c > 0.5]`, the paper's rule. It is a step function of the
+  predictions, so **it has no gradient**: with ``hard`` the gradient is exactly that of the BCE term; the penalty
+  only shifts the loss value (and so anything that monitors it). Kept for fidelity with the official code.
+* ``soft``: :math:`v = \mathrm{relu}(s_c - s_p)`, a differentiable surrogate that is 0 when the child's
+  probability does not exceed its parent's and otherwise pushes the child down and the parent up.
+
+The penalty is summed over edges (as the paper writes it) and averaged over the batch; it does not look at the
+targets, so images with unknown labels still contribute consistency. With :math:`\lambda = 0` the loss is plain
+masked BCE. BCE is taken on logits (``binary_cross_entropy_with_logits``) for numerical stability, unlike the
+official code, which clips probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.taxonomy import Taxonomy
+
+Violation = Literal["hard", "soft"]
+
+
+def masked_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean BCE-with-logits over the known entries (all entries when ``mask`` is None); 0 if none is known."""
+    elementwise = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if mask is None:
+        return elementwise.mean()
+    weight = mask.to(elementwise.dtype)
+    return (elementwise * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def edge_violations(
+    probs: torch.Tensor, parent_index: torch.Tensor, child_index: torch.Tensor, kind: Violation
+) -> torch.Tensor:
+    """Violation ``v(parent, child)`` per image and edge, shape ``(B, E)``; see the module docstring."""
+    parent, child = probs[:, parent_index], probs[:, child_index]
+    if kind == "hard":
+        return ((parent < 0.5) & (child > 0.5)).to(probs.dtype).detach()
+    if kind == "soft":
+        return F.relu(child - parent)
+    raise ValueError(f"unknown violation function {kind!r}; expected 'hard' or 'soft'")
+
+
+class HierarchicalBCELoss(nn.Module):
+    """Masked BCE plus ``lam`` times the penalty-weighted sum of parent/child violations.
+
+    Args:
+        taxonomy: Gives the edges and the output order.
+        penalties: ``P_pc`` per edge, shape ``(E,)`` (see :mod:`core.penalties`).
+        lam: Weight of the hierarchy term; 0 gives plain masked BCE.
+        violation: ``hard`` (paper, gradient-free) or ``soft`` (differentiable).
+    """
+
+    def __init__(
+        self, taxonomy: Taxonomy, penalties: np.ndarray | torch.Tensor, lam: float = 1.0, violation: Violation = "soft"
+    ) -> None:
+        super().__init__()
+        penalties = torch.as_tensor(np.asarray(penalties, dtype=np.float32))
+        if penalties.shape != (len(taxonomy.edges),):
+            raise ValueError(
+                f"expected {len(taxonomy.edges)} penalties (one per edge), got shape {tuple(penalties.shape)}"
+            )
+        if violation not in ("hard", "soft"):
+            raise ValueError(f"unknown violation function {violation!r}; expected 'hard' or 'soft'")
+        self.lam = float(lam)
+        self.violation: Violation = violation
+        self.register_buffer("penalties", penalties)
+        self.register_buffer("parent_index", torch.as_tensor(taxonomy.parent_index))
+        self.register_buffer("child_index", torch.as_tensor(taxonomy.child_index))
+
+    def components(
+        self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The two terms separately: ``{"bce": ..., "penalty": ...}`` (penalty before multiplying by ``lam``)."""
+        bce = masked_bce_with_logits(logits.float(), targets.float(), mask)
+        if self.lam == 0.0:
+            return {"bce": bce, "penalty": bce.new_zeros(())}
+        probs = torch.sigmoid(logits.float())
+        v = edge_violations(probs, self.parent_index, self.child_index, self.violation)
+        penalty = (v * self.penalties).sum(dim=1).mean()
+        return {"bce": bce, "penalty": penalty}
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar loss for a batch of ``logits`` ``(B, L)``, ``targets`` ``(B, L)`` and optional ``mask``."""
+        parts = self.components(logits, targets, mask)
+        return parts["bce"] + self.lam * parts["penalty"]

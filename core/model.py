@@ -1,0 +1,240 @@
+"""DenseNet121 classifier with one output per taxonomy node, saved and loaded as safetensors.
+
+Architecture: ``torchvision`` DenseNet121 ``features`` -> explicit ``ReLU`` -> global average pool -> dropout ->
+linear. torchvision's ``features`` ends at ``norm5`` without the final ReLU (its ``forward`` applies it); making the
+ReLU an explicit step matters because the post-ReLU feature map is where one-pass CAMs are exact (for a
+ReLU -> GAP -> linear head, Grad-CAM of each logit there equals its CAM) and where MC dropout can start.
+
+Input contract (:class:`ModelConfig`): a single-channel grayscale image in [0, 1], resized to
+``input_size`` x ``input_size`` and normalised as ``(x - mean) / std``. Single-channel input uses a 1-channel
+first convolution; when a 3-channel ImageNet checkpoint is given, its first-layer filters are summed over RGB,
+which gives the same response to a gray image replicated on three channels. Any size >= 64 px works (the
+feature map is ``size / 32``).
+
+Files: ``<name>.safetensors`` holds the tensors and, in its header metadata, the JSON :class:`ModelConfig`.
+Loading never unpickles, and refuses a file whose labels, taxonomy hash or tensor shapes do not match.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+from torchvision.models import densenet121
+
+from core.taxonomy import Taxonomy, load_taxonomy
+
+MIN_INPUT_SIZE = 64
+CONFIG_KEY = "hicxr_config"
+
+
+class ModelLoadError(ValueError):
+    """A weights file cannot be loaded: not safetensors, no HiCXR config, or it does not match."""
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model and feed it correctly; stored inside the weights file.
+
+    Attributes:
+        labels: Output names in order.
+        taxonomy_hash: :attr:`core.taxonomy.Taxonomy.hash` of the taxonomy the outputs follow.
+        backbone: Backbone name (only ``densenet121``).
+        in_channels: 1 (grayscale, default) or 3 (gray replicated).
+        input_size: Square side the image is resized to.
+        dropout: Dropout before the linear head (also what MC sampling uses).
+        mean: Normalisation mean applied to [0, 1] pixels.
+        std: Normalisation standard deviation.
+    """
+
+    labels: list[str]
+    taxonomy_hash: str
+    backbone: str = "densenet121"
+    in_channels: int = 1
+    input_size: int = 320
+    dropout: float = 0.5
+    mean: float = 0.5
+    std: float = 0.25
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_taxonomy(cls, taxonomy: Taxonomy | None = None, **kwargs: Any) -> ModelConfig:
+        """A config whose outputs follow ``taxonomy`` (the packaged one by default)."""
+        taxonomy = taxonomy or load_taxonomy()
+        return cls(labels=list(taxonomy.labels), taxonomy_hash=taxonomy.hash, **kwargs)
+
+    def to_json(self) -> str:
+        """JSON form, as stored in the weights file."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        """Inverse of :meth:`to_json`; raises :class:`ModelLoadError` on unknown or missing fields."""
+        try:
+            data = json.loads(text)
+            return cls(**data)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ModelLoadError(f"the model config in the weights file is malformed ({exc})") from exc
+
+
+class HiCXRNet(nn.Module):
+    """DenseNet121 features -> ReLU -> GAP -> dropout -> linear (one logit per taxonomy node).
+
+    Use :meth:`forward_features` for the post-ReLU map ``(B, 1024, H/32, W/32)`` and :meth:`forward_head` for
+    logits from that map, e.g. to run the backbone once and the head many times (MC dropout, CAMs).
+    """
+
+    def __init__(self, config: ModelConfig, pretrained_path: str | Path | None = None) -> None:
+        super().__init__()
+        if config.backbone != "densenet121":
+            raise ValueError(f"unsupported backbone {config.backbone!r}; only 'densenet121'")
+        if config.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {config.in_channels}")
+        self.config = config
+        net = densenet121(weights=None)
+        if pretrained_path is not None:
+            _load_imagenet_features(net, Path(pretrained_path))
+        if config.in_channels == 1:
+            rgb = net.features.conv0
+            gray = nn.Conv2d(1, rgb.out_channels, rgb.kernel_size, rgb.stride, rgb.padding, bias=False)
+            with torch.no_grad():
+                gray.weight.copy_(rgb.weight.sum(dim=1, keepdim=True))
+            net.features.conv0 = gray
+        self.features = net.features
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(net.classifier.in_features, len(config.labels))
+        nn.init.zeros_(self.classifier.bias)
+
+    @property
+    def num_features(self) -> int:
+        """Channels of the feature map (1024)."""
+        return self.classifier.in_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Post-ReLU feature map ``(B, 1024, h, w)`` of a normalised batch ``(B, C, H, W)``."""
+        if x.shape[-1] < MIN_INPUT_SIZE or x.shape[-2] < MIN_INPUT_SIZE:
+            size = tuple(x.shape[-2:])
+            raise ValueError(f"input must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels, got {size}")
+        if x.shape[1] != self.config.in_channels:
+            raise ValueError(f"expected {self.config.in_channels} input channel(s), got {x.shape[1]}")
+        return self.relu(self.features(x))
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits ``(B, L)`` from a feature map (or pooled, dropped-out features if ``pre_logits``)."""
+        pooled = self.dropout(torch.flatten(self.pool(features), 1))
+        return pooled if pre_logits else self.classifier(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, L)``."""
+        return self.forward_head(self.forward_features(x))
+
+
+def build_model(config: ModelConfig, pretrained_path: str | Path | None = None) -> HiCXRNet:
+    """A new model for ``config``; randomly initialised unless a local ImageNet checkpoint is given."""
+    return HiCXRNet(config, pretrained_path)
+
+
+def _load_imagenet_features(net: nn.Module, path: Path) -> None:
+    """Load a local torchvision DenseNet121 ImageNet checkpoint (.safetensors, or .pth read weights-only)."""
+    if not path.exists():
+        raise ModelLoadError(f"{path}: ImageNet checkpoint not found (nothing is downloaded)")
+    if path.suffix == ".safetensors":
+        state = _read_safetensors(path)[0]
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    # Old torchvision files name dense-layer modules "norm.1"; current ones "norm1".
+    old_name = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$")
+    state = {old_name.sub(lambda m: m.group(1) + m.group(2), k): v for k, v in state.items()}
+    features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    missing, unexpected = net.features.load_state_dict(features, strict=False)
+    if missing:
+        raise ModelLoadError(f"{path}: not a DenseNet121 checkpoint ({len(missing)} missing, e.g. {missing[0]})")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return tensors, metadata
+
+
+def save_model(model: HiCXRNet, path: str | Path, half: bool = False) -> Path:
+    """Write ``model`` to ``path`` (``.safetensors``) with its config in the header; fp16 floats if ``half``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if half and v.is_floating_point():
+            v = v.half()
+        state[k] = v.contiguous()
+    save_file(state, str(path), metadata={CONFIG_KEY: model.config.to_json(), "format": "pt"})
+    return path
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The :class:`ModelConfig` stored in a weights file, without reading the tensors."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if CONFIG_KEY not in metadata:
+        raise ModelLoadError(f"{path}: safetensors file without a HiCXR model config (not a HiCXR model)")
+    return ModelConfig.from_json(metadata[CONFIG_KEY])
+
+
+def load_model(path: str | Path, taxonomy: Taxonomy | None = None, device: str | torch.device = "cpu") -> HiCXRNet:
+    """Load a model saved by :func:`save_model`, in eval mode, as float32 on ``device``.
+
+    Raises:
+        ModelLoadError: the file is missing or not safetensors, has no HiCXR config, its labels or taxonomy hash
+            differ from ``taxonomy`` (the packaged one by default), or its tensors do not fit the architecture.
+            The message says exactly what does not match.
+    """
+    path = Path(path)
+    taxonomy = taxonomy or load_taxonomy()
+    config = read_model_config(path)
+    if list(config.labels) != list(taxonomy.labels):
+        missing = [x for x in taxonomy.labels if x not in config.labels]
+        extra = [x for x in config.labels if x not in taxonomy.labels]
+        detail = f"missing {missing}, unexpected {extra}" if missing or extra else "same labels in another order"
+        raise ModelLoadError(f"{path}: output labels do not match taxonomy {taxonomy.name!r}: {detail}")
+    if config.taxonomy_hash != taxonomy.hash:
+        raise ModelLoadError(
+            f"{path}: trained for taxonomy hash {config.taxonomy_hash}, but the loaded taxonomy has {taxonomy.hash} "
+            "(the parent/child edges differ)"
+        )
+    tensors, _ = _read_safetensors(path)
+    model = HiCXRNet(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
+             for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing tensor(s) (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensor(s) (e.g. {unexpected[0]})")
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatch(es) (e.g. {wrong[0]})")
+        raise ModelLoadError(f"{path}: weights do not fit the architecture: {'; '.join(parts)}")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+    return model.to(device).eval()
