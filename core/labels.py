@@ -64,8 +64,12 @@ NIH_TO_CHEXPERT: dict[str, str] = {
 }
 #: NIH findings with no CheXpert counterpart: kept as metadata, they still make an image "not No Finding".
 NIH_ONLY_FINDINGS: tuple[str, ...] = ("Emphysema", "Fibrosis", "Hernia")
-#: CheXpert labels NIH does not annotate: unknown (masked) for every NIH image.
+#: CheXpert labels NIH does not annotate: unknown (masked) for NIH images...
 NIH_UNKNOWN_LABELS: tuple[str, ...] = ("Enlarged Cardiomediastinum", "Fracture", "Support Devices")
+#: ...except that an image NIH reports as "No Finding" is taken to show no pathology at all, as CheXpert's own
+#: "No Finding" means: these two are known 0 there. Support Devices stays unknown (devices are not findings, and
+#: CheXpert's "No Finding" allows them). Without this, Cardiac would be known only when positive.
+NIH_NO_FINDING_NEGATIVES: tuple[str, ...] = ("Enlarged Cardiomediastinum", "Fracture")
 
 CHEXPERT_REQUIRED_COLUMNS: tuple[str, ...] = ("Path",)
 NIH_REQUIRED_COLUMNS: tuple[str, ...] = ("Image Index", "Finding Labels")
@@ -232,7 +236,8 @@ def nih_labels(
     """Read an NIH ChestX-ray14 ``Data_Entry_2017``-style table mapped onto CheXpert labels.
 
     NIH's 14 findings are exhaustive for NIH's own classes, so a mapped label that is not listed is a known 0.
-    Labels NIH never annotates (:data:`NIH_UNKNOWN_LABELS`) are unknown.
+    Labels NIH never annotates (:data:`NIH_UNKNOWN_LABELS`) are unknown, except :data:`NIH_NO_FINDING_NEGATIVES`
+    on "No Finding" images, which are known 0.
 
     Raises:
         LabelError: a required column is missing or a finding is not an NIH class.
@@ -256,6 +261,8 @@ def nih_labels(
             else:
                 raise LabelError(f"{source}: row {i + 2} has unknown NIH finding {finding!r}")
         nih_only.append("|".join(extra))
+        if findings == ["No Finding"]:
+            mask[i, [taxonomy.index(label) for label in NIH_NO_FINDING_NEGATIVES]] = True
     targets, mask = derive_labels(targets, mask, taxonomy, abnormal_rule)
     meta = df.drop(columns=["Finding Labels"]).reset_index(drop=True)
     meta["nih_findings"] = df["Finding Labels"].astype(str).to_numpy()

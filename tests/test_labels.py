@@ -51,7 +51,18 @@ def test_nih_no_finding_row(nih, shared_data):
     name = df.loc[df["Finding Labels"] == "No Finding", "Image Index"].iloc[0]
     r = _row(nih, name)
     assert r["No Finding"] == 1 and r["Abnormal"] == 0 and r["Uncertain"] == 0
-    assert r["Opacity"] == 0 and r["Cardiac"] is None  # Enlarged Cardiomediastinum is never known in NIH
+    # "No Finding" rules out an enlarged mediastinum and a fracture, but says nothing about devices.
+    assert r["Enlarged Cardiomediastinum"] == 0 and r["Fracture"] == 0 and r["Support Devices"] is None
+    assert r["Opacity"] == 0 and r["Cardiac"] == 0 and r["Other"] is None
+
+
+def test_nih_cardiac_has_both_classes_in_training(nih):
+    train = nih.metadata["split"].to_numpy() == "train"
+    j = nih.labels.index("Cardiac")
+    known = nih.targets[train & nih.mask[:, j], j]
+    assert set(known.tolist()) == {0.0, 1.0}
+    ecm = nih.labels.index("Enlarged Cardiomediastinum")
+    assert not nih.mask[~(nih.targets[:, nih.labels.index("No Finding")] == 1), ecm].any()
 
 
 def test_nih_only_finding_is_abnormal_and_uncertain_unknown(nih, shared_data):
