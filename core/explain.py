@@ -1,0 +1,185 @@
+"""Visual explanations: heat-map overlays, contact sheets, and pytorch-grad-cam methods for one label.
+
+The everyday maps come from :mod:`core.inference` (one-pass CAMs for every label, equal to Grad-CAM at the
+post-ReLU layer up to scale). This module renders them, and runs the other pytorch-grad-cam methods on demand.
+Those need gradients and forward hooks, so they run on a private ``copy.deepcopy`` of the model: the shared,
+eval-mode model that serves other threads is never hooked or modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Literal
+
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+from core.analysis import Analysis
+
+
+def _grad_cam_methods() -> dict[str, type]:
+    from pytorch_grad_cam import (
+        EigenCAM,
+        EigenGradCAM,
+        GradCAM,
+        GradCAMElementWise,
+        GradCAMPlusPlus,
+        HiResCAM,
+        LayerCAM,
+        XGradCAM,
+    )
+
+    return {
+        "gradcam": GradCAM,
+        "gradcam++": GradCAMPlusPlus,
+        "hirescam": HiResCAM,
+        "xgradcam": XGradCAM,
+        "layercam": LayerCAM,
+        "gradcam-elementwise": GradCAMElementWise,
+        "eigencam": EigenCAM,
+        "eigengradcam": EigenGradCAM,
+    }
+
+
+# Gradient-based and eigen methods only: ScoreCAM/AblationCAM need one forward pass per channel (1,024 here),
+# minutes per image on a CPU.
+CAM_METHODS: tuple[str, ...] = (
+    "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "gradcam-elementwise", "eigencam", "eigengradcam",
+)
+COLORMAPS: tuple[str, ...] = ("jet", "turbo", "inferno", "magma", "viridis", "hot")
+
+
+def upsample(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (half-pixel centres) of a ``(h, w)`` map to ``shape``; float32, clipped to [0, 1]."""
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.ndim != 2:
+        raise ValueError(f"expected a 2-D map, got shape {cam.shape}")
+    if cam.shape == tuple(shape):
+        return np.clip(cam, 0.0, 1.0)
+    t = torch.from_numpy(np.ascontiguousarray(cam))[None, None]
+    return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].clamp_(0, 1).numpy()
+
+
+def overlay(
+    image: np.ndarray,
+    cam: np.ndarray,
+    colormap: str = "jet",
+    opacity: float = 0.4,
+    threshold: float = 0.0,
+) -> np.ndarray:
+    """Blend a heat map over a grayscale image.
+
+    Args:
+        image: ``(H, W)`` grayscale in [0, 1].
+        cam: ``(h, w)`` map in [0, 1] (any resolution; upsampled bilinearly to ``(H, W)``).
+        colormap: A matplotlib colormap name (e.g. one of :data:`COLORMAPS`).
+        opacity: Weight of the heat map where it is shown, in [0, 1].
+        threshold: Map values below it are left transparent (the plain image shows through).
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise ValueError(f"image must be a 2-D grayscale array, got shape {image.shape}")
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    try:
+        cmap = matplotlib.colormaps[colormap]
+    except KeyError:
+        raise ValueError(f"unknown colormap {colormap!r}; try one of {', '.join(COLORMAPS)}") from None
+    heat = upsample(cam, image.shape)
+    colour = cmap(heat)[..., :3].astype(np.float32)
+    gray = np.repeat(np.clip(image, 0.0, 1.0)[..., None], 3, axis=2)
+    alpha = np.where(heat >= threshold, np.float32(opacity), np.float32(0.0))[..., None]
+    return np.rint((1.0 - alpha) * gray * 255.0 + alpha * colour * 255.0).astype(np.uint8)
+
+
+def contact_sheet(
+    analysis: Analysis,
+    labels: Sequence[str] | None = None,
+    tile: int = 192,
+    columns: int = 7,
+    colormap: str = "jet",
+    opacity: float = 0.4,
+) -> np.ndarray:
+    """One RGB image with a captioned overlay tile per label (``label  p=MC mean``), in taxonomy order.
+
+    Returns:
+        ``(rows * (tile + caption), columns * tile, 3)`` uint8.
+    """
+    labels = list(labels) if labels is not None else list(analysis.labels)
+    base = np.asarray(Image.fromarray(np.rint(np.clip(analysis.image, 0, 1) * 255).astype(np.uint8)).resize(
+        (tile, tile), Image.BILINEAR), dtype=np.float32) / 255.0
+    caption = 16
+    rows = -(-len(labels) // columns)
+    sheet = Image.new("RGB", (columns * tile, rows * (tile + caption)), "black")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for n, label in enumerate(labels):
+        i = analysis.index(label)
+        r, c = divmod(n, columns)
+        x, y = c * tile, r * (tile + caption)
+        sheet.paste(Image.fromarray(overlay(base, analysis.cams[i], colormap, opacity)), (x, y + caption))
+        draw.text((x + 2, y + 2), f"{label[:22]} {analysis.mc_mean[i]:.2f}", fill="white", font=font)
+    return np.asarray(sheet)
+
+
+def cam_with_method(
+    model: nn.Module,
+    input_tensor: torch.Tensor,
+    label_index: int | Sequence[int],
+    method: str = "gradcam",
+    output: Literal["feature", "input"] = "feature",
+) -> np.ndarray:
+    """A pytorch-grad-cam map for one or several labels of one image, on a private copy of ``model``.
+
+    The target layer is the model's explicit post-ReLU step (``model.relu``, the last feature map) and the target
+    is the label's logit (``ClassifierOutputTarget``). The shared model is neither hooked nor modified.
+
+    Args:
+        model: A :class:`~core.model.HiCXRNet` (anything with ``.relu`` after its last feature map).
+        input_tensor: ``(1, C, S, S)`` normalised input (see ``Predictor.model_input``).
+        label_index: Output index, or a sequence of them (one map each).
+        method: One of :data:`CAM_METHODS`.
+        output: ``"feature"`` for maps at the feature-map resolution (like ``Analysis.cams``), ``"input"`` for
+            pytorch-grad-cam's own upsampling to the input size.
+
+    Returns:
+        ``(h, w)`` float32 in [0, 1] for one label, ``(n, h, w)`` for a sequence; each map min-max scaled by
+        pytorch-grad-cam.
+    """
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    methods = _grad_cam_methods()
+    if method not in methods:
+        raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
+    if output not in ("feature", "input"):
+        raise ValueError(f"output must be 'feature' or 'input', got {output!r}")
+    if input_tensor.ndim != 4 or input_tensor.shape[0] != 1:
+        raise ValueError(f"expected one image (1, C, S, S), got shape {tuple(input_tensor.shape)}")
+    single = isinstance(label_index, (int, np.integer))
+    indices = [int(label_index)] if single else [int(i) for i in label_index]
+    cls = methods[method]
+    if output == "feature":
+        # pytorch-grad-cam resizes to the input size; returning None skips the resize (its scale_cam_image allows it).
+        cls = type(f"Feature{cls.__name__}", (cls,), {"get_target_width_height": lambda self, x: None})
+
+    private = copy.deepcopy(model).float().eval()
+    for p in private.parameters():
+        p.requires_grad_(True)
+    with torch.inference_mode(False), torch.enable_grad():
+        x = input_tensor.detach().clone().float().to(next(private.parameters()).device)
+        cam = cls(model=private, target_layers=[private.relu])
+        try:
+            # One label per call: a batch of copies of the image is slower on CPU (memory-bound backward).
+            maps = [cam(input_tensor=x, targets=[ClassifierOutputTarget(i)])[0] for i in indices]
+        finally:
+            cam.activations_and_grads.release()
+    maps = np.clip(np.stack(maps).astype(np.float32), 0.0, 1.0)
+    return maps[0] if single else maps
