@@ -30,6 +30,14 @@ def test_shapes_and_post_relu_features(model, shape):
     torch.testing.assert_close(model.forward_head(feats), logits)
 
 
+def test_output_stride_16_doubles_the_map():
+    m = build_model(ModelConfig.for_taxonomy(output_stride=16)).eval()
+    with torch.no_grad():
+        assert m.forward_features(torch.randn(1, 1, 64, 96)).shape == (1, 1024, 4, 6)
+    with pytest.raises(ValueError, match="output_stride"):
+        build_model(ModelConfig.for_taxonomy(output_stride=8))
+
+
 def test_input_contract_is_enforced(model):
     with pytest.raises(ValueError, match="at least 64x64"):
         model(torch.randn(1, 1, 32, 32))

@@ -1,0 +1,185 @@
+"""Evaluate exported variants on a labelled image set: per-label table, summaries, ROC/reliability plots, JSON.
+
+Usage::
+
+    python -m core.evaluate --weights weights/hbce_soft [weights/bce ...] \\
+        --csv ../shared/data/nih/labels.csv --images ../shared/data/nih/images [--split test] [--out DIR]
+
+``--weights`` takes the variant prefix (``weights/NAME`` for ``weights/NAME.safetensors`` + ``weights/NAME.json``);
+the card's temperatures are used when the card says ``calibration.applied``. Inference is batched, without
+augmentation or Monte-Carlo dropout, at each model's own input size. With several variants the per-label AUROC
+table has one column per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from core.config import DataConfig, resolve_path
+from core.data import DataError, XrayDataset, split_assignments
+from core.export import apply_temperature, plot_calibration, plot_roc, write_model_card
+from core.labels import LabelError, read_label_csv
+from core.metrics import evaluate_predictions
+from core.model import HiCXRNet, ModelLoadError, load_model
+from core.taxonomy import Taxonomy, load_taxonomy
+from core.trainer import DistInfo, predict_logits
+
+
+@torch.no_grad()
+def predict_dataset(model: HiCXRNet, dataset: XrayDataset, batch_size: int = 64, amp: bool = True) -> np.ndarray:
+    """Logits ``(N, L)`` of ``model`` for every row of ``dataset`` in row order (eval mode, no augmentation)."""
+    device = next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    logits, idx = predict_logits(model, loader, DistInfo(device=device), amp)
+    order = np.argsort(idx)
+    return logits[order]
+
+
+def variant_paths(prefix: str | Path) -> tuple[Path, Path]:
+    """``weights/NAME`` (or ``weights/NAME.safetensors``) -> (weights file, model card file)."""
+    prefix = Path(prefix)
+    if prefix.suffix in (".safetensors", ".json"):
+        prefix = prefix.with_suffix("")
+    return Path(f"{prefix}.safetensors"), Path(f"{prefix}.json")
+
+
+def load_variant(prefix: str | Path, taxonomy: Taxonomy,
+                 device: str | torch.device = "cpu") -> tuple[HiCXRNet, list[float] | None, dict]:
+    """The model, its applied temperatures (or None) and its card (``{}`` when there is no card)."""
+    weights, card_path = variant_paths(prefix)
+    model = load_model(weights, taxonomy, device=device)
+    card: dict = {}
+    if card_path.is_file():
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"{card_path}: model card is not valid JSON ({exc})") from exc
+    calibration = card.get("calibration") or {}
+    temperature = calibration.get("temperature") if calibration.get("applied") else None
+    if temperature is not None and len(temperature) != len(model.config.labels):
+        raise ModelLoadError(f"{card_path}: {len(temperature)} temperatures for {len(model.config.labels)} outputs")
+    return model, temperature, card
+
+
+def format_table(results: dict[str, dict], labels: Sequence[str]) -> str:
+    """Plain-text table: per-label AUROC [CI] (one column per variant), then AP/ECE/positives and summaries."""
+    names = list(results)
+    single = len(names) == 1
+    width = max(len(x) for x in labels) + 2
+    lines = []
+    if single:
+        r = results[names[0]]
+        lines.append(f"{'label':<{width}}{'AUROC':>7} {'95% CI':>15} {'AP':>6} {'ECE':>6} {'pos':>5} {'known':>6}")
+        for label in labels:
+            p = r["per_label"][label]
+            ci = p["auroc_ci"]
+            lines.append(
+                f"{label:<{width}}{_f(p['auroc']):>7} {(f'{ci[0]:.2f}-{ci[1]:.2f}' if ci else ''):>15} "
+                f"{_f(p['average_precision']):>6} {_f(p['ece']):>6} {p['positives']:>5} {p['known']:>6}"
+            )
+    else:
+        col = max(12, *(len(n) + 1 for n in names))
+        lines.append(f"{'label (AUROC)':<{width}}" + "".join(f"{n:>{col}}" for n in names) + f"{'pos':>6}")
+        for label in labels:
+            pos = results[names[0]]["per_label"][label]["positives"]
+            lines.append(f"{label:<{width}}" + "".join(f"{_f(results[n]['per_label'][label]['auroc']):>{col}}"
+                                                     for n in names) + f"{pos:>6}")
+    lines.append("")
+    summary = [("macro AUROC", "macro_auroc"), ("macro AUROC (14 CheXpert)", "macro_auroc_chexpert"),
+               ("weighted AUROC", "weighted_auroc"), ("macro AP", "macro_ap"), ("ECE (pooled)", "ece"),
+               ("violation rate", "violation_rate")]
+    col = max(12, *(len(n) + 1 for n in names))
+    lines.append(f"{'summary':<{width}}" + "".join(f"{n:>{col}}" for n in names))
+    for title, key in summary:
+        lines.append(f"{title:<{width}}" + "".join(f"{_f(results[n][key]):>{col}}" for n in names))
+    ci_row = [results[n].get("macro_auroc_ci") for n in names]
+    if any(ci_row):
+        lines.append(f"{'macro AUROC 95% CI':<{width}}" + "".join(
+            f"{(f'{c[0]:.3f}-{c[1]:.3f}' if c else ''):>{col}}" for c in ci_row))
+    return "\n".join(lines)
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def evaluate_variants(
+    prefixes: Sequence[str | Path], csv: str | Path, images: str | Path, split: str = "test",
+    out: str | Path | None = None, n_boot: int = 1000, batch_size: int = 64, taxonomy: Taxonomy | None = None,
+    data: DataConfig | None = None,
+) -> dict[str, dict]:
+    """Evaluate each variant on ``split`` of ``csv`` and (if ``out``) write plots and ``metrics.json``.
+
+    Raises:
+        LabelError, DataError, ModelLoadError: with a message naming the file, column or variant.
+    """
+    taxonomy = taxonomy or load_taxonomy()
+    data = data or DataConfig(csv=str(csv), images=str(images))
+    csv, images = resolve_path(csv), resolve_path(images)
+    labels = read_label_csv(csv, taxonomy=taxonomy)
+    if split != "all":
+        assignment = split_assignments(labels, data, str(csv))
+        labels = labels.subset(assignment == split)
+        if len(labels) == 0:
+            raise DataError(f"{csv}: no rows in split {split!r}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out_dir = Path(out) if out else None
+    results: dict[str, dict] = {}
+    curves: dict[str, np.ndarray] = {}
+    datasets: dict[int, XrayDataset] = {}
+    for prefix in prefixes:
+        name = variant_paths(prefix)[0].stem
+        model, temperature, _ = load_variant(prefix, taxonomy, device)
+        size = model.config.input_size
+        if size not in datasets:  # variants at the same input size share one decoded dataset
+            datasets[size] = XrayDataset(labels, images, size, cache=True, progress=sys.stderr.isatty())
+        ds = datasets[size]
+        probs = apply_temperature(predict_dataset(model, ds, batch_size), temperature)
+        y, m = ds.labels.targets, ds.labels.mask
+        results[name] = evaluate_predictions(y, probs, taxonomy, m, groups=ds.groups, n_boot=n_boot)
+        results[name]["temperature_applied"] = temperature is not None
+        curves[name] = probs
+        if out_dir is not None:
+            plot_roc(y, probs, m, taxonomy.labels, out_dir / f"roc_{name}.png", title=f"{name}: ROC ({split})")
+    if out_dir is not None:
+        any_ds = next(iter(datasets.values()))
+        plot_calibration(any_ds.labels.targets, curves, any_ds.labels.mask, out_dir / "calibration.png",
+                         title=f"Reliability ({split}, all known labels pooled)")
+        write_model_card({"split": split, "csv": str(csv), "results": results}, out_dir / "metrics.json")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", nargs="+", required=True, help="variant prefixes, e.g. weights/hbce_soft")
+    parser.add_argument("--csv", required=True, help="label table (NIH or CheXpert format)")
+    parser.add_argument("--images", required=True, help="image folder the table's paths are relative to")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    parser.add_argument("--out", default=None, help="folder for plots and metrics.json")
+    parser.add_argument("--n-boot", type=int, default=1000, help="patient-level bootstrap resamples for CIs")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    try:
+        results = evaluate_variants(args.weights, args.csv, args.images, args.split, args.out, args.n_boot,
+                                    args.batch_size)
+    except (LabelError, DataError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(results, list(load_taxonomy().labels)))
+    if args.out:
+        print(f"\nwrote {Path(args.out) / 'metrics.json'} and plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

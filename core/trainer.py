@@ -1,0 +1,622 @@
+"""The training loop: HBCE loss, AdamW/Adam, warmup+cosine or plateau schedule, early stopping, checkpoints, DDP.
+
+One call, :func:`train`, runs a whole experiment described by a :class:`core.config.Config`:
+
+* data from :mod:`core.data` (train split augmented, val/test not), penalties from the TRAIN labels;
+* loss :class:`core.loss.HierarchicalBCELoss` -- ``penalty: none`` (lam 0: plain masked BCE), ``fixed``,
+  ``data_driven``, with ``violation: hard`` (paper) or ``soft`` (differentiable);
+* early stopping on the validation macro AUROC over the labels with at least ``train.min_val_positives`` known
+  positives (and one known negative) in val -- on small validation sets the others' AUROCs are noise;
+* files in ``<out_dir>/<name>/``: ``config.yaml`` (resolved), ``metrics.csv`` (one row per epoch),
+  ``checkpoints/{best,last}.safetensors`` (model, via :func:`core.model.save_model`),
+  ``checkpoints/last_optim.safetensors`` (optimizer tensors and RNG states) and ``checkpoints/last_state.json``
+  (epoch, best metric, patience counter, scheduler state). No pickle anywhere, so ``--resume`` reads only
+  safetensors and JSON.
+* DDP when launched by ``torchrun`` (``WORLD_SIZE`` > 1): gloo on CPU, nccl on CUDA, a ``DistributedSampler``,
+  identical seeds on every rank, validation predictions gathered from all ranks (sampler padding removed), and
+  only rank 0 writes files or logs.
+
+AMP (bfloat16 autocast, or float16 with a gradient scaler where bfloat16 is unsupported) is used on CUDA only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from core.config import Config
+from core.data import XrayDataset, build_datasets
+from core.labels import LabelSet
+from core.loss import HierarchicalBCELoss
+from core.metrics import per_label_auroc
+from core.model import HiCXRNet, ModelConfig, build_model, load_model, save_model
+from core.penalties import EdgePenalty, data_driven_penalties, fixed_penalties, penalty_table
+from core.preprocess import normalize
+from core.taxonomy import Taxonomy, load_taxonomy
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_bce", "train_penalty", "val_loss", "val_macro_auroc", "lr", "seconds")
+
+
+class TrainError(RuntimeError):
+    """Training cannot start or continue (e.g. ``--resume`` without a checkpoint, no usable validation label)."""
+
+
+# ------------------------------------------------------------------------------------------ distributed
+
+
+@dataclass
+class DistInfo:
+    """Process-group facts of this process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files and logs."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """True under torchrun with more than one process."""
+        return self.world_size > 1
+
+
+def pick_device(choice: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA (this process's local rank) when available, else CPU."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TrainError("train.device is 'cuda' but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def setup_distributed(device_choice: str) -> DistInfo:
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (read at call time), else single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(device=pick_device(device_choice))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_choice, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def _broadcast_buffers(model: nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's BatchNorm running statistics to every rank (each rank updated its own during the epoch)."""
+    if not info.distributed:
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)
+
+
+def _all_reduce_mean(values: list[float], info: DistInfo) -> list[float]:
+    if not info.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return (t / info.world_size).tolist()
+
+
+def _gather_rows(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate equally sized per-rank tensors (DistributedSampler pads every rank to the same length)."""
+    if not info.distributed:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(info.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+# ------------------------------------------------------------------------------------------- components
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) and numpy; the same on every rank."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def build_penalties(config: Config, train_labels: LabelSet, taxonomy: Taxonomy) -> tuple[np.ndarray, float]:
+    """Edge penalties and lambda for ``config.loss`` (data-driven ones from the TRAIN labels)."""
+    loss = config.loss
+    if loss.penalty == "none":
+        return fixed_penalties(taxonomy, 0.0), 0.0
+    if loss.penalty == "fixed":
+        return fixed_penalties(taxonomy, loss.fixed_value), loss.lam
+    return data_driven_penalties(train_labels.targets, train_labels.mask, taxonomy, alpha=loss.alpha), loss.lam
+
+
+def build_loss(config: Config, train_labels: LabelSet, taxonomy: Taxonomy) -> tuple[HierarchicalBCELoss, list]:
+    """The loss module and its penalty table (for the model card)."""
+    penalties, lam = build_penalties(config, train_labels, taxonomy)
+    loss = HierarchicalBCELoss(taxonomy, penalties, lam=lam, violation=config.loss.violation)
+    table = penalty_table(penalties, taxonomy, train_labels.targets, train_labels.mask)
+    return loss, table
+
+
+def model_config_for(config: Config, taxonomy: Taxonomy) -> ModelConfig:
+    """The :class:`ModelConfig` stored with the weights."""
+    m = config.model
+    return ModelConfig.for_taxonomy(
+        taxonomy, input_size=m.input_size, in_channels=m.in_channels, dropout=m.dropout, mean=m.mean, std=m.std,
+        output_stride=m.output_stride,
+        extra={"run": config.name, "loss": config.loss.penalty, "violation": config.loss.violation},
+    )
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay) or Adam; no decay on biases and norm weights."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    o = config.optim
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(groups, lr=o.lr)
+
+
+def cosine_lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Per-step LambdaLR for ``cosine``/``constant``, per-epoch ReduceLROnPlateau (on val AUROC) for ``plateau``."""
+    o = config.optim
+    if o.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=o.plateau_factor, patience=o.plateau_patience, min_lr=o.min_lr)
+    if o.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    total = max(1, config.train.epochs * steps_per_epoch)
+    warmup = int(round(o.warmup_epochs * steps_per_epoch))
+    ratio = min(1.0, o.min_lr / o.lr)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_lr_factor(step, total, warmup, ratio))
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors (for safetensors) and plain data (for JSON)."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entries in state["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if not key.startswith("state."):
+            continue
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = value
+    for pid, entries in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(entries)
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _json_safe(value: Any) -> Any:
+    """Scheduler state as JSON (floats, ints, strings and lists only; functions dropped)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items() if not callable(v)}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if torch.is_tensor(value):
+        return value.tolist()
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return None
+
+
+@dataclass
+class LoopState:
+    """What ``last_state.json`` holds besides the tensors."""
+
+    epoch: int = 0
+    best_metric: float = -math.inf
+    best_epoch: int = 0
+    epochs_since_best: int = 0
+    global_step: int = 0
+    seconds: float = 0.0
+    seed: int = 0
+
+
+def save_checkpoint(run_dir: Path, model: HiCXRNet, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    state: LoopState, best: bool) -> None:
+    """Write ``last`` (model, optimizer + RNG tensors, JSON state) and, if ``best``, ``best.safetensors``."""
+    ckpt = run_dir / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    save_model(model, ckpt / "last.safetensors")
+    tensors, meta = _optimizer_to_files(optimizer)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    save_file(tensors, str(ckpt / "last_optim.safetensors"))
+    payload = {"loop": state.__dict__, "optimizer": meta, "scheduler": _json_safe(scheduler.state_dict())}
+    tmp = ckpt / "last_state.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    tmp.replace(ckpt / "last_state.json")  # atomic: a crash mid-write never leaves a half state file
+    if best:
+        save_model(model, ckpt / "best.safetensors")
+
+
+def load_checkpoint(run_dir: Path, model: HiCXRNet, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    taxonomy: Taxonomy) -> LoopState:
+    """Restore the ``last`` checkpoint into ``model``, ``optimizer``, ``scheduler`` and the RNG; return the state."""
+    ckpt = run_dir / "checkpoints"
+    needed = [ckpt / "last.safetensors", ckpt / "last_optim.safetensors", ckpt / "last_state.json"]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise TrainError(f"cannot resume: missing {', '.join(missing)} (was this run started?)")
+    saved = load_model(ckpt / "last.safetensors", taxonomy)
+    if saved.config.input_size != model.config.input_size or saved.config.in_channels != model.config.in_channels:
+        raise TrainError(f"cannot resume: {ckpt / 'last.safetensors'} was trained with another input size/channels")
+    model.load_state_dict(saved.state_dict())
+    payload = json.loads((ckpt / "last_state.json").read_text(encoding="utf-8"))
+    tensors = load_file(str(ckpt / "last_optim.safetensors"))
+    optimizer.load_state_dict(_optimizer_from_files(tensors, payload["optimizer"]))
+    sched_state = payload.get("scheduler") or {}
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        sched_state["lr_lambdas"] = [None] * len(optimizer.param_groups)
+    scheduler.load_state_dict(sched_state)
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return LoopState(**payload["loop"])
+
+
+# ----------------------------------------------------------------------------------------------- epochs
+
+
+def _progress(iterable: Iterable, enabled: bool, **kwargs: Any) -> Iterable:
+    """tqdm bar when ``enabled`` and stderr is a terminal; otherwise the bare iterable (epoch log lines instead)."""
+    if enabled and sys.stderr.isatty():
+        return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
+    return iterable
+
+
+def autocast_context(device: torch.device, enabled: bool):
+    """bfloat16 autocast on CUDA (float16 where bf16 is unsupported); a no-op context on CPU."""
+    if device.type != "cuda" or not enabled:
+        return torch.autocast(device_type="cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def train_one_epoch(
+    model: nn.Module, loader: DataLoader, loss_fn: HierarchicalBCELoss, optimizer: torch.optim.Optimizer,
+    scheduler: Any, config: Config, info: DistInfo, scaler: torch.amp.GradScaler | None, state: LoopState,
+    show: bool,
+) -> dict[str, float]:
+    """One pass over the training loader; returns mean loss, BCE and penalty (averaged over ranks)."""
+    model.train()
+    mcfg = _unwrap(model).config
+    sums = np.zeros(3)
+    n = 0
+    per_step = not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    # Without a terminal (nohup, CI logs) there is no bar: log a plain line about every fifth of the epoch instead.
+    log_every = max(1, len(loader) // 5) if show and not sys.stderr.isatty() else 0
+    t0 = time.perf_counter()
+    for step, (x, y, m, _) in enumerate(_progress(loader, show, desc=f"epoch {state.epoch}", unit="batch"), 1):
+        x = normalize(x.to(info.device, non_blocking=True), mcfg)
+        y, m = y.to(info.device, non_blocking=True), m.to(info.device, non_blocking=True)
+        with autocast_context(info.device, config.train.amp):
+            logits = model(x)
+        parts = loss_fn.components(logits.float(), y, m)
+        loss = parts["bce"] + loss_fn.lam * parts["penalty"]
+        if not torch.isfinite(loss):
+            raise TrainError(f"loss became {loss.item()} at step {state.global_step}; lower optim.lr")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if config.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if per_step:
+            scheduler.step()
+        state.global_step += 1
+        b = x.shape[0]
+        sums += b * np.array([loss.item(), parts["bce"].item(), parts["penalty"].item()])
+        n += b
+        if log_every and step % log_every == 0 and step < len(loader):
+            log.info("epoch %d: batch %d/%d  loss %.4f  %.1f s/batch", state.epoch, step, len(loader),
+                     sums[0] / n, (time.perf_counter() - t0) / step)
+    means = (sums / max(n, 1)).tolist()
+    loss_mean, bce_mean, pen_mean = _all_reduce_mean(means, info)
+    return {"train_loss": loss_mean, "train_bce": bce_mean, "train_penalty": pen_mean}
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DataLoader, info: DistInfo, amp: bool = True,
+                   show: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``(N, L)`` and dataset row indices ``(N,)`` for ``loader`` (eval mode, no augmentation).
+
+    Under DDP every rank predicts its shard; the shards are gathered and the sampler's padding (repeated rows)
+    removed, so each rank returns every row exactly once, in row order.
+    """
+    model.eval()
+    mcfg = _unwrap(model).config
+    logits, indices = [], []
+    for x, _, _, idx in _progress(loader, show, desc="predict", unit="batch"):
+        x = normalize(x.to(info.device, non_blocking=True), mcfg)
+        with autocast_context(info.device, amp):
+            logits.append(model(x).float())
+        indices.append(idx.to(info.device))
+    z = torch.cat(logits) if logits else torch.empty(0, len(mcfg.labels), device=info.device)
+    i = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long, device=info.device)
+    z, i = _gather_rows(z, info), _gather_rows(i, info)
+    i_np = i.cpu().numpy()
+    _, first = np.unique(i_np, return_index=True)
+    return z.cpu().numpy()[first], i_np[first]
+
+
+def selected_val_labels(labels: LabelSet, min_positives: int) -> list[int]:
+    """Labels whose validation AUROC is worth monitoring: >= ``min_positives`` known positives and a negative."""
+    known = labels.mask
+    pos = ((labels.targets == 1) & known).sum(axis=0)
+    neg = ((labels.targets == 0) & known).sum(axis=0)
+    return [j for j in range(labels.targets.shape[1]) if pos[j] >= min_positives and neg[j] >= 1]
+
+
+def validation_metrics(logits: np.ndarray, labels: LabelSet, loss_fn: HierarchicalBCELoss,
+                       selected: list[int]) -> dict[str, float]:
+    """Validation loss (same loss as training) and macro AUROC over the ``selected`` labels."""
+    device = loss_fn.penalties.device
+    z = torch.from_numpy(logits).to(device)
+    y = torch.from_numpy(labels.targets).to(device)
+    m = torch.from_numpy(labels.mask).to(device)
+    with torch.no_grad():
+        val_loss = float(loss_fn(z, y, m))
+    probs = 1.0 / (1.0 + np.exp(-logits))
+    aurocs = per_label_auroc(labels.targets[:, selected], probs[:, selected], labels.mask[:, selected])
+    defined = [a for a in aurocs if a is not None]
+    return {"val_loss": val_loss, "val_macro_auroc": float(np.mean(defined)) if defined else float("nan")}
+
+
+def _unwrap(model: nn.Module) -> HiCXRNet:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def make_loader(dataset: XrayDataset, config: Config, info: DistInfo, train: bool) -> DataLoader:
+    """DataLoader (with a DistributedSampler under DDP); shuffled and drop_last for training."""
+    sampler = None
+    if info.distributed:
+        sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=train,
+                                     seed=config.train.seed, drop_last=False)
+    generator = torch.Generator().manual_seed(config.train.seed + 7919 * info.rank)
+    workers = config.data.num_workers
+    # drop_last only when the training set has more than one batch: a tiny run must still take a step.
+    bs = config.train.batch_size if train else config.train.eval_batch_size
+    per_rank = math.ceil(len(dataset) / info.world_size)
+    return DataLoader(
+        dataset, batch_size=bs, shuffle=train and sampler is None, sampler=sampler, num_workers=workers,
+        pin_memory=info.device.type == "cuda", drop_last=train and per_rank > bs, generator=generator,
+        persistent_workers=workers > 0,
+    )
+
+
+# -------------------------------------------------------------------------------------------------- run
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (on every rank)."""
+
+    config: Config
+    run_dir: Path
+    model: HiCXRNet
+    best_path: Path
+    state: LoopState
+    penalty_table: list[EdgePenalty]
+    datasets: dict[str, XrayDataset]
+    val_labels_monitored: list[str]
+    history: list[dict[str, float]]
+    info: DistInfo
+    last_model: HiCXRNet
+
+
+def _append_metrics(path: Path, row: dict[str, float]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row[k] for k in METRIC_COLUMNS})
+
+
+def _tensorboard(run_dir: Path, enabled: bool):
+    """A SummaryWriter when TensorBoard is installed (it is optional and not in requirements), else None."""
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def _epochs(start: int, stop: int, show: bool) -> Iterator[int]:
+    yield from _progress(range(start, stop + 1), show, desc="epochs", unit="epoch", initial=start - 1,
+                         total=stop)
+
+
+def train(config: Config, resume: bool = False, taxonomy: Taxonomy | None = None,
+          datasets: dict[str, XrayDataset] | None = None) -> TrainResult:
+    """Run (or resume) the experiment described by ``config``; see the module docstring.
+
+    Args:
+        config: The resolved configuration.
+        resume: Continue from ``<run_dir>/checkpoints/last*`` (epoch numbering continues).
+        taxonomy: Output taxonomy (the packaged one by default).
+        datasets: Pre-built ``{"train", "val", "test"}`` datasets (tests, benchmarks); built from the config
+            otherwise.
+
+    Returns:
+        :class:`TrainResult` with the best model loaded (float32, eval mode).
+    """
+    taxonomy = taxonomy or load_taxonomy()
+    info = setup_distributed(config.train.device)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    seed_everything(config.train.seed)
+    run_dir = config.run_dir()
+    show = info.is_main
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and (run_dir / "metrics.csv").exists():
+            # A fresh run must not append to an old run's history.
+            (run_dir / "metrics.csv").unlink()
+        config.save(run_dir / "config.yaml")
+    datasets = datasets or build_datasets(config, taxonomy, progress=info.is_main and sys.stderr.isatty())
+    train_ds, val_ds = datasets["train"], datasets["val"]
+    selected = selected_val_labels(val_ds.labels, config.train.min_val_positives)
+    if not selected:
+        raise TrainError(
+            f"no label has >= {config.train.min_val_positives} known positives in the validation split "
+            f"({len(val_ds)} images); lower train.min_val_positives or use a larger validation split"
+        )
+    monitored = [taxonomy.labels[j] for j in selected]
+    loss_fn, table = build_loss(config, train_ds.labels, taxonomy)
+    loss_fn = loss_fn.to(info.device)
+
+    seed_everything(config.train.seed)  # identical initial weights on every rank and every (re)start
+    model = build_model(model_config_for(config, taxonomy), config.model.pretrained).to(info.device)
+    train_loader = make_loader(train_ds, config, info, train=True)
+    val_loader = make_loader(val_ds, config, info, train=False)
+    optimizer = build_optimizer(config, model)
+    scheduler = build_scheduler(config, optimizer, len(train_loader))
+    state = LoopState(seed=config.train.seed)
+    if resume:
+        state = load_checkpoint(run_dir, model, optimizer, scheduler, taxonomy)
+        log.info("resumed %s at epoch %d (best val macro AUROC %.4f at epoch %d)",
+                 run_dir, state.epoch, state.best_metric, state.best_epoch)
+    else:
+        torch.manual_seed(config.train.seed + 7919 * info.rank)  # augmentation streams differ per rank
+    use_scaler = (info.device.type == "cuda" and config.train.amp and not torch.cuda.is_bf16_supported())
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    ddp_model: nn.Module = model
+    if info.distributed:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+
+    if info.is_main:
+        log.info("run %s: %d train / %d val images, %s, monitoring val AUROC of %d labels: %s", config.name,
+                 len(train_ds), len(val_ds), info.device, len(monitored), ", ".join(monitored))
+    writer = _tensorboard(run_dir, info.is_main)
+    history: list[dict[str, float]] = []
+    stopped = state.epochs_since_best >= config.train.patience
+    for epoch in _epochs(state.epoch + 1, config.train.epochs, show and not stopped):
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        state.epoch = epoch
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        elif train_loader.generator is not None:
+            # Shuffle order depends on (seed, epoch) only, so a resumed run sees the same batches as an unbroken one.
+            train_loader.generator.manual_seed(config.train.seed * 100_003 + epoch)
+        row: dict[str, float] = {"epoch": epoch}
+        row.update(train_one_epoch(ddp_model, train_loader, loss_fn, optimizer, scheduler, config, info, scaler,
+                                   state, show))
+        _broadcast_buffers(model, info)
+        logits, idx = predict_logits(ddp_model, val_loader, info, config.train.amp)
+        row.update(validation_metrics(logits, val_ds.labels.subset(idx), loss_fn, selected))
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(row["val_macro_auroc"])
+        row["lr"] = optimizer.param_groups[0]["lr"]
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        state.seconds += row["seconds"]
+        metric = row["val_macro_auroc"]
+        improved = not math.isnan(metric) and metric > state.best_metric
+        if improved:
+            state.best_metric, state.best_epoch, state.epochs_since_best = metric, epoch, 0
+        else:
+            state.epochs_since_best += 1
+        history.append(row)
+        if info.is_main:
+            _append_metrics(run_dir / "metrics.csv", row)
+            save_checkpoint(run_dir, model, optimizer, scheduler, state, best=improved)
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "epoch":
+                        writer.add_scalar(key, value, epoch)
+            log.info("epoch %d/%d  loss %.4f (bce %.4f, penalty %.4f)  val loss %.4f  val macro AUROC %.4f%s  "
+                     "lr %.2e  %.0fs", epoch, config.train.epochs, row["train_loss"], row["train_bce"],
+                     row["train_penalty"], row["val_loss"], metric, " *" if improved else "", row["lr"],
+                     row["seconds"])
+        if info.distributed:
+            dist.barrier()
+        if config.train.stop_after_epochs and len(history) >= config.train.stop_after_epochs:
+            if info.is_main:
+                log.info("stopping after %d epoch(s) as asked (train.stop_after_epochs); continue with --resume",
+                         len(history))
+            break
+        if state.epochs_since_best >= config.train.patience:
+            if info.is_main:
+                log.info("early stop: no val AUROC gain for %d epochs (best %.4f at epoch %d)",
+                         config.train.patience, state.best_metric, state.best_epoch)
+            stopped = True
+            break
+    if writer is not None:
+        writer.close()
+    best_path = run_dir / "checkpoints" / "best.safetensors"
+    if info.distributed:
+        dist.barrier()
+    if not best_path.exists():
+        raise TrainError(f"{best_path}: no best checkpoint (no epoch ran, or val AUROC was never defined)")
+    best = load_model(best_path, taxonomy, device=info.device)
+    model.eval()
+    return TrainResult(config, run_dir, best, best_path, state, table, datasets, monitored, history, info, model)
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group (call once at the end of a torchrun worker)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

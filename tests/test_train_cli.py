@@ -1,0 +1,137 @@
+"""train.py end to end (train -> val early stopping -> test metrics -> model card) and core.config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from core.config import REPO_ROOT, ConfigError, config_from_dict, load_config, resolve_path
+from core.model import load_model
+
+CARD_KEYS = {"variant", "created", "model", "taxonomy", "preprocessing", "loss", "penalty_table", "calibration",
+             "training", "data", "metrics", "reproduce", "intended_use", "limitations"}
+
+
+@pytest.fixture(scope="module")
+def tiny_csv(shared_data: Path, tmp_path_factory) -> Path:
+    df = pd.read_csv(shared_data / "nih" / "labels.csv")
+    train = df[df.split == "train"]
+    rows = pd.concat([train[train.stored_size == "64x64"].head(12), train[train.stored_size != "64x64"].head(12),
+                      df[df.split == "val"].head(16), df[df.split == "test"].head(20)])
+    path = tmp_path_factory.mktemp("tiny") / "labels.csv"
+    rows.to_csv(path, index=False)
+    return path
+
+
+def run_train(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env_threads = {"OMP_NUM_THREADS": "1"}
+    import os
+
+    return subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd="/", env={**os.environ, **env_threads})
+
+
+@pytest.mark.slow
+def test_train_and_export_writes_a_complete_model_card(tiny_csv, shared_data, tmp_path, taxonomy):
+    prefix = tmp_path / "weights" / "tiny_soft"
+    proc = run_train(
+        "--config", "configs/nih_hbce_soft.yaml",  # relative to the repo root although the CWD is /
+        "--set", f"data.csv={tiny_csv}", "--set", "model.input_size=64", "--set", "train.batch_size=8",
+        "--set", "train.min_val_positives=2", "--set", f"train.out_dir={tmp_path / 'runs'}",
+        "--set", "eval.n_boot=20", "--epochs", "2", "--name", "cli", "--export", str(prefix),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "cli"
+    assert (run / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["loss"]["violation"] == "soft" and resolved["model"]["input_size"] == 64
+    card = json.loads(Path(f"{prefix}.json").read_text())
+    assert CARD_KEYS <= set(card) and card["variant"] == "tiny_soft"
+    assert card["taxonomy"]["hash"] == taxonomy.hash and card["model"]["labels"] == list(taxonomy.labels)
+    assert card["preprocessing"]["input_size"] == 64 and card["loss"]["penalty_source"] == "data_driven"
+    assert len(card["penalty_table"]) == len(taxonomy.edges)
+    assert card["data"]["train_images"] == 24 and card["data"]["val_images"] == 16
+    assert card["data"]["test_images"] == 20
+    assert "NIH Clinical Center" in card["data"]["attribution"]
+    assert card["data"]["sources"][0]["url"] == "https://nihcc.app.box.com/v/ChestXray-NIHCC"
+    test = card["metrics"]["test"]
+    assert test["n_images"] == 20 and test["macro_auroc"] is not None
+    assert any(v["auroc_ci"] is not None for v in test["per_label"].values())
+    cal = card["calibration"]
+    assert len(cal["temperature"]) == 21 and cal["fitted_on"] == "val"
+    assert cal["applied"] == (cal["test_ece_calibrated"] < cal["test_ece_uncalibrated"])
+    assert test["ece"] == pytest.approx(cal["test_ece_calibrated" if cal["applied"] else "test_ece_uncalibrated"])
+    assert card["training"]["epochs_run"] == 2 and 1 <= card["training"]["best_epoch"] <= 2
+    assert "--export" in card["reproduce"] and "nih_hbce_soft.yaml" in card["reproduce"]
+    assert "not a medical device" in card["intended_use"]
+    for plot in card["plots"].values():
+        path = prefix.parent / plot
+        assert path.is_file() and path.stat().st_size < 200_000
+    model = load_model(f"{prefix}.safetensors", taxonomy)
+    assert model.config.input_size == 64 and next(model.parameters()).dtype.is_floating_point
+
+
+def test_cli_config_errors_are_named(tmp_path):
+    proc = run_train("--config", "configs/nih_bce.yaml", "--set", "loss.bogus=1", timeout=60)
+    assert proc.returncode == 2 and "loss.bogus" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_train("--config", str(tmp_path / "nope.yaml"), timeout=60)
+    assert proc.returncode == 2 and "nope.yaml" in proc.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"base: {REPO_ROOT / 'configs' / 'nih_base.yaml'}\ndata:\n  csv: {tmp_path / 'missing.csv'}\n")
+    proc = run_train("--config", str(bad), timeout=60)
+    assert proc.returncode == 2 and "missing.csv" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["nih_bce", "nih_hbce_fixed", "nih_hbce_data", "nih_hbce_soft",
+                                  "chexpert_hbce_soft"])
+def test_shipped_configs_load_and_differ_only_in_the_loss(name):
+    cfg = load_config(REPO_ROOT / "configs" / f"{name}.yaml")
+    assert cfg.name == name and cfg.model.input_size >= 64
+    if name.startswith("nih"):
+        assert resolve_path(cfg.data.csv) == (REPO_ROOT.parent / "shared/data/nih/labels.csv").resolve()
+        base = load_config(REPO_ROOT / "configs" / "nih_bce.yaml").to_dict()
+        mine = cfg.to_dict()
+        assert {k for k in mine if mine[k] != base[k]} <= {"name", "loss"}
+    expected = {"nih_bce": ("none", 0.0), "nih_hbce_fixed": ("fixed", 1.0), "nih_hbce_data": ("data_driven", 1.0),
+                "nih_hbce_soft": ("data_driven", 1.0), "chexpert_hbce_soft": ("data_driven", 1.0)}[name]
+    assert (cfg.loss.penalty, cfg.loss.lam) == expected
+
+
+def test_overrides_are_typed_and_unknown_keys_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  csv: x.csv\noptim:\n  lr: 3e-4\n")
+    cfg = load_config(path, ["optim.lr=1e-3", "train.amp=false", "data.augment.scale=[0.8, 1.2]",
+                             "model.pretrained=null", "train.threads=2"])
+    assert cfg.optim.lr == 1e-3 and cfg.train.amp is False and cfg.data.augment.scale == [0.8, 1.2]
+    assert cfg.model.pretrained is None and cfg.train.threads == 2 and cfg.name == "c"
+    assert load_config(path).optim.lr == 3e-4  # YAML's "3e-4" string is read as the number it is
+    with pytest.raises(ConfigError, match="'optim.lrr'"):
+        load_config(path, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="train.batch_size must be int"):
+        load_config(path, ["train.batch_size=big"])
+    with pytest.raises(ConfigError, match="loss.violation.*hard, soft"):
+        load_config(path, ["loss.violation=medium"])
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(path, ["optim.lr"])
+    with pytest.raises(ConfigError, match="data.csv is not set"):
+        config_from_dict({})
+
+
+def test_base_inheritance_and_saved_config_round_trip(tmp_path):
+    (tmp_path / "base.yaml").write_text("data:\n  csv: a.csv\n  augment:\n    rotation: 5\ntrain:\n  epochs: 3\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ndata:\n  augment:\n    gamma: 0.0\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.data.augment.rotation == 5.0 and cfg.data.augment.gamma == 0.0 and cfg.train.epochs == 3
+    assert cfg.data.augment.contrast == 0.1  # untouched defaults survive a partial section
+    assert resolve_path(cfg.data.csv) == REPO_ROOT / "a.csv"  # relative paths: repo root, not the CWD
+    saved = cfg.save(tmp_path / "out" / "config.yaml")
+    assert load_config(saved).to_dict() == cfg.to_dict()
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(tmp_path / "loop.yaml")

@@ -1,0 +1,82 @@
+"""Train a HiCXR variant from a YAML config (thin CLI over :mod:`core.trainer`).
+
+Examples::
+
+    python train.py --config configs/nih_hbce_soft.yaml --export weights/hbce_soft
+    python train.py --config configs/nih_bce.yaml --set optim.lr=1e-4 --set train.batch_size=16
+    python train.py --config configs/nih_bce.yaml --resume           # continue runs/nih_bce/ from its last epoch
+    torchrun --nproc_per_node=2 train.py --config configs/nih_hbce_soft.yaml   # DDP (gloo on CPU, nccl on GPU)
+
+Writes ``runs/<name>/`` (``config.yaml``, ``metrics.csv``, ``checkpoints/``); with ``--export weights/VARIANT``
+also ``weights/VARIANT.safetensors`` (fp16), ``weights/VARIANT.json`` (model card with test metrics) and the
+ROC and calibration plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from core.config import ConfigError, load_config, resolve_path
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line arguments."""
+    parser = argparse.ArgumentParser(description="Train a HiCXR variant from a YAML config.")
+    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/nih_hbce_soft.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoints/last")
+    parser.add_argument("--export", metavar="weights/VARIANT", help="export the best model and its model card")
+    parser.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
+    parser.add_argument("--name", help="shorthand for --set name=NAME (the run folder)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run training (and export); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    overrides = list(args.overrides)
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    if args.name:
+        overrides.append(f"name={args.name}")
+    config_path = Path(args.config)
+    if not config_path.exists():  # also accept a path relative to the repository root
+        config_path = resolve_path(args.config)
+    try:
+        config = load_config(config_path, overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Heavy imports (torch) only once the config is known to be valid: config mistakes are answered at once.
+    from core.data import DataError
+    from core.imaging import ImageError
+    from core.labels import LabelError
+    from core.model import ModelLoadError
+    from core.trainer import TrainError, cleanup_distributed, train
+
+    try:
+        result = train(config, resume=args.resume)
+        if args.export and result.info.is_main:
+            from core.export import export_variant
+
+            card = export_variant(result, resolve_path(args.export), argv)
+            test = card["metrics"]["test"]
+            print(f"exported {args.export}: test macro AUROC {test['macro_auroc']}, "
+                  f"weighted AUROC {test['weighted_auroc']}, ECE {test['ece']}")
+    except (LabelError, DataError, ImageError, ModelLoadError, TrainError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
