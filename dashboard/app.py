@@ -1,22 +1,108 @@
-"""HiCXR dashboard entry point (placeholder until the dashboard issue lands): lists the shipped weights."""
+"""HiCXR clinician dashboard: ``streamlit run dashboard/app.py [-- --weights-dir DIR]``.
+
+The weights folder comes from ``--weights-dir`` (after ``--``), else ``$HICXR_WEIGHTS_DIR``, else ``weights/`` in
+the repository. The page renders :class:`core.analysis.Analysis` records produced by :mod:`core.inference`; it has
+no ML logic of its own.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
-import streamlit as st
-
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
+if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the path
     sys.path.insert(0, str(ROOT))
 
-st.set_page_config(page_title="HiCXR", layout="wide")
-st.title("HiCXR: hierarchical chest X-ray findings")
-st.caption("Research use only, not a medical device.")
-weights = sorted((ROOT / "weights").glob("*.safetensors"))
-if weights:
-    st.write("Model variants found in `weights/`:")
-    st.table({"variant": [w.stem for w in weights], "size (MB)": [round(w.stat().st_size / 1e6, 1) for w in weights]})
-else:
-    st.info("No trained weights are shipped yet: `weights/` holds no `.safetensors` file.")
+import streamlit as st  # noqa: E402
+
+from dashboard.components.model_card import DISCLAIMER  # noqa: E402
+from dashboard.pipeline import GENERIC_ERROR, sha256  # noqa: E402
+from dashboard.ui.analysis_tab import render_analysis  # noqa: E402
+from dashboard.ui.card_tab import render_card  # noqa: E402
+from dashboard.ui.compare_tab import render_compare  # noqa: E402
+from dashboard.ui.export_tab import render_export  # noqa: E402
+from dashboard.ui.sidebar import render_sidebar  # noqa: E402
+from dashboard.ui.state import (  # noqa: E402
+    Context,
+    current_weights_dir,
+    get_predictor,
+    get_scan,
+    get_taxonomy,
+    session_cache,
+)
+
+logger = logging.getLogger("hicxr.dashboard")
+
+TABS = ("Analysis", "Compare variants", "Model card", "Export")
+FOOTER = (
+    "HiCXR is a research prototype. " + DISCLAIMER + " Sample images and training data: NIH ChestX-ray14, "
+    "courtesy of the NIH Clinical Center (https://nihcc.app.box.com/v/ChestXray-NIHCC; Wang X. et al., "
+    "ChestX-ray8, CVPR 2017). DICOM sample: torchxrayvision test data (Apache-2.0). "
+    "See dashboard/samples/ATTRIBUTION.md."
+)
+
+
+def _footer() -> None:
+    st.divider()
+    st.caption(FOOTER)
+
+
+def main() -> None:
+    """Render one run of the page."""
+    st.set_page_config(page_title="HiCXR", page_icon=":material/radiology:", layout="wide")
+    st.title("HiCXR · hierarchical chest X-ray findings")
+    st.warning(f"**{DISCLAIMER}** Every output is a model estimate with its uncertainty, to be read by a clinician.",
+               icon=":material/info:")
+
+    weights_dir = current_weights_dir()
+    scan = get_scan(str(weights_dir))
+    if not scan.variants:
+        st.error(
+            f"No trained model is available in `{weights_dir}`, so no image can be analysed. Put a "
+            "`<variant>.safetensors` file with its `<variant>.json` model card there (see the README), or start "
+            "the dashboard with `streamlit run dashboard/app.py -- --weights-dir DIR`."
+        )
+        for problem in scan.problems:
+            st.caption(f"Skipped: {problem}")
+        _footer()
+        return
+
+    choice = render_sidebar(scan)
+    if choice.data is None:
+        st.info("Upload a chest radiograph in the sidebar, or pick one of the bundled samples.")
+        _footer()
+        return
+
+    digest = sha256(choice.data)
+    cache = session_cache()
+    predictor = get_predictor(str(weights_dir))
+    with st.spinner("Analysing the image…"):
+        outcome = cache.analyses(predictor, choice.data, digest, [choice.variant], choice.mc_samples)
+    if not outcome.ok or outcome.image is None:
+        st.error(outcome.error or GENERIC_ERROR, icon=":material/error:")
+        _footer()
+        return
+
+    ctx = Context(
+        weights_dir=weights_dir, scan=scan, predictor=predictor, cache=cache, data=choice.data, digest=digest,
+        variant=choice.variant, mc_samples=choice.mc_samples, analysis=outcome.analyses[choice.variant],
+        image=outcome.image, taxonomy=get_taxonomy(),
+    )
+    renderers = (render_analysis, render_compare, render_card, render_export)
+    # Lazy tabs: only the open tab runs, so the comparison's extra analyses happen only when it is opened.
+    for tab, render in zip(st.tabs(TABS, key="tab", on_change="rerun"), renderers, strict=True):
+        if tab.open is False:
+            continue
+        with tab:
+            try:
+                render(ctx)
+            except Exception:  # noqa: BLE001 - one broken panel must not take the page down with a traceback
+                logger.exception("error while rendering the %s tab", render.__name__)
+                st.error(GENERIC_ERROR, icon=":material/error:")
+    _footer()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Grad-CAM views: the overlay of one label's map on the radiograph, and the labels worth a gallery tile.
+
+The maps themselves come with the ``Analysis`` (computed by the inference engine); this module only blends them
+with :func:`core.explain.overlay` on a display-sized copy of the image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.analysis import Analysis
+from core.explain import COLORMAPS, overlay
+from dashboard.components.image_view import downsample
+
+__all__ = ["COLORMAPS", "cam_overlay", "gallery_labels"]
+
+# Overlays are blended at display size: a gallery of 21 full-resolution DICOM overlays would take seconds.
+OVERLAY_MAX_SIDE = 768
+
+
+def cam_overlay(
+    analysis: Analysis,
+    label: str,
+    *,
+    colormap: str = "jet",
+    opacity: float = 0.4,
+    threshold: float = 0.0,
+    base: np.ndarray | None = None,
+    max_side: int = OVERLAY_MAX_SIDE,
+) -> np.ndarray:
+    """RGB uint8 overlay of ``label``'s class activation map on the image.
+
+    Args:
+        analysis: Supplies the CAM and (unless ``base`` is given) the decoded image.
+        label: Which output's map to draw; ``KeyError`` names it if unknown.
+        colormap: A matplotlib colormap name (see :data:`COLORMAPS`).
+        opacity: Blend weight of the heat map, 0 (image only) to 1.
+        threshold: CAM values below it are left transparent.
+        base: The displayed image (e.g. re-windowed) to draw on, instead of the analysed one.
+        max_side: Longest side of the output.
+    """
+    if label not in analysis.labels:
+        raise KeyError(f"unknown label {label!r}")
+    image = downsample(np.asarray(base if base is not None else analysis.image, dtype=np.float32), max_side)
+    return overlay(image, analysis.cams[analysis.index(label)], colormap=colormap, opacity=opacity, threshold=threshold)
+
+
+def gallery_labels(analysis: Analysis, min_probability: float, limit: int | None = None) -> list[str]:
+    """Labels whose MC mean is at least ``min_probability``, most probable first (at most ``limit``)."""
+    order = np.argsort(-np.asarray(analysis.mc_mean, dtype=float), kind="stable")
+    chosen = [analysis.labels[i] for i in order if float(analysis.mc_mean[i]) >= min_probability]
+    return chosen[:limit] if limit is not None else chosen

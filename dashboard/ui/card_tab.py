@@ -1,0 +1,97 @@
+"""The Model card tab: what each variant was trained on, how well it did, and what it must not be used for."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard.components.model_card import (
+    DISCLAIMER,
+    auroc_figure,
+    auroc_frame,
+    calibration_frame,
+    data_sources,
+    penalty_frame,
+    plot_paths,
+    summary_table,
+)
+from dashboard.ui.state import Context
+
+
+def render_card(ctx: Context) -> None:
+    """Draw the model card of a variant (the sidebar's by default)."""
+    names = ctx.scan.names()
+    name = st.selectbox("Variant", names, index=names.index(ctx.variant), key="card_variant")
+    variant = ctx.get_variant(name)
+    card = variant.card
+    labels = variant.labels
+
+    st.warning(DISCLAIMER)
+    left, right = st.columns([1.0, 1.2], gap="medium")
+    with left:
+        st.subheader("Summary")
+        st.table(summary_table(card).set_index("field"))
+        st.subheader("Intended use")
+        st.write(card.get("intended_use") or "Not stated in the model card.")
+        st.subheader("Limitations")
+        st.write(card.get("limitations") or "Not stated in the model card.")
+    with right:
+        frame = auroc_frame(card, labels, "test")
+        if frame["auroc"].notna().any():
+            st.plotly_chart(auroc_figure(frame), key="card_auroc", config={"displaylogo": False})
+        else:
+            st.info("This model card reports no per-label test AUROC.")
+        with st.expander("Per-label test metrics (table)"):
+            st.dataframe(frame, hide_index=True, width="stretch", key="card_auroc_table",
+                         column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                        for c in ("auroc", "ci_low", "ci_high", "average_precision", "ece")})
+
+    plots = plot_paths(card, ctx.weights_dir)
+    if plots:
+        st.subheader("ROC and calibration")
+        columns = st.columns(len(plots))
+        for column, (title, path) in zip(columns, plots.items(), strict=True):
+            column.image(str(path), caption=title, width="stretch")
+
+    st.subheader("Training data and attribution")
+    data = card.get("data") or {}
+    st.write(
+        f"Images: {data.get('train_images', '?')} train, {data.get('val_images', '?')} validation, "
+        f"{data.get('test_images', '?')} test (split by patient)."
+    )
+    for source in data_sources(card):
+        line = f"**{source['name']}**"
+        if source["url"]:
+            line += f" — {source['url']}"
+        if source["licence"]:
+            line += f" — licence: {source['licence']}"
+        if source["citation"]:
+            line += f" — cite: {source['citation']}"
+        st.markdown(line)
+    if data.get("attribution"):
+        st.caption(str(data["attribution"]))
+
+    penalties = penalty_frame(card)
+    calibration = calibration_frame(card, labels)
+    left, right = st.columns(2, gap="medium")
+    with left:
+        st.subheader("Hierarchy penalties")
+        loss = card.get("loss") or {}
+        st.caption(f"Penalty source: {loss.get('penalty_source', 'not reported')}, λ = {loss.get('lambda', '?')}.")
+        if penalties.empty:
+            st.info("No edge penalties (flat BCE, or none reported).")
+        else:
+            st.dataframe(penalties, hide_index=True, width="stretch", key="card_penalties")
+    with right:
+        st.subheader("Calibration")
+        if calibration is None:
+            st.info("No temperature scaling reported: probabilities are the raw sigmoid outputs.")
+        else:
+            applied = bool((card.get("calibration") or {}).get("applied"))
+            st.caption(
+                f"Per-label temperature fitted on {card['calibration'].get('fitted_on', '?')}; "
+                + ("applied to every probability shown." if applied else "not applied.")
+            )
+            st.dataframe(calibration, hide_index=True, width="stretch", key="card_calibration")
+    if card.get("reproduce"):
+        st.subheader("Reproduce")
+        st.code(str(card["reproduce"]), language="bash")

@@ -1,0 +1,82 @@
+"""The Compare variants tab: the same image through 2–4 variants, where they disagree, and their Grad-CAMs."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard.components.cam import cam_overlay
+from dashboard.components.compare import comparison_frame, grouped_bar_figure, violations_frame
+from dashboard.components.tree import taxonomy_figure
+from dashboard.ui.state import SELECTED_LABEL, Context
+
+MAX_COMPARED = 4
+
+
+def render_compare(ctx: Context) -> None:
+    """Draw the comparison of the chosen variants on the current image."""
+    names = ctx.scan.names()
+    if len(names) < 2:
+        st.info("Only one model variant is available in the weights folder; a comparison needs at least two.")
+        return
+    default = [ctx.variant] + [n for n in names if n != ctx.variant]
+    chosen = st.multiselect(
+        "Variants to compare", names, default=default[:MAX_COMPARED], max_selections=MAX_COMPARED,
+        key="compare_variants", help="Pick two to four variants; the image is analysed once per variant.",
+    )
+    if len(chosen) < 2:
+        st.info("Pick at least two variants to compare.")
+        return
+    with st.spinner(f"Analysing with {len(chosen)} variants…"):
+        outcome = ctx.cache.analyses(ctx.predictor, ctx.data, ctx.digest, chosen, ctx.mc_samples)
+    if not outcome.ok:
+        st.error(outcome.error)
+        return
+    analyses = outcome.analyses
+    frame = comparison_frame(analyses)
+
+    st.subheader("Probabilities by variant")
+    st.plotly_chart(grouped_bar_figure(analyses, labels=frame["label"].tolist()), key="compare_bars",
+                    config={"displaylogo": False})
+    st.caption("Bars: MC mean; whiskers: ± one standard deviation. Labels sorted by disagreement, largest first.")
+
+    left, right = st.columns([1.2, 1.0], gap="medium")
+    with left:
+        st.markdown("**Where the variants disagree most** (max − min of the MC means)")
+        st.dataframe(frame.head(8), hide_index=True, width="stretch", key="compare_table",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                    for c in frame.columns if c != "label"})
+    with right:
+        st.markdown(f"**Taxonomy violations** (threshold {next(iter(analyses.values())).threshold:.2f})")
+        violations = violations_frame(analyses)
+        if violations.empty:
+            st.success("None of these variants puts a child above the threshold while its parent is below it.")
+        else:
+            st.dataframe(violations, hide_index=True, width="stretch", key="compare_violations",
+                         column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                        for c in ("parent P", "child P")})
+
+    st.subheader("Grad-CAM side by side")
+    labels = list(ctx.analysis.labels)
+    top = frame["label"].iloc[0]
+    current = st.session_state.get(SELECTED_LABEL, top)
+    label = st.selectbox("Label", labels, index=labels.index(current if current in labels else top),
+                         key="compare_label")
+    columns = st.columns(len(chosen))
+    for column, name in zip(columns, chosen, strict=True):
+        analysis = analyses[name]
+        i = analysis.index(label)
+        with column:
+            st.image(cam_overlay(analysis, label, opacity=0.45, threshold=0.2, max_side=384), width=400,
+                     caption=f"{name} · {label} · {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f}")
+
+    if st.toggle("Show the taxonomy trees side by side", key="compare_trees"):
+        per_row = 2
+        for start in range(0, len(chosen), per_row):
+            row = st.columns(per_row)
+            for column, name in zip(row, chosen[start:start + per_row], strict=False):
+                with column:
+                    st.plotly_chart(
+                        taxonomy_figure(analyses[name], ctx.taxonomy, auroc=ctx.test_auroc(name), selected=label,
+                                        height=480, title=name),
+                        key=f"compare_tree_{name}", config={"displaylogo": False, "displayModeBar": False},
+                    )

@@ -1,0 +1,38 @@
+"""The Export tab: the current analysis as JSON, CSV and a one-page PDF report."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import streamlit as st
+
+from dashboard.report import analysis_csv, analysis_json, pdf_report
+from dashboard.ui.state import Context
+
+
+def render_export(ctx: Context) -> None:
+    """Offer the downloads for the current analysis (the PDF is built only when asked for)."""
+    analysis = ctx.analysis
+    variant = ctx.get_variant(ctx.variant)
+    stem = f"hicxr_{analysis.model_id}_{analysis.image_sha256[:10]}"
+    st.write(
+        "The exports hold the model's outputs, the image's technical metadata and a hash of the file: no file "
+        "name and no patient data."
+    )
+    summary = {"variant": variant.name, "test_macro_auroc": variant.test_macro_auroc, "loss": variant.loss}
+    row = st.container(horizontal=True, gap="medium")
+    row.download_button(
+        "Download JSON", analysis_json(analysis, summary), file_name=f"{stem}.json", mime="application/json",
+        key="download_json", on_click="ignore", icon=":material/data_object:",
+    )
+    row.download_button(
+        "Download CSV", analysis_csv(analysis), file_name=f"{stem}.csv", mime="text/csv", key="download_csv",
+        on_click="ignore", icon=":material/table:",
+    )
+    row.download_button(
+        "Download PDF report", partial(pdf_report, analysis, test_auroc=ctx.test_auroc()),
+        file_name=f"{stem}.pdf", mime="application/pdf", key="download_pdf", on_click="ignore",
+        icon=":material/picture_as_pdf:", type="primary",
+    )
+    with st.expander("Timings of this analysis (seconds)"):
+        st.json({k: round(float(v), 4) for k, v in analysis.timings.items()})

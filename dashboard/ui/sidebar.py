@@ -1,0 +1,66 @@
+"""The sidebar: the image to analyse (upload or bundled sample), the model variant and the MC sample count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from core.registry import RegistryScan, default_variant
+from dashboard.ui.state import SAMPLES, SAMPLES_DIR
+
+UPLOAD_HELP = (
+    "PNG, JPEG or DICOM (with or without the .dcm extension), up to 64 MB. The file stays in memory for this "
+    "session only; it is never written to disk."
+)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The sidebar's answers for this run.
+
+    Attributes:
+        data: File bytes to analyse, or ``None`` if nothing is chosen.
+        source: ``"upload"`` or the sample's display name (never the uploaded file's name).
+        variant: Chosen model variant.
+        mc_samples: Monte-Carlo dropout samples.
+    """
+
+    data: bytes | None
+    source: str
+    variant: str
+    mc_samples: int
+
+
+def render_sidebar(scan: RegistryScan) -> Choice:
+    """Draw the sidebar and return what the user chose."""
+    with st.sidebar:
+        st.header("Image")
+        # No type filter: DICOM files often have no extension, and core.imaging names the problem with any
+        # other file better than the uploader's generic refusal would.
+        upload = st.file_uploader("Upload a chest radiograph", type=None, key="upload", help=UPLOAD_HELP)
+        sample = st.selectbox(
+            "…or try a bundled sample", list(SAMPLES), key="sample", disabled=upload is not None,
+            help="Real, public, de-identified images; see dashboard/samples/ATTRIBUTION.md.",
+        )
+        st.header("Model")
+        names = scan.names()
+        default = default_variant(scan.weights_dir)
+        descriptions = {v.name: v.description for v in scan.variants}
+        variant = st.selectbox(
+            "Variant", names, index=names.index(default) if default in names else 0, key="variant",
+            help="Each variant is a model trained with a different loss; the Model card tab describes it.",
+        )
+        st.caption(descriptions.get(variant, ""))
+        mc = st.slider(
+            "Monte-Carlo dropout samples", min_value=1, max_value=50, value=10, key="mc_samples",
+            help="More samples give a steadier uncertainty estimate (the halo and ± values); 1 turns it off.",
+        )
+        if scan.problems:
+            with st.expander(f"{len(scan.problems)} weights file(s) skipped"):
+                for problem in scan.problems:
+                    st.caption(str(problem))
+    if upload is not None:
+        return Choice(data=upload.getvalue(), source="upload", variant=variant, mc_samples=int(mc))
+    return Choice(data=(SAMPLES_DIR / SAMPLES[sample]).read_bytes(), source=sample, variant=variant,
+                  mc_samples=int(mc))

@@ -1,0 +1,120 @@
+"""What every part of the page shares: the weights folder, cached resources, session keys and the run context."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from core.analysis import Analysis
+from core.imaging import XrayImage
+from core.inference import Predictor
+from core.registry import RegistryScan, Variant, resolve_weights_dir, scan_weights
+from core.taxonomy import Taxonomy, load_taxonomy
+from dashboard.pipeline import AnalysisCache
+
+ENV_WEIGHTS_DIR = "HICXR_WEIGHTS_DIR"
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
+# Display name -> file in dashboard/samples (see its ATTRIBUTION.md).
+SAMPLES: dict[str, str] = {
+    "Cardiomegaly · NIH PNG": "nih_cardiomegaly_00003015_000.png",
+    "Effusion · NIH PNG": "nih_effusion_00012708_000.png",
+    "No finding · NIH PNG": "nih_no_finding_00004077_000.png",
+    "Chest PA · CR DICOM": "siim_cr_chest_pa.dcm",
+}
+
+# Session-state keys shared between parts of the page.
+CACHE_KEY = "analysis_cache"
+SELECTED_LABEL = "selected_label"
+
+
+def weights_dir_from(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
+    """The weights folder: ``--weights-dir`` after ``--`` on the command line, else ``$HICXR_WEIGHTS_DIR``,
+    else ``weights/`` in the repository. Relative paths are taken relative to the repository root."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--weights-dir", default=None)
+    args, _ = parser.parse_known_args(list(argv))
+    return resolve_weights_dir(args.weights_dir or environ.get(ENV_WEIGHTS_DIR) or "weights")
+
+
+def current_weights_dir() -> Path:
+    """:func:`weights_dir_from` applied to this process's arguments and environment (read at run time)."""
+    import sys
+
+    return weights_dir_from(sys.argv[1:], os.environ)
+
+
+@st.cache_resource(show_spinner=False)
+def get_predictor(weights_dir: str) -> Predictor:
+    """One predictor per weights folder and process; variants are loaded into it on first use."""
+    return Predictor(weights_dir, variants=[])
+
+
+@st.cache_resource(show_spinner=False, ttl=60)
+def get_scan(weights_dir: str) -> RegistryScan:
+    """The usable variants and skipped files of a weights folder (rescanned at most once a minute)."""
+    return scan_weights(weights_dir)
+
+
+@st.cache_resource(show_spinner=False)
+def get_taxonomy() -> Taxonomy:
+    """The packaged taxonomy (the one every shipped model follows)."""
+    return load_taxonomy()
+
+
+def session_cache() -> AnalysisCache:
+    """This session's analysis cache (created on first use)."""
+    if CACHE_KEY not in st.session_state:
+        st.session_state[CACHE_KEY] = AnalysisCache()
+    return st.session_state[CACHE_KEY]
+
+
+@dataclass
+class Context:
+    """Everything a tab needs to render the current image.
+
+    Attributes:
+        weights_dir: The weights folder in use.
+        scan: Its usable variants and skipped files.
+        predictor: The shared predictor.
+        cache: This session's analysis cache.
+        data: The file bytes (in memory only).
+        digest: SHA-256 of ``data``.
+        variant: The variant chosen in the sidebar.
+        mc_samples: MC dropout samples chosen in the sidebar.
+        analysis: That variant's analysis of the image.
+        image: The decoded image (raw values kept for window/level).
+        taxonomy: The label DAG.
+    """
+
+    weights_dir: Path
+    scan: RegistryScan
+    predictor: Predictor
+    cache: AnalysisCache
+    data: bytes
+    digest: str
+    variant: str
+    mc_samples: int
+    analysis: Analysis
+    image: XrayImage
+    taxonomy: Taxonomy
+
+    def get_variant(self, name: str) -> Variant:
+        """The registry entry of a usable variant."""
+        return next(v for v in self.scan.variants if v.name == name)
+
+    def test_auroc(self, name: str | None = None) -> dict[str, float | None]:
+        """Per-label test AUROC from a variant's model card (the sidebar's variant by default)."""
+        return self.get_variant(name or self.variant).test_per_label_auroc
+
+    def selected_label(self) -> str:
+        """The label whose Grad-CAM is shown (the top finding until the user picks one)."""
+        label = st.session_state.get(SELECTED_LABEL)
+        if label not in self.analysis.labels:
+            label = (self.analysis.top_findings(1) or [self.analysis.labels[0]])[0]
+            st.session_state[SELECTED_LABEL] = label
+        return label

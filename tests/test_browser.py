@@ -1,0 +1,251 @@
+"""End-to-end: a real ``streamlit run`` server driven by Debian Chromium through Playwright.
+
+Covers what AppTest cannot: the file input of the real uploader, plotly rendering and click selection in the
+browser, lazy tabs, and real downloads. Screenshots go to ``tests/artifacts/`` (git-ignored) for a human to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import make_weights_dir
+
+from core.imaging import ImageError, read_image
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+RENDER_TIMEOUT_MS = 120_000
+TREE = ".st-key-tree .js-plotly-plot"
+NODE_TRACE = 3  # edges, outranking edges, halos, then the label nodes (see dashboard.components.tree)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    """A dashboard server on a free port with two small random variants; stopped after the module."""
+    weights = make_weights_dir(tmp_path_factory.mktemp("browser"))
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("log") / "streamlit.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+             "--server.headless", "true", "--server.address", "127.0.0.1", "--", "--weights-dir", str(weights)],
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    log_text = log_path.read_text()
+    assert "Traceback" not in log_text, log_text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian Chromium through Playwright (Playwright's own browser download is not available here)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: run `make browser-deps` (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh session (its own analysis cache) on the dashboard, first analysis rendered."""
+    context = browser.new_context(viewport={"width": 1600, "height": 2000}, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(RENDER_TIMEOUT_MS)
+    pg.goto(server)
+    pg.wait_for_selector(TREE)
+    yield pg
+    context.close()
+
+
+def _shot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def _tree_text(page) -> str:
+    return page.locator(TREE).first.text_content() or ""
+
+
+def _cam_caption(page) -> str:
+    return page.locator("[data-testid='stImageCaption']").first.inner_text()
+
+
+def _images_loaded(page) -> None:
+    """Wait until every image on the page has finished loading (screenshots would show blanks otherwise)."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll(\"[data-testid='stImage'] img\")]"
+        ".every(img => img.complete && img.naturalWidth > 0)"
+    )
+
+
+def _upload(page, path: Path) -> float:
+    """Upload a file through the real file input; seconds until the tree shows the new analysis."""
+    before = _tree_text(page)
+    start = time.perf_counter()
+    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(path))
+    page.wait_for_function(
+        """([sel, before]) => {
+            const el = document.querySelector(sel);
+            return el !== null && el.textContent.includes('Pneumonia') && el.textContent !== before;
+        }""",
+        arg=[TREE, before],
+    )
+    return time.perf_counter() - start
+
+
+def _nih_test_png(shared_data: Path) -> Path:
+    labels = pd.read_csv(shared_data / "nih" / "labels.csv")
+    row = labels[(labels["split"] == "test") & (labels["stored_size"] == "512x512")].iloc[-1]
+    return shared_data / "nih" / "images" / row["Image Index"]
+
+
+def test_upload_png_click_node_and_see_its_cam(page, shared_data):
+    seconds = _upload(page, _nih_test_png(shared_data))
+    print(f"\nupload_to_tree_seconds={seconds:.2f} (NIH PNG 512 px, 64 px random model, fresh session)")
+    assert seconds < 60
+    assert page.locator(f"{TREE} .scatterlayer .trace").nth(NODE_TRACE).locator("path.point").count() == 21
+    _images_loaded(page)
+    _shot(page, "01_png_uploaded")
+
+    nodes = page.locator(f"{TREE} .scatterlayer .trace").nth(NODE_TRACE).locator("path.point")
+    for label, index in (("Cardiomegaly", 1), ("Edema", 3)):
+        src_before = page.locator("[data-testid='stImage'] img").first.get_attribute("src")
+        box = nodes.nth(index).bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_function(
+            """label => {
+                const caption = document.querySelector("[data-testid='stImageCaption']");
+                return caption !== null && caption.innerText.includes(label);
+            }""",
+            arg=label,
+        )
+        assert f"Grad-CAM · {label}" in _cam_caption(page)
+        assert page.locator("[data-testid='stImage'] img").first.get_attribute("src") != src_before
+    _images_loaded(page)
+    _shot(page, "02_node_clicked")
+
+    # The gallery is lazy: opening it draws one tile per label above the probability slider (0.5 by default).
+    page.get_by_text("Gallery: every label above a probability").click()
+    page.get_by_text("Probability at least").wait_for()
+    page.wait_for_function("() => document.querySelectorAll(\"[data-testid='stImage'] img\").length > 1")
+    _images_loaded(page)
+    tiles = [c for c in page.locator("[data-testid='stImageCaption']").all_inner_texts() if "Grad-CAM" not in c]
+    assert tiles and all(float(t.split(" · ")[1].split(" ±")[0]) >= 0.5 for t in tiles)
+    _shot(page, "03_gallery")
+
+
+def test_upload_dicom_shows_window_level_and_metadata(page, shared_data, tmp_path):
+    # A DICOM without extension, as PACS exports often are.
+    dicom = tmp_path / "CR-MONO1-10-chest"
+    shutil.copyfile(shared_data / "dicom" / "fodicom_CR-MONO1-10-chest.dcm", dicom)
+    seconds = _upload(page, dicom)
+    print(f"\nupload_to_tree_seconds={seconds:.2f} (DICOM 440 px, fresh session)")
+    page.get_by_text("Level (window centre)").wait_for()
+    page.get_by_text("Window width").wait_for()
+    details = page.locator("[data-testid='stTable']").first
+    details.wait_for()  # DICOM details start expanded
+    text = details.inner_text()
+    assert "CR" in text and "MONOCHROME1" in text and "FUJI" in text.upper()
+    _images_loaded(page)
+    _shot(page, "04_dicom_uploaded")
+
+
+def test_bad_file_shows_its_message(page, tmp_path):
+    bad = tmp_path / "letter.pdf"
+    bad.write_bytes(b"%PDF-1.4 this is a referral letter, not an X-ray")
+    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(bad))
+    with pytest.raises(ImageError) as expected:
+        read_image(bad)
+    alert = page.locator("[data-testid='stAlertContentError']").first
+    alert.wait_for()
+    assert str(expected.value) in alert.inner_text()
+    assert page.locator(TREE).count() == 0  # no stale result from the previous image
+    assert "Traceback" not in page.content()
+    _shot(page, "05_bad_file")
+
+
+def test_compare_variants_and_downloads(page):
+    page.get_by_role("tab", name="Compare variants").click()
+    page.locator(".st-key-compare_bars .js-plotly-plot").wait_for()
+    page.get_by_text("Where the variants disagree most").wait_for()
+    # One CAM per variant, captioned "<variant> · <label> · mean ± std".
+    page.wait_for_function(
+        """() => {
+            const names = [...document.querySelectorAll("[data-testid='stImageCaption']")]
+                .map(c => c.innerText.split(" ·")[0]);
+            return names.includes("bce") && names.includes("hbce_soft");
+        }"""
+    )
+    captions = page.locator("[data-testid='stImageCaption']").all_inner_texts()
+    assert sorted(c.split(" ·")[0] for c in captions if not c.startswith("Grad-CAM")) == ["bce", "hbce_soft"]
+    assert page.locator(".st-key-compare_bars .js-plotly-plot .bars").count() >= 2
+    _images_loaded(page)
+    _shot(page, "06_compare")
+
+    page.get_by_role("tab", name="Model card").click()
+    page.locator(".st-key-card_auroc .js-plotly-plot").wait_for()
+    _shot(page, "07_model_card")
+
+    page.get_by_role("tab", name="Export").click()
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download JSON").click()
+    payload = json.loads(Path(info.value.path()).read_text())
+    assert payload["model_id"] == "hbce_soft" and len(payload["labels"]) == 21
+    assert set(payload["labels"]["Cardiomegaly"]) == {"probability", "mc_mean", "mc_std"}
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download PDF report").click()
+    pdf = Path(info.value.path()).read_bytes()
+    assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "report.pdf").write_bytes(pdf)
+    assert info.value.suggested_filename.endswith(".pdf")
+    _shot(page, "08_export")

@@ -1,0 +1,475 @@
+"""Dashboard tests: the pure view builders on hand-made and real analyses, and the app's flows through AppTest.
+
+The app runs against small random-init variants written by ``make_weights_dir`` (64 px, so an analysis takes
+well under a second) and real images: the bundled samples, NIH PNGs and DICOMs from ``shared/data``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_weights_dir
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from core.analysis import Analysis, Violation
+from core.imaging import ImageError, read_image
+from core.inference import Predictor
+from core.registry import scan_weights
+from dashboard.components.cam import cam_overlay, gallery_labels
+from dashboard.components.compare import comparison_frame, grouped_bar_figure, violations_frame
+from dashboard.components.image_view import (
+    display_pixels,
+    downsample,
+    image_figure,
+    metadata_table,
+    window_range,
+)
+from dashboard.components.model_card import auroc_figure, auroc_frame, calibration_frame, plot_paths, summary_table
+from dashboard.components.tree import (
+    REFERENCE_STDS,
+    halo_size,
+    label_from_selection,
+    outranking_edges,
+    taxonomy_figure,
+    tree_positions,
+)
+from dashboard.pipeline import GENERIC_ERROR, AnalysisCache, analyse_bytes, sha256
+from dashboard.report import analysis_csv, analysis_json, pdf_report
+from dashboard.ui.state import ENV_WEIGHTS_DIR, SAMPLES, SAMPLES_DIR, weights_dir_from
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+APP = REPO_ROOT / "dashboard" / "app.py"
+PNG_SAMPLE = next(name for name, f in SAMPLES.items() if f.endswith(".png"))
+DICOM_SAMPLE = next(name for name, f in SAMPLES.items() if f.endswith(".dcm"))
+APP_TIMEOUT = 120
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory) -> Path:
+    """Two random 64 px variants, ``bce`` and ``hbce_soft`` (the latter is the default by metric)."""
+    return make_weights_dir(tmp_path_factory.mktemp("dash"))
+
+
+@pytest.fixture(scope="module")
+def predictor(weights_dir: Path) -> Predictor:
+    """An independent predictor on the same weights, to check what the app shows."""
+    return Predictor(weights_dir, "all")
+
+
+@pytest.fixture(scope="module")
+def nih_test_png(shared_data: Path) -> Path:
+    """A real NIH test-split PNG that is not one of the bundled samples."""
+    labels = pd.read_csv(shared_data / "nih" / "labels.csv")
+    row = labels[(labels["split"] == "test") & (labels["stored_size"] == "512x512")].iloc[-1]
+    return shared_data / "nih" / "images" / row["Image Index"]
+
+
+def _analysis(taxonomy, mean, std, model_id="m", image=None) -> Analysis:
+    labels = list(taxonomy.labels)
+    rng = np.random.default_rng(0)
+    image = image if image is not None else rng.uniform(0, 1, (96, 80)).astype(np.float32)
+    cams = rng.uniform(0, 1, (len(labels), 4, 4)).astype(np.float32)
+    return Analysis(
+        model_id=model_id, labels=labels, probability=np.asarray(mean, np.float32),
+        mc_mean=np.asarray(mean, np.float32),
+        mc_std=np.asarray(std, np.float32), mc_samples=10, cams=cams, image=image,
+        image_metadata={"format": "PNG", "width": image.shape[1], "height": image.shape[0]}, violations=[],
+        timings={"total": 0.1}, image_sha256="0" * 64,
+    )
+
+
+def _app(weights_dir: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv(ENV_WEIGHTS_DIR, str(weights_dir))
+    at = AppTest.from_file(str(APP), default_timeout=APP_TIMEOUT)
+    at.run()
+    return at
+
+
+def _no_failure(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _findings(at: AppTest) -> pd.DataFrame:
+    return next(d.value for d in at.dataframe if "P (MC mean)" in d.value.columns).set_index("label")
+
+
+def _chart(at: AppTest, key: str) -> dict:
+    chart = next(c for c in at.get("plotly_chart") if c.key == key)
+    return json.loads(chart.proto.spec)
+
+
+def _node_trace(spec: dict) -> dict:
+    return next(t for t in spec["data"] if t.get("name") == "labels")
+
+
+# ------------------------------------------------------------------------------------------- tree figure
+
+
+def test_tree_layout_is_layered_and_uncluttered(taxonomy):
+    pos = tree_positions(taxonomy)
+    rows = {node: r for r, layer in enumerate(taxonomy.layers()) for node in layer}
+    top = max(rows.values())
+    assert set(pos) == set(taxonomy.labels)
+    for node, (_, y) in pos.items():
+        assert y == top - rows[node]  # one row per topological layer, roots on top
+    for parent, child in taxonomy.edges:
+        assert pos[parent][1] > pos[child][1]  # every edge points down
+    for r in range(top + 1):
+        xs = sorted(x for node, (x, _) in pos.items() if rows[node] == r)
+        assert all(b - a >= 1.0 - 1e-9 for a, b in zip(xs, xs[1:], strict=False))  # nothing overlaps in a row
+
+
+def test_tree_figure_encodes_mean_std_outranking_and_selection(taxonomy):
+    rng = np.random.default_rng(3)
+    mean = rng.uniform(0, 1, taxonomy.num_labels)
+    std = rng.uniform(0, 0.2, taxonomy.num_labels)
+    analysis = _analysis(taxonomy, mean, std)
+    auroc = {"Cardiomegaly": 0.8123}
+    fig = taxonomy_figure(analysis, taxonomy, auroc=auroc, selected="Cardiomegaly")
+    nodes = next(t for t in fig.data if t.name == "labels")
+    halo = next(t for t in fig.data if t.name == "uncertainty halo")
+    labels = list(taxonomy.labels)
+    assert list(nodes.customdata) == labels
+    np.testing.assert_allclose(nodes.marker.color, mean, rtol=1e-6)
+    assert (nodes.marker.cmin, nodes.marker.cmax) == (0.0, 1.0)
+    np.testing.assert_allclose(halo.marker.size, halo_size(std))
+    # Halo grows with the std; the key shows the same mapping at the reference values.
+    order = np.argsort(std)
+    assert np.all(np.diff(np.asarray(halo.marker.size)[order]) >= 0)
+    key = next(t for t in fig.data if t.name == "uncertainty key")
+    np.testing.assert_allclose(key.marker.size, halo_size(np.array(REFERENCE_STDS)))
+    # Hover: mean ± std and the card's AUROC.
+    i = labels.index("Cardiomegaly")
+    assert f"{mean[i]:.3f} ± {std[i]:.3f}" in nodes.hovertext[i] and "0.812" in nodes.hovertext[i]
+    assert "not reported" in nodes.hovertext[labels.index("Edema")]
+    # Selected node outlined.
+    assert nodes.marker.line.width[i] > nodes.marker.line.width[(i + 1) % len(labels)]
+    # Red dashed edges: exactly the edges whose child outranks the parent (one None-separated segment each).
+    expected = [(p, c) for p, c in taxonomy.edges if mean[labels.index(c)] > mean[labels.index(p)]]
+    assert outranking_edges(taxonomy, dict(zip(labels, mean, strict=True))) == expected
+    bad = next(t for t in fig.data if t.name == "child outranks parent")
+    assert bad.line.dash == "dash" and list(bad.x).count(None) == len(expected)
+    normal = next(t for t in fig.data if t.name == "parent → child")
+    assert list(normal.x).count(None) == len(taxonomy.edges) - len(expected)
+
+
+def test_tree_refuses_other_labels(taxonomy):
+    analysis = _analysis(taxonomy, np.full(taxonomy.num_labels, 0.5), np.zeros(taxonomy.num_labels))
+    analysis.labels = list(reversed(analysis.labels))
+    with pytest.raises(ValueError, match="do not match the taxonomy"):
+        taxonomy_figure(analysis, taxonomy)
+
+
+def test_label_from_selection_reads_plotly_click_state():
+    labels = ["Atelectasis", "Cardiomegaly"]
+    state = {"selection": {"points": [{"curve_number": 3, "point_index": 1, "customdata": "Cardiomegaly"}]}}
+    assert label_from_selection(state, labels) == "Cardiomegaly"
+    assert label_from_selection({"selection": {"points": [{"customdata": ["Atelectasis"]}]}}, labels) == "Atelectasis"
+    # Clicks on halos or edges carry no label; an empty selection selects nothing.
+    assert label_from_selection({"selection": {"points": [{"point_index": 0}]}}, labels) is None
+    assert label_from_selection({"selection": {"points": []}}, labels) is None
+    assert label_from_selection(None, labels) is None
+
+
+# ------------------------------------------------------------------------------------- other components
+
+
+def test_comparison_sorted_by_disagreement(taxonomy):
+    n = taxonomy.num_labels
+    a = _analysis(taxonomy, np.linspace(0.1, 0.9, n), np.full(n, 0.01), "a")
+    b = _analysis(taxonomy, np.full(n, 0.5), np.full(n, 0.02), "b")
+    b.violations = [Violation("Opacity", "Lung Opacity", 0.3, 0.7)]
+    frame = comparison_frame({"a": a, "b": b})
+    expected = np.abs(np.linspace(0.1, 0.9, n) - 0.5)
+    assert list(frame["disagreement"]) == sorted(frame["disagreement"], reverse=True)
+    got = frame.set_index("label")["disagreement"]
+    np.testing.assert_allclose([got[lab] for lab in taxonomy.labels], expected, atol=1e-6)
+    fig = grouped_bar_figure({"a": a, "b": b}, labels=frame["label"].tolist())
+    assert [t.name for t in fig.data] == ["a", "b"]
+    assert list(fig.data[0].x) == frame["label"].tolist()
+    np.testing.assert_allclose(fig.data[1].error_y.array, 0.02, atol=1e-6)
+    violations = violations_frame({"a": a, "b": b})
+    assert violations.to_dict("records") == [
+        {"variant": "b", "parent": "Opacity", "child": "Lung Opacity", "parent P": pytest.approx(0.3),
+         "child P": pytest.approx(0.7)}
+    ]
+
+
+def test_cam_overlay_and_gallery(taxonomy):
+    n = taxonomy.num_labels
+    image = np.tile(np.linspace(0, 1, 1200, dtype=np.float32), (900, 1))
+    mean = np.linspace(0.0, 1.0, n)
+    analysis = _analysis(taxonomy, mean, np.zeros(n), image=image)
+    label = taxonomy.labels[3]
+    plain = cam_overlay(analysis, label, opacity=0.0)
+    assert plain.shape == (576, 768, 3) and plain.dtype == np.uint8  # display-sized, aspect kept
+    assert np.all(plain[..., 0] == plain[..., 1])  # opacity 0: the grey image only
+    coloured = cam_overlay(analysis, label, opacity=0.8)
+    assert np.abs(coloured.astype(int) - plain.astype(int)).mean() > 10
+    hidden = cam_overlay(analysis, label, opacity=0.8, threshold=1.01)  # everything below threshold: transparent
+    np.testing.assert_array_equal(hidden, plain)
+    with pytest.raises(KeyError):
+        cam_overlay(analysis, "Not a label")
+    chosen = gallery_labels(analysis, 0.5)
+    assert chosen == [taxonomy.labels[i] for i in np.argsort(-mean) if mean[i] >= 0.5]
+
+
+def test_image_view_windowing_and_metadata(shared_data):
+    image = read_image(SAMPLES_DIR / SAMPLES[DICOM_SAMPLE], keep_raw=True)
+    bounds = window_range(image)
+    assert bounds is not None and bounds.low < bounds.high
+    np.testing.assert_array_equal(display_pixels(image), image.pixels)  # default view = what the model saw
+    narrow = display_pixels(image, bounds.center, bounds.width / 4)
+    np.testing.assert_array_equal(narrow, image.rewindow(bounds.center, bounds.width / 4))
+    np.testing.assert_allclose(display_pixels(image, invert=True), 1.0 - image.pixels)
+    small = downsample(image.pixels, 256)
+    assert small.shape == (256, 256) and 0.0 <= small.min() and small.max() <= 1.0
+    assert image_figure(image.pixels).data[0].source.startswith("data:image/png;base64,")
+    meta = dict(image.metadata.to_dict(), patient_name="Doe^Jane", patient_id="123")
+    table = metadata_table(meta)
+    assert dict(zip(table["field"], table["value"], strict=True))["Modality"] == "CR"
+    assert not table["value"].str.contains("Doe|123").any()  # only allow-listed fields are shown
+
+
+def test_model_card_views(tmp_path, taxonomy):
+    labels = list(taxonomy.labels)
+    per_label = {lab: {"auroc": 0.6 + 0.01 * i, "auroc_ci": [0.5 + 0.01 * i, 0.7 + 0.01 * i], "positives": i}
+                 for i, lab in enumerate(labels[:5])}
+    card = {"variant": "v", "metrics": {"test": {"macro_auroc": 0.65, "macro_auroc_ci": [0.6, 0.7],
+                                                 "per_label": per_label}},
+            "calibration": {"temperature": [1.5] * len(labels), "fitted_on": "val", "applied": True},
+            "plots": {"roc": "plots/roc.png", "escape": "../secret.png"}}
+    frame = auroc_frame(card, labels)
+    assert len(frame) == len(labels) and frame["auroc"].notna().sum() == 5
+    assert frame.loc[2, "ci_low"] == pytest.approx(0.52)
+    fig = auroc_figure(frame)
+    assert len(fig.data[0].x) == 5
+    np.testing.assert_allclose(fig.data[0].error_x.array, 0.1, atol=1e-9)
+    summary = dict(zip(summary_table(card)["field"], summary_table(card)["value"], strict=True))
+    assert summary["Test macro AUROC"] == "0.650 (95% CI 0.600–0.700)"
+    assert calibration_frame(card, labels)["temperature"].tolist() == [1.5] * len(labels)
+    assert calibration_frame({"calibration": None}, labels) is None
+    (tmp_path / "plots").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "plots" / "roc.png")
+    Image.new("RGB", (4, 4)).save(tmp_path.parent / "secret.png")
+    assert plot_paths(card, tmp_path) == {"roc": (tmp_path / "plots" / "roc.png").resolve()}
+
+
+# ------------------------------------------------------------------------------- pipeline and exports
+
+
+def test_analyse_bytes_real_image_and_bad_files(predictor, nih_test_png):
+    data = nih_test_png.read_bytes()
+    outcome = analyse_bytes(predictor, data, ["bce", "hbce_soft"], mc_samples=5)
+    assert outcome.ok and set(outcome.analyses) == {"bce", "hbce_soft"}
+    direct = predictor.analyse(data, "bce", mc_samples=5)
+    np.testing.assert_allclose(outcome.analyses["bce"].mc_mean, direct.mc_mean, rtol=1e-5)
+    assert outcome.analyses["bce"].image_sha256 == sha256(data) == direct.image_sha256
+
+    for bad in (b"", b"hello, this is not an image", data[: len(data) // 3]):
+        with pytest.raises(ImageError) as expected:
+            read_image(bad)
+        outcome = analyse_bytes(predictor, bad, ["bce"], mc_samples=5)
+        assert not outcome.ok and outcome.kind == "image" and outcome.error == str(expected.value)
+
+    outcome = analyse_bytes(predictor, data, ["no_such_variant"], mc_samples=5)
+    assert outcome.kind == "model" and "no_such_variant" in outcome.error
+
+
+def test_analyse_bytes_hides_unexpected_errors(predictor, nih_test_png, caplog):
+    outcome = analyse_bytes(predictor, nih_test_png.read_bytes(), ["bce"], mc_samples=-3)
+    assert outcome.kind == "internal" and outcome.error == GENERIC_ERROR
+    assert "unexpected error" in caplog.text
+
+
+def test_cache_runs_the_network_once_per_setting(predictor, nih_test_png):
+    cache = AnalysisCache()
+    data = nih_test_png.read_bytes()
+    digest = sha256(data)
+    first = cache.analyses(predictor, data, digest, ["bce"], 5)
+    again = cache.analyses(predictor, data, digest, ["bce"], 5)
+    assert cache.network_runs == 1 and again.analyses["bce"] is first.analyses["bce"]
+    both = cache.analyses(predictor, data, digest, ["bce", "hbce_soft"], 5)  # only hbce_soft is new
+    assert cache.network_runs == 2 and both.analyses["bce"] is first.analyses["bce"]
+    cache.analyses(predictor, data, digest, ["bce"], 7)  # another MC setting is another analysis
+    assert cache.network_runs == 3
+    bad = cache.analyses(predictor, b"junk", sha256(b"junk"), ["bce"], 5)
+    assert not bad.ok and cache.network_runs == 3
+
+
+def test_exports(predictor, nih_test_png):
+    data = nih_test_png.read_bytes()
+    analysis = predictor.analyse(data, "hbce_soft", mc_samples=5)
+    payload = json.loads(analysis_json(analysis, {"variant": "hbce_soft"}))
+    assert payload["model_id"] == "hbce_soft" and payload["image_sha256"] == sha256(data)
+    for i, label in enumerate(analysis.labels):
+        assert payload["labels"][label]["mc_mean"] == pytest.approx(float(analysis.mc_mean[i]))
+    assert payload["top_findings"] == analysis.top_findings(5)
+    assert "not a medical device" in payload["disclaimer"].lower()
+    assert nih_test_png.name not in json.dumps(payload)  # no file name (NIH names carry the patient number)
+
+    csv = pd.read_csv(io.BytesIO(analysis_csv(analysis)))
+    assert csv["label"].tolist() == analysis.labels
+    np.testing.assert_allclose(csv["mc_std"], analysis.mc_std, atol=1e-6)
+    assert csv["violates_parent"].sum() == len({v.child for v in analysis.violations})
+
+    pdf = pdf_report(analysis, test_auroc={label: 0.7 for label in analysis.labels})
+    assert pdf.startswith(b"%PDF") and pdf.rstrip().endswith(b"%%EOF")
+    assert pdf.count(b"/Type /Page\n") + pdf.count(b"/Type /Page ") + pdf.count(b"/Type /Page>") == 1
+    assert b"HiCXR analysis report" in pdf and nih_test_png.stem.encode() not in pdf
+
+
+def test_weights_dir_precedence(tmp_path):
+    explicit = tmp_path / "a"
+    assert weights_dir_from(["--weights-dir", str(explicit)], {ENV_WEIGHTS_DIR: "/elsewhere"}) == explicit
+    assert weights_dir_from(["-q", "tests"], {ENV_WEIGHTS_DIR: str(tmp_path)}) == tmp_path
+    assert weights_dir_from([], {}) == REPO_ROOT / "weights"
+
+
+# --------------------------------------------------------------------------------------- app (AppTest)
+
+
+def test_app_png_sample_matches_the_engine(weights_dir, predictor, monkeypatch):
+    at = _app(weights_dir, monkeypatch)
+    _no_failure(at)
+    assert [t.label for t in at.tabs] == ["Analysis", "Compare variants", "Model card", "Export"]
+    assert at.selectbox(key="variant").value == "hbce_soft"  # the registry's default (best test AUROC)
+    assert at.selectbox(key="sample").value == PNG_SAMPLE
+    expected = predictor.analyse((SAMPLES_DIR / SAMPLES[PNG_SAMPLE]).read_bytes(), "hbce_soft", mc_samples=10)
+    table = _findings(at)
+    np.testing.assert_allclose(table.loc[expected.labels, "P (MC mean)"], expected.mc_mean, rtol=1e-5)
+    np.testing.assert_allclose(table.loc[expected.labels, "± std"], expected.mc_std, rtol=1e-5, atol=1e-7)
+    nodes = _node_trace(_chart(at, "tree"))
+    np.testing.assert_allclose(nodes["marker"]["color"], expected.mc_mean, rtol=1e-5)
+    top = expected.top_findings(1)[0]
+    assert at.selectbox(key="label_pick").value == top
+    assert any(top in caption for image in at.image for caption in image.captions)
+    assert "not a medical device" in at.warning[0].value.lower()
+    assert any("NIH Clinical Center" in c.value for c in at.caption)
+
+
+def test_app_display_controls_never_rerun_the_network(weights_dir, monkeypatch):
+    at = _app(weights_dir, monkeypatch)
+    runs = at.session_state["analysis_cache"].network_runs
+    assert runs == 1
+    at.slider(key="cam_opacity").set_value(0.9).run()
+    at.slider(key="cam_threshold").set_value(0.5).run()
+    at.selectbox(key="cam_colormap").set_value("viridis").run()
+    at.toggle(key="invert").set_value(True).run()
+    assert "gallery_min_p" not in [s.key for s in at.slider]  # the gallery is lazy: closed, nothing drawn
+    at.session_state["gallery"] = True
+    at.run()
+    at.slider(key="gallery_min_p").set_value(0.1).run()
+    tiles = [c for image in at.image for c in image.captions if not c.startswith("Grad-CAM")]
+    assert len(tiles) == int((_findings(at)["P (MC mean)"] >= 0.1).sum())
+    at.selectbox(key="label_pick").set_value("Edema").run()
+    _no_failure(at)
+    assert at.session_state["analysis_cache"].network_runs == runs
+    assert any("Grad-CAM · Edema" in c for image in at.image for c in image.captions)
+    # ...but a new MC setting is a new analysis.
+    at.slider(key="mc_samples").set_value(3).run()
+    assert at.session_state["analysis_cache"].network_runs == runs + 1
+
+
+def test_app_dicom_sample_has_window_level(weights_dir, monkeypatch):
+    at = _app(weights_dir, monkeypatch)
+    at.selectbox(key="sample").set_value(DICOM_SAMPLE).run()
+    _no_failure(at)
+    image = read_image(SAMPLES_DIR / SAMPLES[DICOM_SAMPLE], keep_raw=True)
+    level = next(s for s in at.slider if s.label.startswith("Level"))
+    width = next(s for s in at.slider if s.label.startswith("Window width"))
+    assert (level.value, width.value) == pytest.approx(image.default_window)
+    runs = at.session_state["analysis_cache"].network_runs
+    level.set_value(level.value + 20).run()
+    assert at.session_state["analysis_cache"].network_runs == runs
+    details = at.table[0].value
+    assert details.loc["Modality", "value"] == "CR" and details.loc["View", "value"] == "PA"
+
+
+def test_app_dicom_upload_without_extension(weights_dir, predictor, shared_data, monkeypatch):
+    data = (shared_data / "dicom" / "fodicom_CR-MONO1-10-chest.dcm").read_bytes()
+    at = _app(weights_dir, monkeypatch)
+    at.file_uploader(key="upload").upload("CR-MONO1-10-chest", data).run()
+    _no_failure(at)
+    assert at.selectbox(key="sample").disabled
+    expected = predictor.analyse(data, "hbce_soft", mc_samples=10)
+    np.testing.assert_allclose(_findings(at).loc[expected.labels, "P (MC mean)"], expected.mc_mean, rtol=1e-5)
+    details = at.table[0].value
+    assert details.loc["Inverted on read", "value"].startswith("yes")  # MONOCHROME1
+
+
+def test_app_bad_uploads_show_their_message(weights_dir, monkeypatch, shared_data, nih_test_png):
+    truncated = nih_test_png.read_bytes()[:5000]
+    at = _app(weights_dir, monkeypatch)
+    for name, data in (("notes.txt", b"this is a referral letter, not an image"), ("cut.png", truncated),
+                       ("empty.dcm", b"")):
+        with pytest.raises(ImageError) as expected:
+            read_image(data)
+        at.file_uploader(key="upload").set_value((name, data, "application/octet-stream")).run()
+        assert not at.exception
+        assert [e.value for e in at.error] == [str(expected.value)]
+        assert not at.get("plotly_chart")  # no stale result from the previous image
+
+
+def test_app_variant_choice(weights_dir, predictor, monkeypatch):
+    at = _app(weights_dir, monkeypatch)
+    at.selectbox(key="variant").set_value("bce").run()
+    _no_failure(at)
+    expected = predictor.analyse((SAMPLES_DIR / SAMPLES[PNG_SAMPLE]).read_bytes(), "bce", mc_samples=10)
+    np.testing.assert_allclose(_findings(at).loc[expected.labels, "P (MC mean)"], expected.mc_mean, rtol=1e-5)
+    assert "bce |" in " ".join(c.value for c in at.sidebar.caption)
+
+
+def test_app_compare_model_card_and_export_tabs(weights_dir, predictor, monkeypatch):
+    at = _app(weights_dir, monkeypatch)
+    at.session_state["tab"] = "Compare variants"
+    at.run()
+    _no_failure(at)
+    assert at.multiselect(key="compare_variants").value == ["hbce_soft", "bce"]
+    data = (SAMPLES_DIR / SAMPLES[PNG_SAMPLE]).read_bytes()
+    expected = comparison_frame({n: predictor.analyse(data, n, mc_samples=10) for n in ("hbce_soft", "bce")})
+    shown = next(d.value for d in at.dataframe if "disagreement" in d.value.columns)
+    assert shown["label"].tolist() == expected["label"].head(8).tolist()
+    np.testing.assert_allclose(shown["disagreement"], expected["disagreement"].head(8), rtol=1e-5)
+    bars = _chart(at, "compare_bars")
+    assert [t["name"] for t in bars["data"]] == ["hbce_soft", "bce"]
+    captions = [c for image in at.image for c in image.captions]
+    assert any(c.startswith("hbce_soft ·") for c in captions) and any(c.startswith("bce ·") for c in captions)
+
+    at.session_state["tab"] = "Model card"
+    at.run()
+    _no_failure(at)
+    summary = at.table[0].value
+    assert summary.loc["Variant", "value"] == "hbce_soft" and summary.loc["Test macro AUROC", "value"] == "0.710"
+    assert any("research use only" in w.value.lower() for w in at.warning)
+
+    at.session_state["tab"] = "Export"
+    at.run()
+    _no_failure(at)
+    assert {b.label for b in at.get("download_button")} >= {"Download JSON", "Download CSV", "Download PDF report"}
+
+
+def test_app_without_weights_says_so(tmp_path, monkeypatch):
+    at = _app(tmp_path / "empty", monkeypatch)
+    assert not at.exception
+    assert len(at.error) == 1 and "No trained model is available" in at.error[0].value
+
+
+def test_app_names_skipped_weights(tmp_path, monkeypatch):
+    folder = make_weights_dir(tmp_path, variants=("bce",))
+    (folder / "broken.json").write_text("{not json")
+    at = _app(folder, monkeypatch)
+    _no_failure(at)
+    problems = [str(p) for p in scan_weights(folder).problems]
+    assert len(problems) == 1 and "broken" in problems[0]
+    assert problems[0] in [c.value for c in at.sidebar.caption]
