@@ -43,6 +43,9 @@ class Analysis:
         image_sha256: Hash of the input bytes (cache key; not reversible to the image).
         threshold: Threshold used for violations.
         extra: Anything else a producer wants to pass along (e.g. temperature used).
+        relative_cams: ``(L, h, w)`` class activation maps *without* the ReLU (CAM of Zhou et al. 2016), min-max
+            scaled per label to [0, 1]: where each label's evidence is highest relative to the rest of the image,
+            also for a label whose evidence is negative everywhere (its Grad-CAM in ``cams`` is then empty).
     """
 
     model_id: str
@@ -59,6 +62,7 @@ class Analysis:
     image_sha256: str = ""
     threshold: float = 0.5
     extra: dict[str, Any] = field(default_factory=dict)
+    relative_cams: np.ndarray | None = None
 
     def index(self, label: str) -> int:
         """Position of ``label`` in :attr:`labels`."""

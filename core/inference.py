@@ -57,6 +57,7 @@ class HeadOutputs:
         mc_mean: ``(B, L)`` mean of the MC dropout probabilities.
         mc_std: ``(B, L)`` population standard deviation of the MC probabilities.
         cams: ``(B, L, h, w)`` per-label CAMs in [0, 1].
+        relative_cams: ``(B, L, h, w)`` the same maps without the ReLU, min-max scaled (or ``None``).
         timings: seconds spent in ``mc`` and ``cam`` for the whole batch.
     """
 
@@ -66,6 +67,7 @@ class HeadOutputs:
     mc_std: np.ndarray
     cams: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    relative_cams: np.ndarray | None = None
 
 
 @dataclass
@@ -116,14 +118,22 @@ def find_violations(
     return out
 
 
-def class_activation_maps(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def class_activation_maps(features: torch.Tensor, weight: torch.Tensor, relative: bool = False) -> torch.Tensor:
     """Per-label CAMs ``(B, L, h, w)`` in [0, 1] from post-ReLU features ``(B, K, h, w)`` and head weights ``(L, K)``.
 
-    ``relu(sum_k W_lk A_k)`` scaled by each map's own maximum; a map with no positive value stays all zero.
+    Default: ``relu(sum_k W_lk A_k)`` scaled by each map's own maximum (equal to Grad-CAM at this layer); a map with
+    no positive value stays all zero. ``relative=True``: the map without the ReLU, min-max scaled (a constant map
+    gives zeros), which still ranks regions when a label's evidence is negative everywhere.
     """
-    cams = torch.relu(torch.einsum("lk,bkhw->blhw", weight, features))
+    raw = torch.einsum("lk,bkhw->blhw", weight, features)
+    tiny = torch.finfo(raw.dtype).tiny
+    if relative:
+        low = raw.amin(dim=(2, 3), keepdim=True)
+        span = raw.amax(dim=(2, 3), keepdim=True) - low
+        return torch.where(span > 0, (raw - low) / span.clamp_min(tiny), torch.zeros_like(raw))
+    cams = torch.relu(raw)
     peak = cams.amax(dim=(2, 3), keepdim=True)
-    return torch.where(peak > 0, cams / peak.clamp_min(torch.finfo(cams.dtype).tiny), torch.zeros_like(cams))
+    return torch.where(peak > 0, cams / peak.clamp_min(tiny), torch.zeros_like(cams))
 
 
 def dropout_masks(n: int, k: int, p: float, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -173,8 +183,10 @@ def head_outputs(
         mc_probs = torch.sigmoid(mc_logits)
         mc_mean, mc_std = mc_probs.mean(0), mc_probs.std(0, correction=0)
         t1 = time.perf_counter()
+        relative = None
         if with_cams:
             cams = class_activation_maps(features, weight)
+            relative = class_activation_maps(features, weight, relative=True).float().cpu().numpy()
         else:
             cams = features.new_zeros((features.shape[0], weight.shape[0], 0, 0))
         t2 = time.perf_counter()
@@ -185,6 +197,7 @@ def head_outputs(
             mc_std=mc_std.float().cpu().numpy(),
             cams=cams.float().cpu().numpy(),
             timings={"mc": t1 - t0, "cam": t2 - t1},
+            relative_cams=relative,
         )
 
 
@@ -479,6 +492,7 @@ class Predictor:
                     mc_std=out.mc_std[i],
                     mc_samples=mc,
                     cams=out.cams[i],
+                    relative_cams=None if out.relative_cams is None else out.relative_cams[i],
                     image=image.pixels,
                     image_metadata=image.metadata.to_dict(),
                     violations=find_violations(out.mc_mean[i], self.taxonomy, threshold),

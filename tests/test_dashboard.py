@@ -21,7 +21,7 @@ from core.analysis import Analysis, Violation
 from core.imaging import ImageError, read_image
 from core.inference import Predictor
 from core.registry import scan_weights
-from dashboard.components.cam import cam_overlay, gallery_labels
+from dashboard.components.cam import cam_map, cam_overlay, gallery_labels, shows_relative_map
 from dashboard.components.compare import comparison_frame, grouped_bar_figure, violations_frame
 from dashboard.components.image_view import (
     display_pixels,
@@ -222,6 +222,20 @@ def test_cam_overlay_and_gallery(taxonomy):
         cam_overlay(analysis, "Not a label")
     chosen = gallery_labels(analysis, 0.5)
     assert chosen == [taxonomy.labels[i] for i in np.argsort(-mean) if mean[i] >= 0.5]
+
+
+def test_empty_grad_cam_falls_back_to_the_relative_map(taxonomy):
+    n = taxonomy.num_labels
+    analysis = _analysis(taxonomy, np.full(n, 0.1), np.zeros(n))
+    empty, full = taxonomy.labels[2], taxonomy.labels[5]
+    analysis.cams[analysis.index(empty)] = 0.0  # evidence negative everywhere: Grad-CAM has nothing to show
+    assert not shows_relative_map(analysis, empty)  # no relative maps in the record: plain (empty) map
+    analysis.relative_cams = np.random.default_rng(1).uniform(0, 1, analysis.cams.shape).astype(np.float32)
+    assert shows_relative_map(analysis, empty) and not shows_relative_map(analysis, full)
+    np.testing.assert_array_equal(cam_map(analysis, empty), analysis.relative_cams[analysis.index(empty)])
+    np.testing.assert_array_equal(cam_map(analysis, full), analysis.cams[analysis.index(full)])
+    plain = cam_overlay(analysis, empty, opacity=0.0)
+    assert np.abs(cam_overlay(analysis, empty, opacity=0.8).astype(int) - plain.astype(int)).mean() > 10
 
 
 def test_image_view_windowing_and_metadata(shared_data):

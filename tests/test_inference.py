@@ -234,6 +234,14 @@ def test_cams_are_relu_of_weighted_features(predictor: Predictor, files: list[Pa
     np.testing.assert_allclose(class_activation_maps(feats, w).numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
     zero = class_activation_maps(torch.zeros(1, 1024, 2, 2), w)
     assert torch.equal(zero, torch.zeros_like(zero))  # all-zero maps stay zero, no NaN
+    # Relative maps: min-max of the signed map, written out longhand, even where the ReLU map is empty.
+    signed = (w[None, :, :, None, None] * feats[:, None]).sum(2)
+    low, high = signed.amin(dim=(2, 3), keepdim=True), signed.amax(dim=(2, 3), keepdim=True)
+    relative = class_activation_maps(feats, w, relative=True)
+    np.testing.assert_allclose(relative.numpy(), ((signed - low) / (high - low)).numpy(), rtol=1e-4, atol=1e-5)
+    assert torch.equal(class_activation_maps(torch.zeros(1, 1024, 2, 2), w, relative=True), zero)
+    analysis = predictor.analyse(files[0], "bce")
+    np.testing.assert_allclose(analysis.relative_cams, relative[0].numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_batch_matches_single_and_reports_bad_files(predictor: Predictor, files: list[Path]) -> None:

@@ -12,7 +12,7 @@ from core.analysis import Analysis
 from core.explain import COLORMAPS, overlay
 from dashboard.components.image_view import downsample
 
-__all__ = ["COLORMAPS", "cam_overlay", "gallery_labels"]
+__all__ = ["COLORMAPS", "cam_map", "cam_overlay", "gallery_labels", "shows_relative_map"]
 
 # Overlays are blended at display size: a gallery of 21 full-resolution DICOM overlays would take seconds.
 OVERLAY_MAX_SIDE = 768
@@ -42,7 +42,23 @@ def cam_overlay(
     if label not in analysis.labels:
         raise KeyError(f"unknown label {label!r}")
     image = downsample(np.asarray(base if base is not None else analysis.image, dtype=np.float32), max_side)
-    return overlay(image, analysis.cams[analysis.index(label)], colormap=colormap, opacity=opacity, threshold=threshold)
+    return overlay(image, cam_map(analysis, label), colormap=colormap, opacity=opacity, threshold=threshold)
+
+
+def shows_relative_map(analysis: Analysis, label: str) -> bool:
+    """True when ``label``'s Grad-CAM is empty and the relative (ReLU-free) CAM is drawn instead."""
+    i = analysis.index(label)
+    return not analysis.cams[i].any() and analysis.relative_cams is not None
+
+
+def cam_map(analysis: Analysis, label: str) -> np.ndarray:
+    """The map drawn for ``label``: its Grad-CAM, or the relative CAM where Grad-CAM has no positive region.
+
+    Grad-CAM keeps only regions that raise a label; for a label the model finds unlikely everywhere that leaves an
+    empty map, so the relative map (min-max of the class activation) shows where it is least unlikely instead.
+    """
+    i = analysis.index(label)
+    return analysis.relative_cams[i] if shows_relative_map(analysis, label) else analysis.cams[i]
 
 
 def gallery_labels(analysis: Analysis, min_probability: float, limit: int | None = None) -> list[str]:

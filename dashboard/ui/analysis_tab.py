@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from core.imaging import XrayImage
-from dashboard.components.cam import COLORMAPS, cam_overlay, gallery_labels
+from dashboard.components.cam import COLORMAPS, cam_overlay, gallery_labels, shows_relative_map
 from dashboard.components.image_view import (
     display_pixels,
     image_figure,
@@ -27,6 +27,14 @@ PLOT_CONFIG = {"displaylogo": False, "scrollZoom": True, "modeBarButtonsToRemove
 TREE_CONFIG = {"displaylogo": False, "displayModeBar": False}
 # A label whose evidence is all negative has an all-zero map: nothing is coloured, and the caption says why.
 _EMPTY_NOTE = " · no region raises this label"
+_RELATIVE_NOTE = " · no region raises this label: relative CAM shown (where it is least unlikely)"
+
+
+def _cam_note(analysis, label: str) -> str:
+    """Caption suffix for a label whose Grad-CAM is empty (relative map drawn, or nothing to draw)."""
+    if analysis.cams[analysis.index(label)].any():
+        return ""
+    return _RELATIVE_NOTE if shows_relative_map(analysis, label) else _EMPTY_NOTE
 
 
 def render_analysis(ctx: Context) -> None:
@@ -166,7 +174,7 @@ def _cam(ctx: Context) -> None:
     image_slot.image(
         cam_overlay(analysis, selected, colormap=colormap, opacity=opacity, threshold=threshold),
         caption=f"Grad-CAM · {selected} · P = {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f}"
-        + _EMPTY_NOTE * (not analysis.cams[i].any()),
+        + _cam_note(analysis, selected),
         width="stretch",
     )
     gallery = st.expander("Gallery: every label above a probability", key="gallery", on_change="rerun")
@@ -186,6 +194,6 @@ def _cam(ctx: Context) -> None:
                     cam_overlay(analysis, label, colormap=colormap, opacity=opacity, threshold=threshold,
                                 max_side=256),
                     caption=f"{label} · {analysis.mc_mean[j]:.2f} ± {analysis.mc_std[j]:.2f}"
-                    + _EMPTY_NOTE * (not analysis.cams[j].any()),
+                    + _cam_note(analysis, label),
                     width="stretch",
                 )
