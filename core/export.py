@@ -136,6 +136,13 @@ def plot_roc(y_true: np.ndarray, y_score: np.ndarray, mask: np.ndarray, labels: 
     ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=0.8)
     ax.set(xlabel="False positive rate", ylabel="True positive rate", title=title, xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=6.5, loc="lower right", ncol=2, frameon=False)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure (tight layout) to ``path``, creating folders, and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,12 +185,7 @@ def plot_calibration(y_true: np.ndarray, curves: Mapping[str, np.ndarray], mask:
     ax.legend(fontsize=7, loc="upper left", frameon=False)
     hx.set(xlabel="Predicted probability", ylabel="Count")
     hx.set_yscale("log")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # ------------------------------------------------------------------------------------------- model card
