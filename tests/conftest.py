@@ -9,6 +9,23 @@ import pytest
 from core.taxonomy import Taxonomy, load_taxonomy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: Every key a model card must have (the schema written by core/export.py).
+CARD_KEYS = ("variant", "created", "model", "taxonomy", "preprocessing", "loss", "penalty_table", "calibration",
+             "training", "data", "metrics", "reproduce", "intended_use", "limitations")
+
+
+def write_tiny_nih_csv(shared_data: Path, path: Path, thumbnails: int, larger: int, val: int, test: int) -> Path:
+    """A small real NIH label table: train rows (64 px thumbnails and larger images), then val and test rows."""
+    import pandas as pd
+
+    df = pd.read_csv(shared_data / "nih" / "labels.csv")
+    train = df[df.split == "train"]
+    rows = pd.concat([train[train.stored_size == "64x64"].head(thumbnails),
+                      train[train.stored_size != "64x64"].head(larger),
+                      df[df.split == "val"].head(val), df[df.split == "test"].head(test)])
+    rows.to_csv(path, index=False)
+    return path
 SHARED = REPO_ROOT.parent / "shared"
 
 

@@ -7,14 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import CARD_KEYS, REPO_ROOT
 
 from core.evaluate import evaluate_variants
 from core.registry import default_variant, scan_weights
-from tests.conftest import REPO_ROOT
 
 VARIANTS = ("bce", "hbce_fixed", "hbce_data", "hbce_soft")
-CARD_KEYS = ("variant", "created", "model", "taxonomy", "preprocessing", "loss", "penalty_table", "calibration",
-             "training", "data", "metrics", "reproduce", "intended_use", "limitations")
 
 
 @pytest.fixture(scope="module")

@@ -3,38 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
+from conftest import CARD_KEYS, write_tiny_nih_csv
 
 from core.config import REPO_ROOT, ConfigError, config_from_dict, load_config, resolve_path
 from core.model import load_model
 
-CARD_KEYS = {"variant", "created", "model", "taxonomy", "preprocessing", "loss", "penalty_table", "calibration",
-             "training", "data", "metrics", "reproduce", "intended_use", "limitations"}
-
 
 @pytest.fixture(scope="module")
 def tiny_csv(shared_data: Path, tmp_path_factory) -> Path:
-    df = pd.read_csv(shared_data / "nih" / "labels.csv")
-    train = df[df.split == "train"]
-    rows = pd.concat([train[train.stored_size == "64x64"].head(12), train[train.stored_size != "64x64"].head(12),
-                      df[df.split == "val"].head(16), df[df.split == "test"].head(20)])
-    path = tmp_path_factory.mktemp("tiny") / "labels.csv"
-    rows.to_csv(path, index=False)
-    return path
+    return write_tiny_nih_csv(shared_data, tmp_path_factory.mktemp("tiny") / "labels.csv", 12, 12, 16, 20)
 
 
 def run_train(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    env_threads = {"OMP_NUM_THREADS": "1"}
-    import os
-
     return subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd="/", env={**os.environ, **env_threads})
+                          timeout=timeout, cwd="/", env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.slow
@@ -52,7 +41,7 @@ def test_train_and_export_writes_a_complete_model_card(tiny_csv, shared_data, tm
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["loss"]["violation"] == "soft" and resolved["model"]["input_size"] == 64
     card = json.loads(Path(f"{prefix}.json").read_text())
-    assert CARD_KEYS <= set(card) and card["variant"] == "tiny_soft"
+    assert set(CARD_KEYS) <= set(card) and card["variant"] == "tiny_soft"
     assert card["taxonomy"]["hash"] == taxonomy.hash and card["model"]["labels"] == list(taxonomy.labels)
     assert card["preprocessing"]["input_size"] == 64 and card["loss"]["penalty_source"] == "data_driven"
     assert len(card["penalty_table"]) == len(taxonomy.edges)

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from conftest import write_tiny_nih_csv
 
 from core.config import Config, config_from_dict
 from core.data import build_datasets
@@ -37,13 +37,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def tiny_csv(shared_data: Path, tmp_path_factory) -> Path:
     """32 train / 16 val / 16 test real NIH rows (train: 16 thumbnails + 16 larger images)."""
-    df = pd.read_csv(shared_data / "nih" / "labels.csv")
-    train = df[df.split == "train"]
-    rows = pd.concat([train[train.stored_size == "64x64"].head(16), train[train.stored_size != "64x64"].head(16),
-                      df[df.split == "val"].head(16), df[df.split == "test"].head(16)])
-    path = tmp_path_factory.mktemp("tiny") / "labels.csv"
-    rows.to_csv(path, index=False)
-    return path
+    return write_tiny_nih_csv(shared_data, tmp_path_factory.mktemp("tiny") / "labels.csv", 16, 16, 16, 16)
 
 
 def tiny_config(csv_path: Path, images: Path, out: Path, name: str, **loss) -> Config:
