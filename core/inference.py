@@ -125,7 +125,11 @@ def class_activation_maps(features: torch.Tensor, weight: torch.Tensor, relative
     no positive value stays all zero. ``relative=True``: the map without the ReLU, min-max scaled (a constant map
     gives zeros), which still ranks regions when a label's evidence is negative everywhere.
     """
-    raw = torch.einsum("lk,bkhw->blhw", weight, features)
+    return _scale_maps(torch.einsum("lk,bkhw->blhw", weight, features), relative)
+
+
+def _scale_maps(raw: torch.Tensor, relative: bool) -> torch.Tensor:
+    """Signed class activation ``(B, L, h, w)`` -> ReLU/max-scaled (Grad-CAM) or min-max-scaled (relative) maps."""
     tiny = torch.finfo(raw.dtype).tiny
     if relative:
         low = raw.amin(dim=(2, 3), keepdim=True)
@@ -185,8 +189,9 @@ def head_outputs(
         t1 = time.perf_counter()
         relative = None
         if with_cams:
-            cams = class_activation_maps(features, weight)
-            relative = class_activation_maps(features, weight, relative=True).float().cpu().numpy()
+            raw = torch.einsum("lk,bkhw->blhw", weight, features)  # once for both kinds of map
+            cams = _scale_maps(raw, relative=False)
+            relative = _scale_maps(raw, relative=True).float().cpu().numpy()
         else:
             cams = features.new_zeros((features.shape[0], weight.shape[0], 0, 0))
         t2 = time.perf_counter()
