@@ -6,6 +6,8 @@ Examples::
     python train.py --config configs/nih_bce.yaml --set optim.lr=1e-4 --set train.batch_size=16
     python train.py --config configs/nih_bce.yaml --resume           # continue runs/nih_bce/ from its last epoch
     torchrun --nproc_per_node=2 train.py --config configs/nih_hbce_soft.yaml   # DDP (gloo on CPU, nccl on GPU)
+    python train.py --config configs/nih_hbce_soft.yaml --cv 5     # patient-level 5-fold CV over train+val
+    python train.py --config configs/nih_hbce_soft.yaml --fit-from-cv runs/nih_hbce_soft_cv5 --export weights/X
 
 Writes ``runs/<name>/`` (``config.yaml``, ``metrics.csv``, ``checkpoints/``); with ``--export weights/VARIANT``
 also ``weights/VARIANT.safetensors`` (fp16), ``weights/VARIANT.json`` (model card with test metrics) and the
@@ -33,6 +35,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--export", metavar="weights/VARIANT", help="export the best model and its model card")
     parser.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
     parser.add_argument("--name", help="shorthand for --set name=NAME (the run folder)")
+    parser.add_argument("--cv", type=int, metavar="K", help="patient-level K-fold cross-validation over train+val "
+                        "(resumable; writes runs/<name>_cvK/ with cv_summary.json); no export")
+    parser.add_argument("--fit-from-cv", metavar="DIR", help="train on train+val for the epoch chosen by the "
+                        "cross-validation in DIR (same schedule), e.g. runs/nih_hbce_soft_cv5")
     return parser.parse_args(argv)
 
 
@@ -55,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # Heavy imports (torch) only once the config is known to be valid: config mistakes are answered at once.
+    from core.crossval import CVError, load_cv_summary, run_cv
     from core.data import DataError
     from core.imaging import ImageError
     from core.labels import LabelError
@@ -62,6 +69,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.trainer import TrainError, cleanup_distributed, train
 
     try:
+        if args.cv:
+            summary = run_cv(config, args.cv)
+            if summary.get("complete"):
+                print(f"{args.cv}-fold CV of {config.name}: macro AUROC {summary['cv_macro_auroc_mean']:.4f} "
+                      f"+- {summary['cv_macro_auroc_std']:.4f} (folds), pooled out-of-fold "
+                      f"{summary['oof_macro_auroc']:.4f}, at epoch {summary['chosen_epoch']}")
+            else:
+                print("CV paused (train.stop_after_epochs); run the same command again to continue")
+            return 0
+        if args.fit_from_cv:
+            summary = load_cv_summary(resolve_path(args.fit_from_cv))
+            overrides += ["data.fit_on=train+val", f"train.keep_epoch={summary['chosen_epoch']}"]
+            config = load_config(config_path, overrides)
         result = train(config, resume=args.resume)
         if args.export and result.info.is_main:
             from core.export import export_variant
@@ -70,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             test = card["metrics"]["test"]
             print(f"exported {args.export}: test macro AUROC {test['macro_auroc']}, "
                   f"weighted AUROC {test['weighted_auroc']}, ECE {test['ece']}")
-    except (LabelError, DataError, ImageError, ModelLoadError, TrainError) as exc:
+    except (LabelError, DataError, ImageError, ModelLoadError, TrainError, CVError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

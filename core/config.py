@@ -46,6 +46,8 @@ class AugmentConfig:
     contrast: float = 0.1
     gamma: float = 0.1
     hflip: bool = False
+    degrade: float = 0.0
+    degrade_min_scale: float = 0.35
 
 
 @dataclass
@@ -69,6 +71,9 @@ class DataConfig:
     sources: list[dict[str, str]] = field(default_factory=list)
     attribution: str = ""
     limitations: str = ""
+    cv_folds: int = 0
+    cv_fold: int = 0
+    fit_on: str = "train"
 
 
 @dataclass
@@ -81,13 +86,16 @@ class ModelSection:
     mean: float = 0.5
     std: float = 0.25
     output_stride: int = 32
+    constraint: str = "none"
     pretrained: str | None = None
 
 
 @dataclass
 class LossConfig:
-    """Hierarchical loss: ``penalty`` none (plain BCE), fixed or data_driven; ``violation`` hard or soft."""
+    """The loss: ``hbce`` with ``penalty`` none (plain BCE), fixed or data_driven and ``violation`` hard or soft;
+    or ``mcloss``, C-HMCNN's max-constraint loss (needs ``model.constraint: max``)."""
 
+    name: str = "hbce"
     penalty: str = "data_driven"
     violation: str = "soft"
     lam: float = 1.0
@@ -125,6 +133,11 @@ class TrainConfig:
     threads: int | None = None
     out_dir: str = "runs"
     stop_after_epochs: int | None = None  # end this invocation early (time-sliced CPU use); continue with --resume
+    keep_epoch: int | None = None  # stop at this epoch and keep its weights (no early stopping), e.g. chosen by CV
+    ema_decay: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
+    mixup: float = 0.0  # > 0: mixup with Beta(alpha, alpha) mixing weights
+    channels_last: bool = True  # NHWC convolutions (faster on CPU oneDNN and on CUDA)
+    save_val_logits: bool = False  # write each epoch's validation logits (cross-validation uses them)
 
 
 @dataclass
@@ -171,6 +184,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.blank": ("zero", "unknown"),
     "data.abnormal_rule": ("not_no_finding", "any_child"),
     "data.on_error": ("raise", "skip"),
+    "data.fit_on": ("train", "train+val"),
+    "model.constraint": ("none", "max"),
+    "loss.name": ("hbce", "mcloss"),
     "loss.penalty": ("none", "fixed", "data_driven"),
     "loss.violation": ("hard", "soft"),
     "optim.name": ("adamw", "adam"),
@@ -321,8 +337,21 @@ def validate(config: Config, source: str = "config") -> Config:
         raise ConfigError(f"{source}: model.input_size must be >= 64 (DenseNet121 downsamples by 32)")
     if config.train.epochs < 0 or config.train.patience < 1:
         raise ConfigError(f"{source}: train.epochs must be >= 0 and train.patience >= 1")
-    if config.model.output_stride not in (16, 32):
-        raise ConfigError(f"{source}: model.output_stride must be 16 or 32, got {config.model.output_stride}")
+    if config.model.output_stride not in (8, 16, 32):
+        raise ConfigError(f"{source}: model.output_stride must be 8, 16 or 32, got {config.model.output_stride}")
+    if (config.loss.name == "mcloss") != (config.model.constraint == "max"):
+        raise ConfigError(f"{source}: loss.name 'mcloss' and model.constraint 'max' go together (C-HMCNN); got "
+                          f"loss.name {config.loss.name!r} with model.constraint {config.model.constraint!r}")
+    if config.data.cv_folds == 1 or config.data.cv_folds < 0:
+        raise ConfigError(f"{source}: data.cv_folds must be 0 (off) or >= 2, got {config.data.cv_folds}")
+    if config.data.cv_folds and not 0 <= config.data.cv_fold < config.data.cv_folds:
+        raise ConfigError(f"{source}: data.cv_fold must be in [0, {config.data.cv_folds}), got {config.data.cv_fold}")
+    if not 0.0 <= config.train.ema_decay < 1.0 or config.train.mixup < 0:
+        raise ConfigError(f"{source}: train.ema_decay must be in [0, 1) and train.mixup >= 0")
+    if not 0.0 <= config.data.augment.degrade <= 1.0 or not 0.0 < config.data.augment.degrade_min_scale <= 1.0:
+        raise ConfigError(f"{source}: data.augment.degrade must be a probability and degrade_min_scale in (0, 1]")
+    if config.train.keep_epoch is not None and not 1 <= config.train.keep_epoch <= config.train.epochs:
+        raise ConfigError(f"{source}: train.keep_epoch must be in [1, train.epochs], got {config.train.keep_epoch}")
     if not 0.0 <= config.model.dropout < 1.0:
         raise ConfigError(f"{source}: model.dropout must be in [0, 1), got {config.model.dropout}")
     if config.data.num_workers < 0:

@@ -90,8 +90,32 @@ def split_assignments(labels: LabelSet, data: DataConfig, source: str = "label t
     return hash_split(meta[data.patient_column].astype(str).tolist(), data.split_fractions, data.split_salt)
 
 
+def cv_folds(patient_ids: Sequence, k: int, salt: str = "hicxr-cv") -> np.ndarray:
+    """Fold number (0..k-1) per row, by patient: patients sorted by a salted hash, dealt round-robin.
+
+    All images of a patient share a fold, fold sizes differ by at most one patient, and the assignment depends
+    only on the ids (the same on any machine, whatever the row order).
+    """
+    ids = [str(p) for p in patient_ids]
+    unique = sorted(set(ids), key=lambda p: hashlib.sha256(f"{salt}:{p}".encode()).digest())
+    fold_of = {p: i % k for i, p in enumerate(unique)}
+    return np.array([fold_of[p] for p in ids], dtype=np.int64)
+
+
+def patient_ids(labels: LabelSet, data: DataConfig) -> np.ndarray:
+    """Patient id per row from ``data.patient_column`` (the image path where the table has none)."""
+    meta = labels.metadata
+    if data.patient_column in meta.columns:
+        return meta[data.patient_column].astype(str).to_numpy(dtype=object)
+    return np.asarray(labels.paths, dtype=object)
+
+
 def load_splits(config: Config, taxonomy: Taxonomy | None = None) -> dict[str, LabelSet]:
     """Read ``config.data.csv`` and return ``{"train", "val", "test"}`` label sets.
+
+    With ``data.cv_folds = k`` the train and val rows are pooled and split by patient into ``k`` folds: fold
+    ``data.cv_fold`` is returned as ``val`` and the rest as ``train`` (``test`` is untouched). With
+    ``data.fit_on = train+val`` the val rows are trained on as well (``val`` is still returned, for logging only).
 
     Raises:
         LabelError: the CSV is missing, unreadable or lacks a column (named in the message).
@@ -103,7 +127,15 @@ def load_splits(config: Config, taxonomy: Taxonomy | None = None) -> dict[str, L
     kwargs = {"policy": data.uncertainty_policy, "blank": data.blank} if fmt == "chexpert" else {}
     labels = read_label_csv(csv, fmt=fmt, taxonomy=taxonomy, abnormal_rule=data.abnormal_rule, **kwargs)
     assignment = split_assignments(labels, data, str(csv))
-    return {s: labels.subset(assignment == s) for s in SPLITS}
+    if data.cv_folds:
+        pool = np.flatnonzero((assignment == "train") | (assignment == "val"))
+        folds = cv_folds(patient_ids(labels.subset(pool), data), data.cv_folds)
+        assignment = assignment.copy()
+        assignment[pool] = np.where(folds == data.cv_fold, "val", "train")
+    out = {s: labels.subset(assignment == s) for s in SPLITS}
+    if data.fit_on == "train+val":
+        out["train"] = labels.subset((assignment == "train") | (assignment == "val"))
+    return out
 
 
 def _sniff_format(csv: Path) -> str:
@@ -134,14 +166,39 @@ class RandomGamma(nn.Module):
         return x.clamp(0.0, 1.0).pow(g)
 
 
+class RandomDegrade(nn.Module):
+    """With probability ``p``, downsample by a random factor in ``[min_scale, 1]`` and upsample back.
+
+    Two thirds of the NIH training images exist only as 64 px thumbnails, while validation and test images are
+    full resolution: at inputs above 64 px a model could learn "blurry means thumbnail" (and so the thumbnails'
+    label mix). Degrading sharp images at random makes sharpness carry no label information.
+    """
+
+    def __init__(self, p: float, min_scale: float) -> None:
+        super().__init__()
+        self.p, self.min_scale = float(p), float(min_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Degrade a ``(C, H, W)`` tensor in [0, 1] (or return it unchanged)."""
+        if self.p <= 0 or float(torch.rand(())) >= self.p:
+            return x
+        h, w = x.shape[-2:]
+        scale = float(torch.empty(()).uniform_(self.min_scale, 1.0))
+        small = (max(8, round(h * scale)), max(8, round(w * scale)))
+        down = torch.nn.functional.interpolate(x[None], size=small, mode="bilinear", antialias=True,
+                                               align_corners=False)
+        return torch.nn.functional.interpolate(down, size=(h, w), mode="bilinear", align_corners=False)[0]
+
+
 def build_augment(cfg: AugmentConfig) -> nn.Module | None:
-    """Random affine (rotation, scale, translation) + brightness/contrast/gamma jitter; ``None`` if disabled.
+    """Random degradation, affine (rotation, scale, translation) + brightness/contrast/gamma; ``None`` if disabled.
 
     No vertical flip: an upside-down chest film is not a plausible input. Horizontal flip only if asked.
     """
     if not cfg.enabled:
         return None
-    steps: list[nn.Module] = [
+    steps: list[nn.Module] = [RandomDegrade(cfg.degrade, cfg.degrade_min_scale)] if cfg.degrade > 0 else []
+    steps += [
         v2.RandomAffine(
             degrees=cfg.rotation,
             translate=(cfg.translate, cfg.translate),

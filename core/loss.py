@@ -98,3 +98,61 @@ class HierarchicalBCELoss(nn.Module):
         """Scalar loss for a batch of ``logits`` ``(B, L)``, ``targets`` ``(B, L)`` and optional ``mask``."""
         parts = self.components(logits, targets, mask)
         return parts["bce"] + self.lam * parts["penalty"]
+
+
+class MaxConstraintLoss(nn.Module):
+    r"""C-HMCNN's max-constraint loss (MCLoss; Giunchiglia & Lukasiewicz, NeurIPS 2020), with a known-entry mask.
+
+    The model's output probability for label :math:`a` is the max-constraint module
+    :math:`\mathrm{MCM}_a(h) = \max_{c \in D_a} h_c` over :math:`a` and its descendants :math:`D_a`, with
+    :math:`h = \sigma(z)`, so a parent is never below its children (coherent by construction). Training uses
+
+    .. math::
+
+        L = -\frac{1}{\sum m} \sum_{b,a} m_{ba} \Big[ y_{ba} \log \max_{c \in D_a,\, y_{bc} = 1} h_{bc}
+            + (1 - y_{ba}) \log\big(1 - \max_{c \in D_a} h_{bc}\big) \Big]
+
+    For a positive label only its *positive* descendants may supply the maximum, so the gradient reaches the
+    label the evidence is about rather than whichever descendant happens to be largest; for a negative label
+    every descendant is pushed down through the maximum. Unknown entries (``m = 0``) are left out of the sum and
+    never count as positive descendants. Computed in log space:
+    :math:`\log \max h = \max \log\sigma(z)` and :math:`\log(1 - \max h) = \min \log\sigma(-z)`.
+
+    Args:
+        taxonomy: Gives the descendant matrix (:attr:`core.taxonomy.Taxonomy.descendant_matrix`).
+    """
+
+    lam = 0.0
+
+    def __init__(self, taxonomy: Taxonomy) -> None:
+        super().__init__()
+        self.register_buffer("descendants", torch.as_tensor(taxonomy.descendant_matrix))
+
+    def components(
+        self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``{"bce": MCLoss, "penalty": 0}`` (the same keys as :class:`HierarchicalBCELoss`)."""
+        z = logits.float()
+        y = targets.float()
+        known = torch.ones_like(y, dtype=torch.bool) if mask is None else mask.bool()
+        r = self.descendants  # (L, L): r[a, c]
+        neg_inf = torch.tensor(float("-inf"), device=z.device)
+        pos_inf = torch.tensor(float("inf"), device=z.device)
+        log_h = F.logsigmoid(z)  # (B, L)
+        log_1mh = F.logsigmoid(-z)
+        positive = (y > 0) & known  # (B, L); soft (mixup) targets count as positive with weight y
+        # (B, L, L): entry [b, a, c] is label c as a candidate for label a's maximum.
+        pos_candidates = r[None] & positive[:, None, :]
+        log_pos = torch.where(pos_candidates, log_h[:, None, :], neg_inf).amax(dim=-1)
+        log_neg = torch.where(r[None], log_1mh[:, None, :], pos_inf).amin(dim=-1)
+        # A positive label is its own positive descendant, so log_pos is finite wherever it is used.
+        pos_term = torch.where(positive, y * torch.where(positive, log_pos, torch.zeros_like(log_pos)), 0.0)
+        per_entry = -(pos_term + (1.0 - y) * log_neg)
+        weight = known.to(per_entry.dtype)
+        per_entry = torch.where(known, per_entry, torch.zeros_like(per_entry))
+        loss = (per_entry * weight).sum() / weight.sum().clamp_min(1.0)
+        return {"bce": loss, "penalty": loss.new_zeros(())}
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar MCLoss for a batch."""
+        return self.components(logits, targets, mask)["bce"]

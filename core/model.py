@@ -33,6 +33,8 @@ from core.taxonomy import Taxonomy, load_taxonomy
 
 MIN_INPUT_SIZE = 64
 CONFIG_KEY = "hicxr_config"
+OUTPUT_STRIDES = (8, 16, 32)
+CONSTRAINTS = ("none", "max")
 
 
 class ModelLoadError(ValueError):
@@ -52,9 +54,13 @@ class ModelConfig:
         dropout: Dropout before the linear head (also what MC sampling uses).
         mean: Normalisation mean applied to [0, 1] pixels.
         std: Normalisation standard deviation.
-        output_stride: 32 (standard DenseNet121) or 16 (the last transition's 2x2 average pool removed, so the
-            last dense block runs at twice the resolution: 4x finer CAMs for about a third more compute; used for
-            small inputs, where a stride-32 map is only 2x2 or 3x3).
+        output_stride: 32 (standard DenseNet121), 16 (the last transition's 2x2 average pool removed, so the
+            last dense block runs at twice the resolution: 4x finer CAMs for about a third more compute) or 8
+            (the last two transitions' pools removed: a 64 px input gives an 8 x 8 map). Pooling layers have no
+            weights, so a checkpoint loads at any stride.
+        constraint: ``none`` (independent sigmoids) or ``max``: the C-HMCNN max-constraint module, where a
+            label's probability is the maximum of its own and its descendants' sigmoids (coherent by construction;
+            see :func:`output_probabilities`).
     """
 
     labels: list[str]
@@ -66,6 +72,7 @@ class ModelConfig:
     mean: float = 0.5
     std: float = 0.25
     output_stride: int = 32
+    constraint: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -101,20 +108,24 @@ class HiCXRNet(nn.Module):
             raise ValueError(f"unsupported backbone {config.backbone!r}; only 'densenet121'")
         if config.in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {config.in_channels}")
-        if config.output_stride not in (16, 32):
-            raise ValueError(f"output_stride must be 16 or 32, got {config.output_stride}")
+        if config.output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {config.output_stride}")
+        if config.constraint not in CONSTRAINTS:
+            raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {config.constraint!r}")
         self.config = config
         net = densenet121(weights=None)
-        if pretrained_path is not None:
-            _load_imagenet_features(net, Path(pretrained_path))
         if config.in_channels == 1:
             rgb = net.features.conv0
             gray = nn.Conv2d(1, rgb.out_channels, rgb.kernel_size, rgb.stride, rgb.padding, bias=False)
             with torch.no_grad():
                 gray.weight.copy_(rgb.weight.sum(dim=1, keepdim=True))
             net.features.conv0 = gray
-        if config.output_stride == 16:
+        if pretrained_path is not None:
+            load_backbone(net.features, Path(pretrained_path))
+        if config.output_stride <= 16:
             net.features.transition3.pool = nn.Identity()
+        if config.output_stride <= 8:
+            net.features.transition2.pool = nn.Identity()
         self.features = net.features
         self.relu = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -147,14 +158,41 @@ class HiCXRNet(nn.Module):
 
 
 def build_model(config: ModelConfig, pretrained_path: str | Path | None = None) -> HiCXRNet:
-    """A new model for ``config``; randomly initialised unless a local ImageNet checkpoint is given."""
+    """A new model for ``config``; randomly initialised unless a local backbone checkpoint is given."""
     return HiCXRNet(config, pretrained_path)
 
 
-def _load_imagenet_features(net: nn.Module, path: Path) -> None:
-    """Load a local torchvision DenseNet121 ImageNet checkpoint (.safetensors, or .pth read weights-only)."""
+def output_probabilities(logits: torch.Tensor, descendants: torch.Tensor | None) -> torch.Tensor:
+    """Output probabilities from logits ``(..., L)``: sigmoid, then the max constraint when ``descendants`` is set.
+
+    With the C-HMCNN max-constraint module, ``p_a = max_{c : R[a, c]} sigmoid(z_c)`` over ``a`` and its
+    descendants (``R`` = :attr:`core.taxonomy.Taxonomy.descendant_matrix`), so no parent is ever below a child.
+    """
+    probs = torch.sigmoid(logits)
+    if descendants is None:
+        return probs
+    r = descendants.to(device=probs.device, dtype=torch.bool)
+    expanded = probs.unsqueeze(-2).expand(*probs.shape[:-1], r.shape[0], r.shape[1])
+    return torch.where(r, expanded, torch.zeros((), dtype=probs.dtype, device=probs.device)).amax(dim=-1)
+
+
+def constraint_matrix(config: ModelConfig, taxonomy: Taxonomy | None = None) -> torch.Tensor | None:
+    """The descendant matrix the model's outputs are constrained by, or ``None`` for independent sigmoids."""
+    if config.constraint == "none":
+        return None
+    taxonomy = taxonomy or load_taxonomy()
+    return torch.from_numpy(taxonomy.descendant_matrix)
+
+
+def load_backbone(features: nn.Module, path: Path) -> None:
+    """Load DenseNet121 ``features.*`` weights into ``features`` from a local checkpoint; nothing is downloaded.
+
+    Accepts a HiCXR file (a trained model or a ``pretrain.py`` backbone, safetensors) or a torchvision ImageNet
+    checkpoint (``.safetensors``, or ``.pth`` read weights-only). A 3-channel first convolution is summed over
+    RGB for a 1-channel model (the same response to a gray image replicated on three channels).
+    """
     if not path.exists():
-        raise ModelLoadError(f"{path}: ImageNet checkpoint not found (nothing is downloaded)")
+        raise ModelLoadError(f"{path}: backbone checkpoint not found (nothing is downloaded)")
     if path.suffix == ".safetensors":
         state = _read_safetensors(path)[0]
     else:
@@ -162,8 +200,16 @@ def _load_imagenet_features(net: nn.Module, path: Path) -> None:
     # Old torchvision files name dense-layer modules "norm.1"; current ones "norm1".
     old_name = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$")
     state = {old_name.sub(lambda m: m.group(1) + m.group(2), k): v for k, v in state.items()}
-    features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-    missing, unexpected = net.features.load_state_dict(features, strict=False)
+    weights = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    conv0 = features.conv0.weight
+    if "conv0.weight" in weights and weights["conv0.weight"].shape[1] != conv0.shape[1]:
+        w = weights["conv0.weight"]
+        if conv0.shape[1] == 1:
+            weights["conv0.weight"] = w.sum(dim=1, keepdim=True)
+        else:
+            weights["conv0.weight"] = w.expand(-1, conv0.shape[1], -1, -1) / conv0.shape[1]
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    missing, _ = features.load_state_dict(weights, strict=False)
     if missing:
         raise ModelLoadError(f"{path}: not a DenseNet121 checkpoint ({len(missing)} missing, e.g. {missing[0]})")
 

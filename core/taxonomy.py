@@ -101,6 +101,33 @@ class Taxonomy:
         """Direct children of ``label`` in output order."""
         return sorted(self.graph.successors(label), key=self.index)
 
+    @property
+    def descendant_matrix(self) -> np.ndarray:
+        """``(L, L)`` bool matrix ``R`` with ``R[a, c]`` true when ``c`` is ``a`` or one of its descendants.
+
+        The max-constraint module of C-HMCNN (Giunchiglia & Lukasiewicz 2020) takes, for each label, the maximum
+        probability over its row: a parent is then never below any of its descendants.
+        """
+        matrix = np.eye(self.num_labels, dtype=bool)
+        for label in self.labels:
+            for child in nx.descendants(self.graph, label):
+                matrix[self.index(label), self.index(child)] = True
+        return matrix
+
+    def violations(self, probs: Any, threshold: float = 0.5) -> Any:
+        """The one rule of a hierarchy violation: parent below ``threshold`` while its child is above it.
+
+        Args:
+            probs: ``(..., L)`` probabilities, a NumPy array or a torch tensor (the result has the same kind).
+            threshold: The decision threshold (0.5, the paper's).
+
+        Returns:
+            ``(..., E)`` booleans, one per edge in :attr:`edges` order.
+        """
+        parent = probs[..., self.parent_index]
+        child = probs[..., self.child_index]
+        return (parent < threshold) & (child > threshold)
+
     def layers(self) -> list[list[str]]:
         """Topological layers (roots first); each layer in output order. Used to lay the DAG out."""
         return [sorted(layer, key=self.index) for layer in nx.topological_generations(self.graph)]

@@ -44,9 +44,17 @@ from tqdm.auto import tqdm
 from core.config import Config
 from core.data import XrayDataset, build_datasets
 from core.labels import LabelSet
-from core.loss import HierarchicalBCELoss
+from core.loss import HierarchicalBCELoss, MaxConstraintLoss
 from core.metrics import per_label_auroc
-from core.model import HiCXRNet, ModelConfig, build_model, load_model, save_model
+from core.model import (
+    HiCXRNet,
+    ModelConfig,
+    build_model,
+    constraint_matrix,
+    load_model,
+    output_probabilities,
+    save_model,
+)
 from core.penalties import EdgePenalty, data_driven_penalties, fixed_penalties, penalty_table
 from core.preprocess import normalize
 from core.taxonomy import Taxonomy, load_taxonomy
@@ -150,8 +158,10 @@ def build_penalties(config: Config, train_labels: LabelSet, taxonomy: Taxonomy) 
     return data_driven_penalties(train_labels.targets, train_labels.mask, taxonomy, alpha=loss.alpha), loss.lam
 
 
-def build_loss(config: Config, train_labels: LabelSet, taxonomy: Taxonomy) -> tuple[HierarchicalBCELoss, list]:
-    """The loss module and its penalty table (for the model card)."""
+def build_loss(config: Config, train_labels: LabelSet, taxonomy: Taxonomy) -> tuple[nn.Module, list]:
+    """The loss module and its penalty table (for the model card; empty for C-HMCNN's MCLoss)."""
+    if config.loss.name == "mcloss":
+        return MaxConstraintLoss(taxonomy), []
     penalties, lam = build_penalties(config, train_labels, taxonomy)
     loss = HierarchicalBCELoss(taxonomy, penalties, lam=lam, violation=config.loss.violation)
     table = penalty_table(penalties, taxonomy, train_labels.targets, train_labels.mask)
@@ -163,7 +173,7 @@ def model_config_for(config: Config, taxonomy: Taxonomy) -> ModelConfig:
     m = config.model
     return ModelConfig.for_taxonomy(
         taxonomy, input_size=m.input_size, in_channels=m.in_channels, dropout=m.dropout, mean=m.mean, std=m.std,
-        output_stride=m.output_stride,
+        output_stride=m.output_stride, constraint=m.constraint,
         extra={"run": config.name, "loss": config.loss.penalty, "violation": config.loss.violation},
     )
 
@@ -261,11 +271,16 @@ class LoopState:
 
 
 def save_checkpoint(run_dir: Path, model: HiCXRNet, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: LoopState, best: bool) -> None:
-    """Write ``last`` (model, optimizer + RNG tensors, JSON state) and, if ``best``, ``best.safetensors``."""
+                    state: LoopState, best: bool, ema: torch.optim.swa_utils.AveragedModel | None = None) -> None:
+    """Write ``last`` (model, optimizer + RNG tensors, JSON state) and, if ``best``, ``best.safetensors``.
+
+    With an EMA, ``last_ema.safetensors`` holds the averaged weights and ``best`` is taken from them.
+    """
     ckpt = run_dir / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     save_model(model, ckpt / "last.safetensors")
+    if ema is not None:
+        save_model(ema.module, ckpt / "last_ema.safetensors")
     tensors, meta = _optimizer_to_files(optimizer)
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
@@ -276,11 +291,11 @@ def save_checkpoint(run_dir: Path, model: HiCXRNet, optimizer: torch.optim.Optim
     tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     tmp.replace(ckpt / "last_state.json")  # atomic: a crash mid-write never leaves a half state file
     if best:
-        save_model(model, ckpt / "best.safetensors")
+        save_model(model if ema is None else ema.module, ckpt / "best.safetensors")
 
 
 def load_checkpoint(run_dir: Path, model: HiCXRNet, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    taxonomy: Taxonomy) -> LoopState:
+                    taxonomy: Taxonomy, ema: torch.optim.swa_utils.AveragedModel | None = None) -> LoopState:
     """Restore the ``last`` checkpoint into ``model``, ``optimizer``, ``scheduler`` and the RNG; return the state."""
     ckpt = run_dir / "checkpoints"
     needed = [ckpt / "last.safetensors", ckpt / "last_optim.safetensors", ckpt / "last_state.json"]
@@ -291,6 +306,11 @@ def load_checkpoint(run_dir: Path, model: HiCXRNet, optimizer: torch.optim.Optim
     if saved.config.input_size != model.config.input_size or saved.config.in_channels != model.config.in_channels:
         raise TrainError(f"cannot resume: {ckpt / 'last.safetensors'} was trained with another input size/channels")
     model.load_state_dict(saved.state_dict())
+    if ema is not None:
+        if not (ckpt / "last_ema.safetensors").is_file():
+            raise TrainError(f"cannot resume: {ckpt / 'last_ema.safetensors'} is missing (was EMA off?)")
+        ema.module.load_state_dict(load_model(ckpt / "last_ema.safetensors", taxonomy).state_dict())
+        ema.n_averaged.fill_(1)
     payload = json.loads((ckpt / "last_state.json").read_text(encoding="utf-8"))
     tensors = load_file(str(ckpt / "last_optim.safetensors"))
     optimizer.load_state_dict(_optimizer_from_files(tensors, payload["optimizer"]))
@@ -324,11 +344,15 @@ def autocast_context(device: torch.device, enabled: bool):
 
 
 def train_one_epoch(
-    model: nn.Module, loader: DataLoader, loss_fn: HierarchicalBCELoss, optimizer: torch.optim.Optimizer,
+    model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     scheduler: Any, config: Config, info: DistInfo, scaler: torch.amp.GradScaler | None, state: LoopState,
-    show: bool,
+    show: bool, ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> dict[str, float]:
-    """One pass over the training loader; returns mean loss, BCE and penalty (averaged over ranks)."""
+    """One pass over the training loader; returns mean loss, BCE and penalty (averaged over ranks).
+
+    With ``train.mixup`` = alpha > 0, each batch is mixed with a shuffled copy of itself with a weight drawn from
+    Beta(alpha, alpha): images and targets are mixed, and an entry is known only where both images know it.
+    """
     model.train()
     mcfg = _unwrap(model).config
     sums = np.zeros(3)
@@ -340,6 +364,10 @@ def train_one_epoch(
     for step, (x, y, m, _) in enumerate(_progress(loader, show, desc=f"epoch {state.epoch}", unit="batch"), 1):
         x = normalize(x.to(info.device, non_blocking=True), mcfg)
         y, m = y.to(info.device, non_blocking=True), m.to(info.device, non_blocking=True)
+        if config.train.mixup > 0:
+            x, y, m = mixup_batch(x, y, m, config.train.mixup)
+        if config.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast_context(info.device, config.train.amp):
             logits = model(x)
         parts = loss_fn.components(logits.float(), y, m)
@@ -361,6 +389,8 @@ def train_one_epoch(
             optimizer.step()
         if per_step:
             scheduler.step()
+        if ema is not None:
+            ema.update_parameters(_unwrap(model))
         state.global_step += 1
         b = x.shape[0]
         sums += b * np.array([loss.item(), parts["bce"].item(), parts["penalty"].item()])
@@ -405,16 +435,30 @@ def selected_val_labels(labels: LabelSet, min_positives: int) -> list[int]:
     return [j for j in range(labels.targets.shape[1]) if pos[j] >= min_positives and neg[j] >= 1]
 
 
-def validation_metrics(logits: np.ndarray, labels: LabelSet, loss_fn: HierarchicalBCELoss,
-                       selected: list[int]) -> dict[str, float]:
-    """Validation loss (same loss as training) and macro AUROC over the ``selected`` labels."""
-    device = loss_fn.penalties.device
+def mixup_batch(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor,
+                alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mix a batch with a shuffled copy of itself (weight ~ Beta(alpha, alpha)); a label stays known only where
+    both images know it."""
+    lam = float(np.random.beta(alpha, alpha))
+    perm = torch.randperm(x.shape[0], device=x.device)
+    mixed_x = lam * x + (1.0 - lam) * x[perm]
+    mixed_y = lam * y + (1.0 - lam) * y[perm]
+    return mixed_x, mixed_y, m & m[perm]
+
+
+def validation_metrics(logits: np.ndarray, labels: LabelSet, loss_fn: nn.Module,
+                       selected: list[int], descendants: torch.Tensor | None = None) -> dict[str, float]:
+    """Validation loss (same loss as training) and macro AUROC over the ``selected`` labels.
+
+    ``descendants``: the model's max-constraint matrix (C-HMCNN), so the AUROC is that of its real outputs.
+    """
+    device = next(iter(loss_fn.buffers())).device
     z = torch.from_numpy(logits).to(device)
     y = torch.from_numpy(labels.targets).to(device)
     m = torch.from_numpy(labels.mask).to(device)
     with torch.no_grad():
         val_loss = float(loss_fn(z, y, m))
-    probs = 1.0 / (1.0 + np.exp(-logits))
+    probs = output_probabilities(torch.from_numpy(logits), descendants).numpy()
     aurocs = per_label_auroc(labels.targets[:, selected], probs[:, selected], labels.mask[:, selected])
     defined = [a for a in aurocs if a is not None]
     return {"val_loss": val_loss, "val_macro_auroc": float(np.mean(defined)) if defined else float("nan")}
@@ -469,6 +513,15 @@ def _append_metrics(path: Path, row: dict[str, float]) -> None:
         if new:
             writer.writeheader()
         writer.writerow({k: row[k] for k in METRIC_COLUMNS})
+
+
+def _save_val_logits(folder: Path, epoch: int, logits: np.ndarray, labels: LabelSet) -> None:
+    """``<folder>/epoch_NNN.npy`` (rows in the val set's order) and, once, ``<folder>/rows.txt`` (paths)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f"epoch_{epoch:03d}.npy", logits.astype(np.float32), allow_pickle=False)
+    rows = folder / "rows.txt"
+    if not rows.exists():
+        rows.write_text("\n".join(labels.paths) + "\n", encoding="utf-8")
 
 
 def _tensorboard(run_dir: Path, enabled: bool):
@@ -528,13 +581,19 @@ def train(config: Config, resume: bool = False, taxonomy: Taxonomy | None = None
 
     seed_everything(config.train.seed)  # identical initial weights on every rank and every (re)start
     model = build_model(model_config_for(config, taxonomy), config.model.pretrained).to(info.device)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     train_loader = make_loader(train_ds, config, info, train=True)
     val_loader = make_loader(val_ds, config, info, train=False)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer, len(train_loader))
     state = LoopState(seed=config.train.seed)
+    ema = None
+    if config.train.ema_decay > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.train.ema_decay), use_buffers=True)
     if resume:
-        state = load_checkpoint(run_dir, model, optimizer, scheduler, taxonomy)
+        state = load_checkpoint(run_dir, model, optimizer, scheduler, taxonomy, ema)
         log.info("resumed %s at epoch %d (best val macro AUROC %.4f at epoch %d)",
                  run_dir, state.epoch, state.best_metric, state.best_epoch)
     else:
@@ -551,8 +610,14 @@ def train(config: Config, resume: bool = False, taxonomy: Taxonomy | None = None
                  len(train_ds), len(val_ds), info.device, len(monitored), ", ".join(monitored))
     writer = _tensorboard(run_dir, info.is_main)
     history: list[dict[str, float]] = []
-    stopped = state.epochs_since_best >= config.train.patience
-    for epoch in _epochs(state.epoch + 1, config.train.epochs, show and not stopped):
+    # A fixed epoch (chosen by cross-validation, or because val is trained on) replaces early stopping.
+    fixed_epoch = config.train.keep_epoch or (config.train.epochs if config.data.fit_on == "train+val" else None)
+    last_epoch = fixed_epoch or config.train.epochs
+    stopped = fixed_epoch is None and state.epochs_since_best >= config.train.patience
+    stopped = stopped or state.epoch >= last_epoch
+    descendants = constraint_matrix(model.config, taxonomy)
+    eval_model: nn.Module = ddp_model if ema is None else ema.module
+    for epoch in _epochs(state.epoch + 1, last_epoch, show and not stopped):
         if stopped:
             break
         t0 = time.perf_counter()
@@ -564,10 +629,17 @@ def train(config: Config, resume: bool = False, taxonomy: Taxonomy | None = None
             train_loader.generator.manual_seed(config.train.seed * 100_003 + epoch)
         row: dict[str, float] = {"epoch": epoch}
         row.update(train_one_epoch(ddp_model, train_loader, loss_fn, optimizer, scheduler, config, info, scaler,
-                                   state, show))
+                                   state, show, ema))
         _broadcast_buffers(model, info)
-        logits, idx = predict_logits(ddp_model, val_loader, info, config.train.amp)
-        row.update(validation_metrics(logits, val_ds.labels.subset(idx), loss_fn, selected))
+        if ema is not None:
+            _broadcast_buffers(ema.module, info)
+        logits, idx = predict_logits(eval_model, val_loader, info, config.train.amp)
+        row.update(validation_metrics(logits, val_ds.labels.subset(idx), loss_fn, selected, descendants))
+        if config.train.save_val_logits and info.is_main:
+            _save_val_logits(run_dir / "val_logits", epoch, logits, val_ds.labels.subset(idx))
+            if ema is not None:  # the raw weights too, so one CV run measures what the EMA adds
+                raw, raw_idx = predict_logits(ddp_model, val_loader, info, config.train.amp)
+                _save_val_logits(run_dir / "val_logits_raw", epoch, raw, val_ds.labels.subset(raw_idx))
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(row["val_macro_auroc"])
         row["lr"] = optimizer.param_groups[0]["lr"]
@@ -575,6 +647,8 @@ def train(config: Config, resume: bool = False, taxonomy: Taxonomy | None = None
         state.seconds += row["seconds"]
         metric = row["val_macro_auroc"]
         improved = not math.isnan(metric) and metric > state.best_metric
+        if fixed_epoch is not None:
+            improved = epoch == fixed_epoch
         if improved:
             state.best_metric, state.best_epoch, state.epochs_since_best = metric, epoch, 0
         else:
@@ -582,7 +656,7 @@ def train(config: Config, resume: bool = False, taxonomy: Taxonomy | None = None
         history.append(row)
         if info.is_main:
             _append_metrics(run_dir / "metrics.csv", row)
-            save_checkpoint(run_dir, model, optimizer, scheduler, state, best=improved)
+            save_checkpoint(run_dir, model, optimizer, scheduler, state, best=improved, ema=ema)
             if writer is not None:
                 for key, value in row.items():
                     if key != "epoch":
@@ -598,7 +672,7 @@ def train(config: Config, resume: bool = False, taxonomy: Taxonomy | None = None
                 log.info("stopping after %d epoch(s) as asked (train.stop_after_epochs); continue with --resume",
                          len(history))
             break
-        if state.epochs_since_best >= config.train.patience:
+        if fixed_epoch is None and state.epochs_since_best >= config.train.patience:
             if info.is_main:
                 log.info("early stop: no val AUROC gain for %d epochs (best %.4f at epoch %d)",
                          config.train.patience, state.best_metric, state.best_epoch)
