@@ -63,10 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Heavy imports (torch) only once the config is known to be valid: config mistakes are answered at once.
     from core.crossval import CVError, load_cv_summary, run_cv
     from core.data import DataError
+    from core.distributed import cleanup_distributed
     from core.imaging import ImageError
     from core.labels import LabelError
     from core.model import ModelLoadError
-    from core.trainer import TrainError, cleanup_distributed, train
+    from core.trainer import TrainError, train
 
     try:
         if args.cv:

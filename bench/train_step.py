@@ -28,10 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.config import load_config, resolve_path  # noqa: E402
 from core.data import XrayDataset, build_augment, load_splits  # noqa: E402
+from core.distributed import DistInfo  # noqa: E402
 from core.model import build_model  # noqa: E402
+from core.optim import build_optimizer  # noqa: E402
 from core.preprocess import normalize  # noqa: E402
 from core.taxonomy import load_taxonomy  # noqa: E402
-from core.trainer import DistInfo, build_loss, build_optimizer, make_loader, model_config_for  # noqa: E402
+from core.trainer import build_loss, make_loader, model_config_for  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(model_config_for(cfg, taxonomy)).to(device).train()
     x = normalize(x.to(device), model.config)
     y, m = y.to(device), m.to(device)
-    opt = build_optimizer(cfg, model)
+    opt = build_optimizer(cfg.optim, model)
     bce_cfg = load_config(resolve_path("configs/nih_bce.yaml"))
     losses = {"bce": build_loss(bce_cfg, train_labels, taxonomy)[0].to(device),
               "hbce_soft": build_loss(cfg, train_labels, taxonomy)[0].to(device)}

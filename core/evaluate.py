@@ -21,16 +21,45 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
+from core.calibration import apply_temperature
+from core.card import write_json
 from core.config import DataConfig, resolve_path
 from core.data import DataError, XrayDataset, split_assignments
-from core.export import apply_temperature, plot_calibration, plot_roc, write_model_card
+from core.distributed import DistInfo, autocast_context, gather_rows, unwrap
 from core.labels import LabelError, read_label_csv
 from core.metrics import evaluate_predictions
 from core.model import HiCXRNet, ModelLoadError, load_model
+from core.plots import plot_calibration, plot_roc
+from core.preprocess import normalize
+from core.progress import progress
 from core.taxonomy import Taxonomy, load_taxonomy
-from core.trainer import DistInfo, predict_logits
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DataLoader, info: DistInfo, amp: bool = True,
+                   show: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``(N, L)`` and dataset row indices ``(N,)`` for ``loader`` (eval mode, no augmentation).
+
+    Under DDP every rank predicts its shard; the shards are gathered and the sampler's padding (repeated rows)
+    removed, so each rank returns every row exactly once, in row order.
+    """
+    model.eval()
+    mcfg = unwrap(model).config
+    logits, indices = [], []
+    for x, _, _, idx in progress(loader, show, desc="predict", unit="batch"):
+        x = normalize(x.to(info.device, non_blocking=True), mcfg)
+        with autocast_context(info.device, amp):
+            logits.append(model(x).float())
+        indices.append(idx.to(info.device))
+    z = torch.cat(logits) if logits else torch.empty(0, len(mcfg.labels), device=info.device)
+    i = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long, device=info.device)
+    z, i = gather_rows(z, info), gather_rows(i, info)
+    i_np = i.cpu().numpy()
+    _, first = np.unique(i_np, return_index=True)
+    return z.cpu().numpy()[first], i_np[first]
 
 
 @torch.no_grad()
@@ -153,7 +182,7 @@ def evaluate_variants(
         any_ds = next(iter(datasets.values()))
         plot_calibration(any_ds.labels.targets, curves, any_ds.labels.mask, out_dir / "calibration.png",
                          title=f"Reliability ({split}, all known labels pooled)")
-        write_model_card({"split": split, "csv": str(csv), "results": results}, out_dir / "metrics.json")
+        write_json({"split": split, "csv": str(csv), "results": results}, out_dir / "metrics.json")
     return results
 
 

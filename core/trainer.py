@@ -17,46 +17,49 @@ One call, :func:`train`, runs a whole experiment described by a :class:`core.con
   only rank 0 writes files or logs.
 
 AMP (bfloat16 autocast, or float16 with a gradient scaler where bfloat16 is unsupported) is used on CUDA only.
+Process groups live in :mod:`core.distributed`, checkpoint files in :mod:`core.checkpoints`, optimisers and
+schedules in :mod:`core.optim`.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
-import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
 
+from core.checkpoints import CheckpointError, LoopState, load_checkpoint, save_checkpoint
 from core.config import Config
 from core.data import XrayDataset, build_datasets
+from core.distributed import (
+    DeviceError,
+    DistInfo,
+    all_reduce_mean,
+    autocast_context,
+    broadcast_buffers,
+    setup_distributed,
+    unwrap,
+)
+from core.evaluate import predict_logits
 from core.labels import LabelSet
 from core.loss import HierarchicalBCELoss, MaxConstraintLoss
 from core.metrics import per_label_auroc
-from core.model import (
-    HiCXRNet,
-    ModelConfig,
-    build_model,
-    constraint_matrix,
-    load_model,
-    output_probabilities,
-    save_model,
-)
+from core.model import HiCXRNet, ModelConfig, build_model, constraint_matrix, load_model, output_probabilities
+from core.optim import build_optimizer, build_scheduler
 from core.penalties import EdgePenalty, data_driven_penalties, fixed_penalties, penalty_table
 from core.preprocess import normalize
+from core.progress import progress
 from core.taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
@@ -66,77 +69,6 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_bce", "train_penalty", "val_loss
 
 class TrainError(RuntimeError):
     """Training cannot start or continue (e.g. ``--resume`` without a checkpoint, no usable validation label)."""
-
-
-# ------------------------------------------------------------------------------------------ distributed
-
-
-@dataclass
-class DistInfo:
-    """Process-group facts of this process."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        """True on the process that writes files and logs."""
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        """True under torchrun with more than one process."""
-        return self.world_size > 1
-
-
-def pick_device(choice: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA (this process's local rank) when available, else CPU."""
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise TrainError("train.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def setup_distributed(device_choice: str) -> DistInfo:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (read at call time), else single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(device=pick_device(device_choice))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_choice, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
-
-
-def _broadcast_buffers(model: nn.Module, info: DistInfo) -> None:
-    """Copy rank 0's BatchNorm running statistics to every rank (each rank updated its own during the epoch)."""
-    if not info.distributed:
-        return
-    for buf in model.buffers():
-        dist.broadcast(buf, src=0)
-
-
-def _all_reduce_mean(values: list[float], info: DistInfo) -> list[float]:
-    if not info.distributed:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=info.device)
-    dist.all_reduce(t)
-    return (t / info.world_size).tolist()
-
-
-def _gather_rows(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Concatenate equally sized per-rank tensors (DistributedSampler pads every rank to the same length)."""
-    if not info.distributed:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(info.world_size)]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
 
 
 # ------------------------------------------------------------------------------------------- components
@@ -178,169 +110,7 @@ def model_config_for(config: Config, taxonomy: Taxonomy) -> ModelConfig:
     )
 
 
-def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay) or Adam; no decay on biases and norm weights."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    o = config.optim
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-    return cls(groups, lr=o.lr)
-
-
-def cosine_lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """Per-step LambdaLR for ``cosine``/``constant``, per-epoch ReduceLROnPlateau (on val AUROC) for ``plateau``."""
-    o = config.optim
-    if o.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=o.plateau_factor, patience=o.plateau_patience, min_lr=o.min_lr)
-    if o.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    total = max(1, config.train.epochs * steps_per_epoch)
-    warmup = int(round(o.warmup_epochs * steps_per_epoch))
-    ratio = min(1.0, o.min_lr / o.lr)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_lr_factor(step, total, warmup, ratio))
-
-
-# ---------------------------------------------------------------------------------------- checkpoints
-
-
-def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state dict into tensors (for safetensors) and plain data (for JSON)."""
-    state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, entries in state["state"].items():
-        for key, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[key] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
-
-
-def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if not key.startswith("state."):
-            continue
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = value
-    for pid, entries in meta.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(entries)
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-def _json_safe(value: Any) -> Any:
-    """Scheduler state as JSON (floats, ints, strings and lists only; functions dropped)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items() if not callable(v)}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if torch.is_tensor(value):
-        return value.tolist()
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
-    return None
-
-
-@dataclass
-class LoopState:
-    """What ``last_state.json`` holds besides the tensors."""
-
-    epoch: int = 0
-    best_metric: float = -math.inf
-    best_epoch: int = 0
-    epochs_since_best: int = 0
-    global_step: int = 0
-    seconds: float = 0.0
-    seed: int = 0
-
-
-def save_checkpoint(run_dir: Path, model: HiCXRNet, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: LoopState, best: bool, ema: torch.optim.swa_utils.AveragedModel | None = None) -> None:
-    """Write ``last`` (model, optimizer + RNG tensors, JSON state) and, if ``best``, ``best.safetensors``.
-
-    With an EMA, ``last_ema.safetensors`` holds the averaged weights and ``best`` is taken from them.
-    """
-    ckpt = run_dir / "checkpoints"
-    ckpt.mkdir(parents=True, exist_ok=True)
-    save_model(model, ckpt / "last.safetensors")
-    if ema is not None:
-        save_model(ema.module, ckpt / "last_ema.safetensors")
-    tensors, meta = _optimizer_to_files(optimizer)
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    save_file(tensors, str(ckpt / "last_optim.safetensors"))
-    payload = {"loop": state.__dict__, "optimizer": meta, "scheduler": _json_safe(scheduler.state_dict())}
-    tmp = ckpt / "last_state.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    tmp.replace(ckpt / "last_state.json")  # atomic: a crash mid-write never leaves a half state file
-    if best:
-        save_model(model if ema is None else ema.module, ckpt / "best.safetensors")
-
-
-def load_checkpoint(run_dir: Path, model: HiCXRNet, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    taxonomy: Taxonomy, ema: torch.optim.swa_utils.AveragedModel | None = None) -> LoopState:
-    """Restore the ``last`` checkpoint into ``model``, ``optimizer``, ``scheduler`` and the RNG; return the state."""
-    ckpt = run_dir / "checkpoints"
-    needed = [ckpt / "last.safetensors", ckpt / "last_optim.safetensors", ckpt / "last_state.json"]
-    missing = [str(p) for p in needed if not p.is_file()]
-    if missing:
-        raise TrainError(f"cannot resume: missing {', '.join(missing)} (was this run started?)")
-    saved = load_model(ckpt / "last.safetensors", taxonomy)
-    if saved.config.input_size != model.config.input_size or saved.config.in_channels != model.config.in_channels:
-        raise TrainError(f"cannot resume: {ckpt / 'last.safetensors'} was trained with another input size/channels")
-    model.load_state_dict(saved.state_dict())
-    if ema is not None:
-        if not (ckpt / "last_ema.safetensors").is_file():
-            raise TrainError(f"cannot resume: {ckpt / 'last_ema.safetensors'} is missing (was EMA off?)")
-        ema.module.load_state_dict(load_model(ckpt / "last_ema.safetensors", taxonomy).state_dict())
-        ema.n_averaged.fill_(1)
-    payload = json.loads((ckpt / "last_state.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(ckpt / "last_optim.safetensors"))
-    optimizer.load_state_dict(_optimizer_from_files(tensors, payload["optimizer"]))
-    sched_state = payload.get("scheduler") or {}
-    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-        sched_state["lr_lambdas"] = [None] * len(optimizer.param_groups)
-    scheduler.load_state_dict(sched_state)
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return LoopState(**payload["loop"])
-
-
 # ----------------------------------------------------------------------------------------------- epochs
-
-
-def _progress(iterable: Iterable, enabled: bool, **kwargs: Any) -> Iterable:
-    """tqdm bar when ``enabled`` and stderr is a terminal; otherwise the bare iterable (epoch log lines instead)."""
-    if enabled and sys.stderr.isatty():
-        return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
-    return iterable
-
-
-def autocast_context(device: torch.device, enabled: bool):
-    """bfloat16 autocast on CUDA (float16 where bf16 is unsupported); a no-op context on CPU."""
-    if device.type != "cuda" or not enabled:
-        return torch.autocast(device_type="cpu", enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def train_one_epoch(
@@ -354,14 +124,14 @@ def train_one_epoch(
     Beta(alpha, alpha): images and targets are mixed, and an entry is known only where both images know it.
     """
     model.train()
-    mcfg = _unwrap(model).config
+    mcfg = unwrap(model).config
     sums = np.zeros(3)
     n = 0
     per_step = not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     # Without a terminal (nohup, CI logs) there is no bar: log a plain line about every fifth of the epoch instead.
     log_every = max(1, len(loader) // 5) if show and not sys.stderr.isatty() else 0
     t0 = time.perf_counter()
-    for step, (x, y, m, _) in enumerate(_progress(loader, show, desc=f"epoch {state.epoch}", unit="batch"), 1):
+    for step, (x, y, m, _) in enumerate(progress(loader, show, desc=f"epoch {state.epoch}", unit="batch"), 1):
         x = normalize(x.to(info.device, non_blocking=True), mcfg)
         y, m = y.to(info.device, non_blocking=True), m.to(info.device, non_blocking=True)
         if config.train.mixup > 0:
@@ -390,7 +160,7 @@ def train_one_epoch(
         if per_step:
             scheduler.step()
         if ema is not None:
-            ema.update_parameters(_unwrap(model))
+            ema.update_parameters(unwrap(model))
         state.global_step += 1
         b = x.shape[0]
         sums += b * np.array([loss.item(), parts["bce"].item(), parts["penalty"].item()])
@@ -399,32 +169,8 @@ def train_one_epoch(
             log.info("epoch %d: batch %d/%d  loss %.4f  %.1f s/batch", state.epoch, step, len(loader),
                      sums[0] / n, (time.perf_counter() - t0) / step)
     means = (sums / max(n, 1)).tolist()
-    loss_mean, bce_mean, pen_mean = _all_reduce_mean(means, info)
+    loss_mean, bce_mean, pen_mean = all_reduce_mean(means, info)
     return {"train_loss": loss_mean, "train_bce": bce_mean, "train_penalty": pen_mean}
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, loader: DataLoader, info: DistInfo, amp: bool = True,
-                   show: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Logits ``(N, L)`` and dataset row indices ``(N,)`` for ``loader`` (eval mode, no augmentation).
-
-    Under DDP every rank predicts its shard; the shards are gathered and the sampler's padding (repeated rows)
-    removed, so each rank returns every row exactly once, in row order.
-    """
-    model.eval()
-    mcfg = _unwrap(model).config
-    logits, indices = [], []
-    for x, _, _, idx in _progress(loader, show, desc="predict", unit="batch"):
-        x = normalize(x.to(info.device, non_blocking=True), mcfg)
-        with autocast_context(info.device, amp):
-            logits.append(model(x).float())
-        indices.append(idx.to(info.device))
-    z = torch.cat(logits) if logits else torch.empty(0, len(mcfg.labels), device=info.device)
-    i = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long, device=info.device)
-    z, i = _gather_rows(z, info), _gather_rows(i, info)
-    i_np = i.cpu().numpy()
-    _, first = np.unique(i_np, return_index=True)
-    return z.cpu().numpy()[first], i_np[first]
 
 
 def selected_val_labels(labels: LabelSet, min_positives: int) -> list[int]:
@@ -462,10 +208,6 @@ def validation_metrics(logits: np.ndarray, labels: LabelSet, loss_fn: nn.Module,
     aurocs = per_label_auroc(labels.targets[:, selected], probs[:, selected], labels.mask[:, selected])
     defined = [a for a in aurocs if a is not None]
     return {"val_loss": val_loss, "val_macro_auroc": float(np.mean(defined)) if defined else float("nan")}
-
-
-def _unwrap(model: nn.Module) -> HiCXRNet:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def make_loader(dataset: XrayDataset, config: Config, info: DistInfo, train: bool) -> DataLoader:
@@ -536,7 +278,7 @@ def _tensorboard(run_dir: Path, enabled: bool):
 
 
 def _epochs(start: int, stop: int, show: bool) -> Iterator[int]:
-    yield from _progress(range(start, stop + 1), show, desc="epochs", unit="epoch", initial=start - 1,
+    yield from progress(range(start, stop + 1), show, desc="epochs", unit="epoch", initial=start - 1,
                          total=stop)
 
 
@@ -555,7 +297,10 @@ def train(config: Config, resume: bool = False, taxonomy: Taxonomy | None = None
         :class:`TrainResult` with the best model loaded (float32, eval mode).
     """
     taxonomy = taxonomy or load_taxonomy()
-    info = setup_distributed(config.train.device)
+    try:
+        info = setup_distributed(config.train.device)
+    except DeviceError as exc:
+        raise TrainError(str(exc)) from None
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
@@ -585,15 +330,18 @@ def train(config: Config, resume: bool = False, taxonomy: Taxonomy | None = None
         model = model.to(memory_format=torch.channels_last)
     train_loader = make_loader(train_ds, config, info, train=True)
     val_loader = make_loader(val_ds, config, info, train=False)
-    optimizer = build_optimizer(config, model)
-    scheduler = build_scheduler(config, optimizer, len(train_loader))
+    optimizer = build_optimizer(config.optim, model)
+    scheduler = build_scheduler(config.optim, optimizer, len(train_loader), config.train.epochs)
     state = LoopState(seed=config.train.seed)
     ema = None
     if config.train.ema_decay > 0:
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.train.ema_decay), use_buffers=True)
     if resume:
-        state = load_checkpoint(run_dir, model, optimizer, scheduler, taxonomy, ema)
+        try:
+            state = load_checkpoint(run_dir, model, optimizer, scheduler, taxonomy, ema)
+        except CheckpointError as exc:
+            raise TrainError(str(exc)) from None
         log.info("resumed %s at epoch %d (best val macro AUROC %.4f at epoch %d)",
                  run_dir, state.epoch, state.best_metric, state.best_epoch)
     else:
@@ -630,9 +378,9 @@ def train(config: Config, resume: bool = False, taxonomy: Taxonomy | None = None
         row: dict[str, float] = {"epoch": epoch}
         row.update(train_one_epoch(ddp_model, train_loader, loss_fn, optimizer, scheduler, config, info, scaler,
                                    state, show, ema))
-        _broadcast_buffers(model, info)
+        broadcast_buffers(model, info)
         if ema is not None:
-            _broadcast_buffers(ema.module, info)
+            broadcast_buffers(ema.module, info)
         logits, idx = predict_logits(eval_model, val_loader, info, config.train.amp)
         row.update(validation_metrics(logits, val_ds.labels.subset(idx), loss_fn, selected, descendants))
         if config.train.save_val_logits and info.is_main:
@@ -686,11 +434,5 @@ def train(config: Config, resume: bool = False, taxonomy: Taxonomy | None = None
     if not best_path.exists():
         raise TrainError(f"{best_path}: no best checkpoint (no epoch ran, or val AUROC was never defined)")
     best = load_model(best_path, taxonomy, device=info.device)
-    model.eval()
+    model = model.to(memory_format=torch.contiguous_format).eval()
     return TrainResult(config, run_dir, best, best_path, state, table, datasets, monitored, history, info, model)
-
-
-def cleanup_distributed() -> None:
-    """Leave the process group (call once at the end of a torchrun worker)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

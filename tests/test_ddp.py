@@ -22,7 +22,9 @@ import torch
 
 torch.set_num_threads(1)
 from core.config import config_from_dict
-from core.trainer import DistInfo, cleanup_distributed, make_loader, predict_logits, train
+from core.distributed import DistInfo, cleanup_distributed
+from core.evaluate import predict_logits
+from core.trainer import make_loader, train
 
 cfg = config_from_dict(json.loads(sys.argv[1]))
 out = Path(sys.argv[2])

@@ -12,8 +12,9 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from core.calibration import apply_temperature, fit_temperature
+from core.card import write_json as write_model_card
 from core.evaluate import main, predict_dataset
-from core.export import apply_temperature, fit_temperature, write_model_card
 from core.imaging import read_image
 from core.labels import read_label_csv
 from core.model import ModelConfig, build_model, save_model
