@@ -233,7 +233,7 @@ def _check_type(value: Any, annotation: Any, key: str, source: str) -> Any:
     return value
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
     """Instantiate dataclass ``cls`` from a mapping, refusing unknown keys and wrong types."""
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: {prefix or 'the config'} must be a mapping, got {values!r}")
@@ -251,7 +251,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
         key = f"{prefix}.{name}" if prefix else name
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, key, source)
+            kwargs[name] = build_dataclass(hint, value or {}, key, source)
         else:
             kwargs[name] = _check_type(value, hint, key, source)
     return cls(**kwargs)
@@ -267,7 +267,7 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a config file, following ``base:`` (relative to the file) recursively."""
     path = path.resolve()
     if path in seen:
@@ -283,7 +283,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = data.pop("base", None) or data.pop("inherit", None)
     if base is None:
         return data
-    return _deep_merge(_read_yaml(path.parent / str(base), seen + (path,)), data)
+    return _deep_merge(read_yaml(path.parent / str(base), seen + (path,)), data)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -368,7 +368,7 @@ def validate(config: Config, source: str = "config") -> Config:
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
     """Build and validate a :class:`Config` from plain data."""
-    return validate(_build(Config, data, "", source), source)
+    return validate(build_dataclass(Config, data, "", source), source)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -380,7 +380,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         ConfigError: missing file, bad YAML, unknown key, wrong type or invalid value (the message says which).
     """
     path = Path(path)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     data.setdefault("name", path.stem)
     data = apply_overrides(data, overrides or [])
     return config_from_dict(data, source=str(path))

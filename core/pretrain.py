@@ -1,0 +1,499 @@
+"""Pretraining the DenseNet121 backbone on every radiograph we may use, before the hierarchical training.
+
+Two objectives, alone or together (``method``):
+
+* ``supervised``: one softmax head per labelled source (e.g. Kermany's normal / bacterial / viral pneumonia,
+  the COVID-19 collection's findings), cross-entropy on each image's own source head;
+* ``simclr``: contrastive learning (SimCLR, Chen et al. 2020): two random views of each image, a projection
+  MLP, and the NT-Xent loss, which pulls the two views of an image together and pushes other images away. It
+  needs no labels, so unlabelled images (NIH *training* images, never val or test) contribute too;
+* ``both``: the sum of the two losses on every batch.
+
+The result is ``<out_dir>/<name>/backbone.safetensors``, a HiCXR model file whose ``features.*`` weights
+``model.pretrained`` loads (its classifier is untrained and ignored). The run is resumable (``--resume``, with
+``train.stop_after_epochs`` to slice long CPU runs), logs one line per epoch to ``metrics.csv`` (loss terms,
+held-out accuracy of the supervised heads, held-out NT-Xent loss) and shows tqdm progress on a terminal.
+
+A fixed share of each labelled source's patients (``holdout``) is kept out of training to monitor the heads;
+sources are read from label tables (``csv`` + ``path_column``, optional ``label_column`` and row ``filter``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from core.checkpoints import epochs_done, load_training_state, save_training_state
+from core.config import (
+    AugmentConfig,
+    ConfigError,
+    OptimConfig,
+    apply_overrides,
+    build_dataclass,
+    read_yaml,
+    resolve_path,
+)
+from core.data import RandomDegrade, RandomGamma, build_augment
+from core.distributed import pick_device
+from core.imaging import ImageError, read_image, to_uint8
+from core.model import HiCXRNet, ModelConfig, save_model
+from core.optim import build_optimizer, build_scheduler
+from core.preprocess import normalize, resize_square
+from core.progress import progress
+from core.taxonomy import load_taxonomy
+
+log = logging.getLogger(__name__)
+
+METHODS = ("supervised", "simclr", "both")
+METRIC_COLUMNS = ("epoch", "loss", "ce", "ntxent", "holdout_accuracy", "holdout_ntxent", "lr", "seconds")
+
+
+class PretrainError(RuntimeError):
+    """Pretraining cannot start: a source is missing or unreadable, or the config is inconsistent."""
+
+
+@dataclass
+class SourceConfig:
+    """One image source: a label table and the folder its paths are relative to."""
+
+    name: str = ""
+    csv: str = ""
+    images: str = ""
+    path_column: str = "file"
+    label_column: str | None = None
+    patient_column: str | None = None
+    filter: dict[str, str] = field(default_factory=dict)
+    label_map: dict[str, str] = field(default_factory=dict)
+    attribution: str = ""
+
+
+@dataclass
+class SimCLRConfig:
+    """SimCLR settings: NT-Xent temperature, projection size and the views' random crop."""
+
+    temperature: float = 0.2
+    projection_dim: int = 128
+    hidden_dim: int = 512
+    crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])
+    rotation: float = 10.0
+    brightness: float = 0.4
+    contrast: float = 0.4
+    gamma: float = 0.3
+    blur: float = 0.5
+    degrade: float = 0.3
+
+
+@dataclass
+class PretrainLoop:
+    """Loop settings."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    out_dir: str = "runs"
+    stop_after_epochs: int | None = None
+    holdout: float = 0.1
+    channels_last: bool = True
+
+
+@dataclass
+class PretrainModel:
+    """Backbone input contract (the same as the downstream model's)."""
+
+    input_size: int = 64
+    output_stride: int = 8
+    in_channels: int = 1
+    mean: float = 0.5
+    std: float = 0.25
+
+
+@dataclass
+class PretrainConfig:
+    """The whole configuration of one pretraining run."""
+
+    name: str = "pretrain"
+    method: str = "supervised"
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    model: PretrainModel = field(default_factory=PretrainModel)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=1e-4))
+    train: PretrainLoop = field(default_factory=PretrainLoop)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+
+    def source_configs(self) -> list[SourceConfig]:
+        """The sources as typed records."""
+        return [build_dataclass(SourceConfig, s, f"sources[{i}]", self.name) for i, s in enumerate(self.sources)]
+
+    def run_dir(self) -> Path:
+        """``<train.out_dir>/<name>``."""
+        return resolve_path(self.train.out_dir) / self.name
+
+
+def load_pretrain_config(path: str | Path, overrides: list[str] | None = None) -> PretrainConfig:
+    """Read a pretraining YAML (``base:`` allowed), apply ``key=value`` overrides, validate.
+
+    Raises:
+        ConfigError: unknown key, wrong type, bad value (the message names it).
+    """
+    path = Path(path)
+    data = read_yaml(path)
+    data.setdefault("name", path.stem)
+    data = apply_overrides(data, overrides or [])
+    config = build_dataclass(PretrainConfig, data, "", str(path))
+    if config.method not in METHODS:
+        raise ConfigError(f"{path}: method = {config.method!r}; expected one of {', '.join(METHODS)}")
+    if not config.sources:
+        raise ConfigError(f"{path}: 'sources' lists no image source")
+    sources = config.source_configs()
+    if config.method == "supervised" and not any(s.label_column for s in sources):
+        raise ConfigError(f"{path}: method 'supervised' needs at least one source with a label_column")
+    if config.model.output_stride not in (8, 16, 32) or config.model.input_size < 64:
+        raise ConfigError(f"{path}: model.output_stride must be 8, 16 or 32 and model.input_size >= 64")
+    if config.train.batch_size < 2 or not 0.0 <= config.train.holdout < 0.5:
+        raise ConfigError(f"{path}: train.batch_size must be >= 2 and train.holdout in [0, 0.5)")
+    return config
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class PretrainImages:
+    """Decoded images (uint8, ``(N, S, S)``) with their source, class (-1: none) and hold-out flag."""
+
+    pixels: np.ndarray
+    source: np.ndarray
+    target: np.ndarray
+    holdout: np.ndarray
+    classes: dict[str, list[str]]
+    counts: dict[str, int]
+
+
+def _holdout_flags(ids: list[str], share: float, salt: str) -> np.ndarray:
+    u = [int.from_bytes(hashlib.sha256(f"{salt}:{i}".encode()).digest()[:8], "big") / 2**64 for i in ids]
+    return np.array(u) < share
+
+
+def load_sources(config: PretrainConfig, show: bool = True) -> PretrainImages:
+    """Read every source's table, decode and resize its images once (uint8 cache).
+
+    Raises:
+        PretrainError: a table or column is missing, or images listed in a table do not exist (names them).
+    """
+    size = config.model.input_size
+    pixels: list[np.ndarray] = []
+    source, target, holdout = [], [], []
+    classes: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    for k, src in enumerate(config.source_configs()):
+        table = resolve_path(src.csv)
+        root = resolve_path(src.images)
+        try:
+            df = pd.read_csv(table, dtype=str, keep_default_na=False)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise PretrainError(f"source {src.name!r}: cannot read {table} ({exc})") from None
+        needed = [src.path_column] + [c for c in (src.label_column, src.patient_column) if c] + list(src.filter)
+        missing = [c for c in needed if c not in df.columns]
+        if missing:
+            raise PretrainError(f"source {src.name!r}: {table} has no column(s) {', '.join(map(repr, missing))}")
+        for column, value in src.filter.items():
+            df = df[df[column].astype(str) == str(value)]
+        paths = df[src.path_column].tolist()
+        absent = [p for p in paths if not (root / p).is_file()]
+        if absent:
+            raise PretrainError(f"source {src.name!r}: {len(absent)} image(s) missing from {root}, e.g. {absent[0]}")
+        if src.label_column:
+            names = [src.label_map.get(v, v) for v in df[src.label_column].tolist()]
+            classes[src.name] = sorted(set(names))
+            target += [classes[src.name].index(n) for n in names]
+            ids = df[src.patient_column].tolist() if src.patient_column else paths
+            holdout += list(_holdout_flags(ids, config.train.holdout, src.name))
+        else:
+            target += [-1] * len(paths)
+            holdout += [False] * len(paths)
+        for rel in progress(paths, show, desc=f"decoding {src.name}", unit="img"):
+            try:
+                image = read_image(root / rel).pixels
+            except ImageError as exc:
+                raise PretrainError(f"source {src.name!r}: {root / rel}: {exc}") from None
+            pixels.append(to_uint8(resize_square(image, size)))
+        source += [k] * len(paths)
+        counts[src.name] = len(paths)
+        log.info("source %s: %d images%s", src.name, len(paths),
+                 f", classes {classes[src.name]}" if src.label_column else " (unlabelled)")
+    if not pixels:
+        raise PretrainError("the sources hold no image")
+    return PretrainImages(np.stack(pixels), np.array(source), np.array(target), np.array(holdout, dtype=bool),
+                          classes, counts)
+
+
+def simclr_view(cfg: SimCLRConfig, size: int) -> nn.Module:
+    """One random view of a radiograph: crop, small rotation, contrast/gamma, blur, degradation (no flips)."""
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), ratio=(0.8, 1.25), antialias=True),
+        v2.RandomAffine(degrees=cfg.rotation),
+        v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast),
+        RandomGamma(cfg.gamma),
+        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=cfg.blur),
+        RandomDegrade(cfg.degrade, 0.4),
+    ])
+
+
+class PretrainDataset(Dataset):
+    """Items ``(view1, view2, source, target)``; ``view2`` equals ``view1`` when no contrastive view is needed."""
+
+    def __init__(self, images: PretrainImages, rows: np.ndarray, view: nn.Module, two_views: bool) -> None:
+        self.images, self.rows, self.view, self.two_views = images, rows, view, two_views
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        r = int(self.rows[i])
+        x = torch.from_numpy(self.images.pixels[r]).float().div_(255.0)[None]
+        a = self.view(x).clamp_(0, 1)
+        b = self.view(x).clamp_(0, 1) if self.two_views else a
+        return a, b, int(self.images.source[r]), int(self.images.target[r])
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+class PretrainNet(nn.Module):
+    """A :class:`HiCXRNet` backbone with a projection MLP (SimCLR) and one linear head per labelled source."""
+
+    def __init__(self, backbone: HiCXRNet, heads: dict[str, int], projection: tuple[int, int] | None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        k = backbone.num_features
+        self.heads = nn.ModuleDict({_key(name): nn.Linear(k, n) for name, n in heads.items()})
+        self.projection = None
+        if projection is not None:
+            hidden, out = projection
+            self.projection = nn.Sequential(nn.Linear(k, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                            nn.Linear(hidden, out))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled post-ReLU features ``(B, 1024)``."""
+        return torch.flatten(self.backbone.pool(self.backbone.forward_features(x)), 1)
+
+
+def _key(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent loss for two batches of projections (row ``i`` of each is the same image)."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    sim = z @ z.t() / temperature
+    sim.fill_diagonal_(float("-inf"))
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, positives)
+
+
+# ------------------------------------------------------------------------------------------------ loop
+
+
+def _losses(net: PretrainNet, batch: tuple, config: PretrainConfig, names: list[str],
+            device: torch.device) -> dict[str, torch.Tensor]:
+    a, b, source, target = batch
+    mcfg = net.backbone.config
+    a = normalize(a.to(device), mcfg)
+    use_simclr = config.method in ("simclr", "both")
+    x = torch.cat([a, normalize(b.to(device), mcfg)]) if use_simclr else a
+    if config.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    feats = net.pooled(x)
+    n = a.shape[0]
+    out: dict[str, torch.Tensor] = {"ce": feats.new_zeros(()), "ntxent": feats.new_zeros(()),
+                                    "correct": feats.new_zeros(()), "labelled": feats.new_zeros(())}
+    if config.method in ("supervised", "both"):
+        source, target = source.to(device), target.to(device)
+        total = feats.new_zeros(())
+        for k, name in enumerate(names):
+            if name not in net.heads:
+                continue
+            sel = (source == k) & (target >= 0)
+            if sel.any():
+                logits = net.heads[name](feats[:n][sel])
+                total = total + F.cross_entropy(logits, target[sel], reduction="sum")
+                out["correct"] = out["correct"] + (logits.argmax(1) == target[sel]).sum()
+                out["labelled"] = out["labelled"] + sel.sum()
+        out["ce"] = total / out["labelled"].clamp_min(1)
+    if use_simclr:
+        z = net.projection(feats)
+        out["ntxent"] = nt_xent(z[:n], z[n:], config.simclr.temperature)
+    out["loss"] = out["ce"] + out["ntxent"]
+    return out
+
+
+def pretrain(config: PretrainConfig, resume: bool = False) -> Path:
+    """Run (or resume) a pretraining run; returns the path of ``backbone.safetensors``.
+
+    Raises:
+        PretrainError: bad sources, nothing to resume, or a loss that is not finite.
+    """
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    torch.manual_seed(config.train.seed)
+    np.random.seed(config.train.seed)
+    device = pick_device(config.train.device)
+    run_dir = config.run_dir()
+    ckpt = run_dir / "checkpoints"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and (run_dir / "metrics.csv").exists():
+        (run_dir / "metrics.csv").unlink()
+    (run_dir / "config.yaml").write_text(_yaml(config), encoding="utf-8")
+    show = sys.stderr.isatty()
+    images = load_sources(config, show)
+    names = [s.name for s in config.source_configs()]
+    two_views = config.method in ("simclr", "both")
+    if config.method == "supervised":  # only labelled images carry a training signal
+        train_rows = np.flatnonzero(~images.holdout & (images.target >= 0))
+    else:
+        train_rows = np.flatnonzero(~images.holdout)
+    held_rows = np.flatnonzero(images.holdout)
+    size = config.model.input_size
+    view = simclr_view(config.simclr, size) if two_views else build_augment(AugmentConfig())
+    loader = DataLoader(PretrainDataset(images, train_rows, view, two_views), batch_size=config.train.batch_size,
+                        shuffle=True, drop_last=len(train_rows) > config.train.batch_size,
+                        generator=torch.Generator().manual_seed(config.train.seed))
+    held_loader = DataLoader(PretrainDataset(images, held_rows, simclr_view(config.simclr, size) if two_views
+                                             else nn.Identity(), two_views), batch_size=128, shuffle=False)
+
+    taxonomy = load_taxonomy()
+    m = config.model
+    backbone = HiCXRNet(ModelConfig.for_taxonomy(
+        taxonomy, input_size=m.input_size, in_channels=m.in_channels, mean=m.mean, std=m.std,
+        output_stride=m.output_stride, extra={"pretrain": config.name, "method": config.method}))
+    heads = {name: len(c) for name, c in images.classes.items()} if config.method != "simclr" else {}
+    projection = (config.simclr.hidden_dim, config.simclr.projection_dim) if two_views else None
+    net = PretrainNet(backbone, heads, projection).to(device)
+    if config.train.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(config.optim, net)
+    scheduler = build_scheduler(config.optim, optimizer, len(loader), config.train.epochs)
+    loop = {"epoch": 0, "global_step": 0, "seconds": 0.0}
+    if resume:
+        if not (ckpt / "last.safetensors").is_file():
+            raise PretrainError(f"cannot resume: {ckpt / 'last.safetensors'} is missing (was this run started?)")
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(str(ckpt / "last.safetensors")))
+        loop = load_training_state(ckpt, optimizer, scheduler)
+        log.info("resumed %s at epoch %d", run_dir, loop["epoch"])
+    log.info("pretraining %s (%s): %d training / %d held-out images, %d steps per epoch, %s", config.name,
+             config.method, len(train_rows), len(held_rows), len(loader), device)
+    done_this_call = 0
+    for epoch in range(loop["epoch"] + 1, config.train.epochs + 1):
+        t0 = time.perf_counter()
+        net.train()
+        loader.generator.manual_seed(config.train.seed * 100_003 + epoch)
+        sums = np.zeros(3)
+        seen = 0
+        log_every = max(1, len(loader) // 5)
+        for step, batch in enumerate(progress(loader, show, desc=f"epoch {epoch}", unit="batch"), 1):
+            parts = _losses(net, batch, config, names, device)
+            if not torch.isfinite(parts["loss"]):
+                raise PretrainError(f"loss became {parts['loss'].item()} at epoch {epoch}; lower optim.lr")
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            nn.utils.clip_grad_norm_(net.parameters(), config.optim.grad_clip or 1e9)
+            optimizer.step()
+            scheduler.step()
+            loop["global_step"] += 1
+            b = batch[0].shape[0]
+            sums += b * np.array([parts["loss"].item(), parts["ce"].item(), parts["ntxent"].item()])
+            seen += b
+            if not show and step % log_every == 0 and step < len(loader):
+                log.info("epoch %d: batch %d/%d  loss %.4f  %.1f s/batch", epoch, step, len(loader), sums[0] / seen,
+                         (time.perf_counter() - t0) / step)
+        held = _evaluate_holdout(net, held_loader, config, names, device)
+        row = {"epoch": epoch, "loss": sums[0] / seen, "ce": sums[1] / seen, "ntxent": sums[2] / seen, **held,
+               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 1)}
+        loop["epoch"] = epoch
+        loop["seconds"] += row["seconds"]
+        save_model(net.backbone, run_dir / "backbone.safetensors")
+        _save_net(net, ckpt / "last.safetensors")
+        save_training_state(ckpt, optimizer, scheduler, loop)
+        _append(run_dir / "metrics.csv", row)
+        log.info("epoch %d/%d  loss %.4f (ce %.4f, nt-xent %.4f)  held-out accuracy %s  held-out nt-xent %s  %.0fs",
+                 epoch, config.train.epochs, row["loss"], row["ce"], row["ntxent"],
+                 _fmt(row["holdout_accuracy"]), _fmt(row["holdout_ntxent"]), row["seconds"])
+        done_this_call += 1
+        if config.train.stop_after_epochs and done_this_call >= config.train.stop_after_epochs:
+            log.info("stopping after %d epoch(s) as asked; continue with --resume", done_this_call)
+            break
+    return run_dir / "backbone.safetensors"
+
+
+@torch.no_grad()
+def _evaluate_holdout(net: PretrainNet, loader: DataLoader, config: PretrainConfig, names: list[str],
+                      device: torch.device) -> dict[str, float]:
+    """Held-out accuracy of the supervised heads and held-out NT-Xent (NaN where not applicable)."""
+    if len(loader.dataset) == 0:
+        return {"holdout_accuracy": math.nan, "holdout_ntxent": math.nan}
+    net.eval()
+    correct = labelled = 0.0
+    ntx, batches = 0.0, 0
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(12345)  # the same held-out views every epoch
+    for batch in loader:
+        parts = _losses(net, batch, config, names, device)
+        correct += float(parts["correct"])
+        labelled += float(parts["labelled"])
+        if batch[0].shape[0] > 1:
+            ntx += float(parts["ntxent"])
+            batches += 1
+    torch.set_rng_state(generator_state)
+    return {"holdout_accuracy": correct / labelled if labelled else math.nan,
+            "holdout_ntxent": ntx / batches if batches and config.method != "supervised" else math.nan}
+
+
+def _save_net(net: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(path))
+
+
+def _append(path: Path, row: dict[str, float]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row[k] for k in METRIC_COLUMNS})
+
+
+def _fmt(x: float) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.4f}"
+
+
+def _yaml(config: PretrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+
+
+def completed_epochs(config: PretrainConfig) -> int:
+    """Epochs a run has finished (0 if it never saved a checkpoint)."""
+    return epochs_done(config.run_dir() / "checkpoints")
