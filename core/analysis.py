@@ -46,6 +46,8 @@ class Analysis:
         relative_cams: ``(L, h, w)`` class activation maps *without* the ReLU (CAM of Zhou et al. 2016), min-max
             scaled per label to [0, 1]: where each label's evidence is highest relative to the rest of the image,
             also for a label whose evidence is negative everywhere (its Grad-CAM in ``cams`` is then empty).
+        warnings: Messages for the reader about this input (e.g. an image unlike the training population, a
+            degenerate image analysed anyway); empty when there is nothing to say.
     """
 
     model_id: str
@@ -63,6 +65,7 @@ class Analysis:
     threshold: float = 0.5
     extra: dict[str, Any] = field(default_factory=dict)
     relative_cams: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def index(self, label: str) -> int:
         """Position of ``label`` in :attr:`labels`."""
@@ -100,6 +103,7 @@ class Analysis:
                 for i, label in enumerate(self.labels)
             },
             "violations": [v.__dict__ for v in self.violations],
+            "warnings": list(self.warnings),
             "image_metadata": self.image_metadata,
             "timings": self.timings,
             "extra": self.extra,

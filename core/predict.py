@@ -8,7 +8,6 @@ that could identify a patient is written (image metadata is the technical allow-
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -21,6 +20,7 @@ from tqdm import tqdm
 from core.inference import BatchItem, Predictor
 from core.model import ModelLoadError
 from core.registry import RegistryError
+from core.serialize import error_row, wide_fields, wide_row, write_csv
 
 # In folders, files are taken by these extensions, plus files without one (DICOMs often have none). A file named
 # explicitly on the command line is always tried, whatever its name.
@@ -97,17 +97,10 @@ def _variants_arg(values: Sequence[str] | None) -> str | list[str] | None:
     return list(values)
 
 
-def _csv_rows(item: BatchItem, file: str, variants: list[str], labels: list[str]) -> list[dict[str, Any]]:
+def _csv_rows(item: BatchItem, file: str, variants: list[str]) -> list[dict[str, Any]]:
     if item.error is not None:
-        return [{"file": file, "variant": v, "error": item.error} for v in variants]
-    rows = []
-    for name, a in item.analyses.items():
-        row: dict[str, Any] = {"file": file, "variant": name, "error": ""}
-        for i, label in enumerate(labels):
-            row[label] = f"{a.mc_mean[i]:.6f}"
-            row[f"{label}_std"] = f"{a.mc_std[i]:.6f}"
-        rows.append(row)
-    return rows
+        return [error_row(file, v, item.error) for v in variants]
+    return [wide_row(a, file) for a in item.analyses.values()]
 
 
 def _json_records(item: BatchItem, file: str, variants: list[str]) -> list[dict[str, Any]]:
@@ -151,7 +144,7 @@ def run(args: argparse.Namespace, stdout: TextIO) -> int:
     for item in tqdm(items, total=len(files), unit="image", disable=args.no_progress, file=sys.stderr):
         file = str(files[item.index])
         failed += item.error is not None
-        csv_rows.extend(_csv_rows(item, file, variants, labels))
+        csv_rows.extend(_csv_rows(item, file, variants))
         records.extend(_json_records(item, file, variants))
         if args.cams is not None and item.error is None:
             _write_cams(item, args.cams, files[item.index])
@@ -160,22 +153,16 @@ def run(args: argparse.Namespace, stdout: TextIO) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(records, indent=1))
     else:
-        fields = ["file", "variant", "error"] + [c for label in labels for c in (label, f"{label}_std")]
+        fields = wide_fields(labels)
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with args.out.open("w", newline="", encoding="utf-8") as f:
-                _write_csv(f, fields, csv_rows)
+                write_csv(f, fields, csv_rows)
         else:
-            _write_csv(stdout, fields, csv_rows)
+            write_csv(stdout, fields, csv_rows)
     print(f"{len(files) - failed} of {len(files)} file(s) analysed with {', '.join(variants)}"
           + (f"; {failed} failed" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
-
-
-def _write_csv(f: TextIO, fields: list[str], rows: list[dict[str, Any]]) -> None:
-    writer = csv.DictWriter(f, fieldnames=fields, restval="")
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,60 @@
+"""The one serializer of :class:`~core.analysis.Analysis` records: JSON records, wide and long CSV rows.
+
+Every CSV the project writes goes through :func:`write_csv`, which neutralises spreadsheet formulas: a text cell
+that begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is prefixed with a single quote (OWASP's
+CSV-injection rule), so a file named ``=HYPERLINK(...).png`` stays text in Excel or LibreOffice. Numbers are
+written as numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+from core.analysis import Analysis
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+WARNING_SEPARATOR = "; "
+
+
+def safe_cell(value: Any) -> Any:
+    """``value`` unchanged unless it is text starting like a spreadsheet formula; then prefixed with ``'``."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def write_csv(f: TextIO, fields: Sequence[str], rows: Iterable[dict[str, Any]], header: bool = True) -> None:
+    """Write ``rows`` (dicts; missing keys empty) as CSV with formula neutralisation; flushes after each row."""
+    writer = csv.DictWriter(f, fieldnames=list(fields), restval="", extrasaction="ignore")
+    if header:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow({k: safe_cell(v) for k, v in row.items()})
+        f.flush()
+
+
+def wide_fields(labels: Sequence[str]) -> list[str]:
+    """Columns of the batch CLI's CSV: ``file, variant, error, warnings``, then ``<label>, <label>_std``."""
+    return ["file", "variant", "error", "warnings"] + [c for label in labels for c in (label, f"{label}_std")]
+
+
+def wide_row(analysis: Analysis, file: str) -> dict[str, Any]:
+    """One CLI CSV row: the Monte-Carlo mean and standard deviation of every label, and the warnings."""
+    row: dict[str, Any] = {"file": file, "variant": analysis.model_id, "error": "",
+                           "warnings": WARNING_SEPARATOR.join(analysis.warnings)}
+    for i, label in enumerate(analysis.labels):
+        row[label] = f"{analysis.mc_mean[i]:.6f}"
+        row[f"{label}_std"] = f"{analysis.mc_std[i]:.6f}"
+    return row
+
+
+def error_row(file: str, variant: str, error: str) -> dict[str, Any]:
+    """A CLI CSV row for a file that could not be analysed."""
+    return {"file": file, "variant": variant, "error": error, "warnings": ""}
+
+
+def record(analysis: Analysis, include_cams: bool = False) -> dict[str, Any]:
+    """The JSON-ready record of an analysis (see :meth:`Analysis.to_dict`)."""
+    return analysis.to_dict(include_cams=include_cams)
