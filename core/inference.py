@@ -440,6 +440,11 @@ class Predictor:
                 yield from flush()
                 yield BatchItem(index, src, {}, str(exc))
                 continue
+            except Exception as exc:  # noqa: BLE001 - one bad file must never sink the batch
+                yield from flush()
+                yield BatchItem(index, src, {}, f"The file could not be read: unexpected {type(exc).__name__} in "
+                                              "the decoder (the file is probably damaged).")
+                continue
             pending.append((index, src, image, sha, time.perf_counter() - t0))
             if len(pending) >= batch_size:
                 yield from flush()
@@ -500,6 +505,7 @@ class Predictor:
                     relative_cams=None if out.relative_cams is None else out.relative_cams[i],
                     image=image.pixels,
                     image_metadata=image.metadata.to_dict(),
+                    warnings=list(image.metadata.warnings),
                     violations=find_violations(out.mc_mean[i], self.taxonomy, threshold),
                     timings=timings,
                     image_sha256=hashes[i],
