@@ -37,6 +37,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", help="shorthand for --set name=NAME (the run folder)")
     parser.add_argument("--cv", type=int, metavar="K", help="patient-level K-fold cross-validation over train+val "
                         "(resumable; writes runs/<name>_cvK/ with cv_summary.json); no export")
+    parser.add_argument("--alias", action="append", default=[], metavar="NAME",
+                        help="with --export: another name of the exported model (repeatable)")
     parser.add_argument("--fit-from-cv", metavar="DIR", help="train on train+val for the epoch chosen by the "
                         "cross-validation in DIR (same schedule), e.g. runs/nih_hbce_soft_cv5")
     return parser.parse_args(argv)
@@ -87,8 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.export and result.info.is_main:
             from core.export import export_variant
 
-            card = export_variant(result, resolve_path(args.export), argv)
-            test = card["metrics"]["test"]
+            card = export_variant(result, resolve_path(args.export), argv, cv_dir=args.fit_from_cv,
+                                  aliases=args.alias)
+            test = card.split_metrics("test")
             print(f"exported {args.export}: test macro AUROC {test['macro_auroc']}, "
                   f"weighted AUROC {test['weighted_auroc']}, ECE {test['ece']}")
     except (LabelError, DataError, ImageError, ModelLoadError, TrainError, CVError, ConfigError) as exc:

@@ -6,11 +6,14 @@ tensors. Arrays are NumPy; :meth:`Analysis.to_dict` gives a JSON-ready form (CAM
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from core.taxonomy import Taxonomy
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,23 @@ class Violation:
     child: str
     parent_probability: float
     child_probability: float
+
+
+def find_violations(
+    probabilities: Sequence[float] | np.ndarray, taxonomy: Taxonomy, threshold: float = 0.5,
+    skip: Sequence[str] = (),
+) -> list[Violation]:
+    """The edges :meth:`Taxonomy.violations` flags (child above ``threshold``, parent below), in edge order.
+
+    ``skip``: labels left out (e.g. labels a model never learnt: their outputs carry no meaning).
+    """
+    probs = np.asarray(probabilities, dtype=float)
+    if probs.shape != (taxonomy.num_labels,):
+        raise ValueError(f"expected {taxonomy.num_labels} probabilities, got shape {probs.shape}")
+    flags = taxonomy.violations(probs, threshold)
+    return [Violation(p, c, float(probs[taxonomy.index(p)]), float(probs[taxonomy.index(c)]))
+            for (p, c), flag in zip(taxonomy.edges, flags, strict=True)
+            if flag and p not in skip and c not in skip]
 
 
 @dataclass
@@ -46,6 +66,13 @@ class Analysis:
         relative_cams: ``(L, h, w)`` class activation maps *without* the ReLU (CAM of Zhou et al. 2016), min-max
             scaled per label to [0, 1]: where each label's evidence is highest relative to the rest of the image,
             also for a label whose evidence is negative everywhere (its Grad-CAM in ``cams`` is then empty).
+        cam_labels: For each label, the label whose map ``cams`` holds: itself, except for a C-HMCNN model, whose
+            label probability is that of a descendant (the map then shows that descendant's evidence).
+        operating_points: Label -> the displayed probability at or above which the model calls it positive (the
+            threshold reaching the model card's target sensitivity on held-out data); labels without one are absent.
+        not_learnt: Labels the model had too few positive training images to learn: their outputs carry no meaning.
+        ood_score: Feature-distance score of the image against the model's training images (``None`` when the
+            model has no reference); a warning is added when it exceeds the reference's threshold.
         warnings: Messages for the reader about this input (e.g. an image unlike the training population, a
             degenerate image analysed anyway); empty when there is nothing to say.
     """
@@ -66,26 +93,48 @@ class Analysis:
     extra: dict[str, Any] = field(default_factory=dict)
     relative_cams: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
+    cam_labels: list[str] | None = None
+    operating_points: dict[str, float] = field(default_factory=dict)
+    not_learnt: list[str] = field(default_factory=list)
+    ood_score: float | None = None
 
     def index(self, label: str) -> int:
         """Position of ``label`` in :attr:`labels`."""
         return self.labels.index(label)
 
     def table(self) -> pd.DataFrame:
-        """One row per label: ``label, probability, mc_mean, mc_std``, in taxonomy order."""
+        """One row per label, in taxonomy order: ``label, learnt, probability, mc_mean, mc_std, operating_point,
+        call`` (``call`` compares the MC mean with the operating point)."""
         return pd.DataFrame(
             {
                 "label": self.labels,
+                "learnt": [self.learnt(label) for label in self.labels],
                 "probability": self.probability.astype(float),
                 "mc_mean": self.mc_mean.astype(float),
                 "mc_std": self.mc_std.astype(float),
+                "operating_point": [self.operating_points.get(label) for label in self.labels],
+                "call": [self.call(label) for label in self.labels],
             }
         )
 
     def top_findings(self, k: int = 5, exclude: tuple[str, ...] = ("No Finding", "Uncertain", "Abnormal")) -> list[str]:
-        """The ``k`` labels with the highest MC mean, leaving out the triage roots by default."""
+        """The ``k`` learnt labels with the highest MC mean, leaving out the triage roots by default."""
         order = np.argsort(-self.mc_mean)
-        return [self.labels[i] for i in order if self.labels[i] not in exclude][:k]
+        return [self.labels[i] for i in order if self.labels[i] not in exclude and self.learnt(self.labels[i])][:k]
+
+    def learnt(self, label: str) -> bool:
+        """False for a label the model never learnt (see :attr:`not_learnt`)."""
+        return label not in self.not_learnt
+
+    def call(self, label: str) -> str:
+        """``"above"`` / ``"below"`` the label's operating point (MC mean), ``"not learnt"``, or ``"no operating
+        point"`` when the card gives none."""
+        if not self.learnt(label):
+            return "not learnt"
+        threshold = self.operating_points.get(label)
+        if threshold is None:
+            return "no operating point"
+        return "above" if float(self.mc_mean[self.index(label)]) >= threshold else "below"
 
     def to_dict(self, include_cams: bool = False) -> dict[str, Any]:
         """JSON-ready form; CAMs (as nested lists) only if ``include_cams``; the image is never included."""
@@ -96,12 +145,18 @@ class Analysis:
             "threshold": self.threshold,
             "labels": {
                 label: {
+                    "learnt": self.learnt(label),
                     "probability": float(self.probability[i]),
                     "mc_mean": float(self.mc_mean[i]),
                     "mc_std": float(self.mc_std[i]),
+                    "operating_point": self.operating_points.get(label),
+                    "call": self.call(label),
+                    "map_of": (self.cam_labels or self.labels)[i],
                 }
                 for i, label in enumerate(self.labels)
             },
+            "not_learnt": list(self.not_learnt),
+            "ood_score": self.ood_score,
             "violations": [v.__dict__ for v in self.violations],
             "warnings": list(self.warnings),
             "image_metadata": self.image_metadata,

@@ -80,3 +80,122 @@ def apply_temperature(logits: np.ndarray, temperature: Sequence[float] | np.ndar
     if temperature is None:
         return sigmoid(logits)
     return sigmoid(logits / np.asarray(temperature, dtype=np.float64)[None, :])
+
+
+# ------------------------------------------------------------------------------- shrunk temperatures
+
+
+#: Wide search bounds: a fit that ends on one is not trusted (the shared value is kept instead).
+SEARCH_MIN, SEARCH_MAX = 0.02, 50.0
+#: Prior strength of the per-label shrinkage, in pseudo-images: a label with n known images weighs its own fit by
+#: n / (n + SHRINKAGE) against the shared temperature.
+SHRINKAGE = 20.0
+
+
+def _golden_min(f, lo: float, hi: float, iterations: int = 80) -> float:
+    """Minimiser of a unimodal scalar function on ``[lo, hi]`` by golden-section search."""
+    g = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = f(a), f(b)
+    for _ in range(iterations):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = f(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = f(b)
+    return (lo + hi) / 2.0
+
+
+def _on_bound(log_t: float, lo: float, hi: float) -> bool:
+    return min(abs(log_t - lo), abs(log_t - hi)) < 1e-3
+
+
+def fit_shrunk_temperatures(
+    logits: np.ndarray, targets: np.ndarray, mask: np.ndarray, fittable: np.ndarray | None = None,
+    shrinkage: float = SHRINKAGE, min_per_class: int = MIN_PER_CLASS_FOR_TEMPERATURE,
+) -> tuple[np.ndarray, float, dict[int, str]]:
+    """One shared temperature, and per-label temperatures shrunk towards it; no value may end on a search bound.
+
+    The shared temperature ``T0`` minimises the BCE of every fittable label's known entries pooled. Each label's
+    ``T_l`` then minimises ``BCE_l(T) + (shrinkage / n_l) * (log T - log T0)^2`` over its ``n_l`` known entries: a
+    log-normal prior centred on ``T0`` worth ``shrinkage`` pseudo-images, so a label with little data stays near
+    ``T0`` and one with a lot follows its own data. A label with fewer than ``min_per_class`` known positives or
+    negatives, one that is not ``fittable`` (e.g. not learnt), or one whose fit ends on a search bound keeps
+    ``T0``. If ``T0`` itself ends on a bound, every label gets 1 (no calibration).
+
+    Returns:
+        ``(temperatures (L,), T0, notes)``, ``notes`` saying per label index why it kept ``T0``.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    m = np.asarray(mask, dtype=bool)
+    n_labels = z.shape[1]
+    fittable = np.ones(n_labels, dtype=bool) if fittable is None else np.asarray(fittable, dtype=bool)
+    pos = ((y == 1) & m).sum(axis=0)
+    neg = ((y == 0) & m).sum(axis=0)
+    enough = (pos >= min_per_class) & (neg >= min_per_class) & fittable
+    lo, hi = np.log(SEARCH_MIN), np.log(SEARCH_MAX)
+    notes: dict[int, str] = {}
+    if not enough.any():
+        return np.ones(n_labels), 1.0, {j: "no label has enough held-out positives and negatives" for j in
+                                        range(n_labels)}
+    cols = np.flatnonzero(enough)
+    zs, ys = z[:, cols][m[:, cols]], y[:, cols][m[:, cols]]
+
+    def pooled_loss(log_t: float) -> float:
+        zt = zs / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, zt) - ys * zt))
+
+    log_t0 = _golden_min(pooled_loss, lo, hi)
+    if _on_bound(log_t0, lo, hi):
+        return np.ones(n_labels), 1.0, {j: "shared temperature hit a search bound: calibration not applied"
+                                        for j in range(n_labels)}
+    out = np.full(n_labels, np.exp(log_t0))
+    for j in range(n_labels):
+        if not fittable[j]:
+            notes[j] = "not learnt: keeps the shared temperature"
+            continue
+        if not enough[j]:
+            notes[j] = f"fewer than {min_per_class} held-out positives or negatives: keeps the shared temperature"
+            continue
+        zj, yj = z[m[:, j], j], y[m[:, j], j]
+        weight = shrinkage / len(zj)
+
+        def label_loss(log_t: float, zj=zj, yj=yj, weight=weight) -> float:
+            zt = zj / np.exp(log_t)
+            return float(np.mean(np.logaddexp(0.0, zt) - yj * zt) + weight * (log_t - log_t0) ** 2)
+
+        log_t = _golden_min(label_loss, lo, hi)
+        if _on_bound(log_t, lo, hi):
+            notes[j] = "fit ended on a search bound: keeps the shared temperature"
+            continue
+        out[j] = np.exp(log_t)
+    return out, float(np.exp(log_t0)), notes
+
+
+# ------------------------------------------------------------------------------------- operating points
+
+
+def operating_threshold(scores: np.ndarray, targets: np.ndarray, sensitivity: float) -> tuple[float, float, float]:
+    """The highest threshold whose sensitivity (share of positives scoring at or above it) reaches ``sensitivity``.
+
+    Returns:
+        ``(threshold, achieved sensitivity, specificity)`` on the given data.
+
+    Raises:
+        ValueError: no positive or no negative in the data.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets, dtype=bool)
+    positives, negatives = np.sort(scores[targets]), scores[~targets]
+    if positives.size == 0 or negatives.size == 0:
+        raise ValueError("an operating point needs positives and negatives")
+    # Keeping the top ceil(s * n) positives at or above the threshold.
+    k = int(np.ceil(sensitivity * positives.size - 1e-9))
+    threshold = float(positives[positives.size - max(k, 1)])
+    achieved = float((positives >= threshold).mean())
+    specificity = float((negatives < threshold).mean())
+    return threshold, achieved, specificity

@@ -147,6 +147,10 @@ class EvalConfig:
     n_boot: int = 1000
     boot_seed: int = 0
     calibrate: bool = True
+    target_sensitivity: float = 0.8  # operating point of each label: the threshold reaching this sensitivity
+    min_train_positives: int = 10  # a label with fewer known positive training images is "not learnt"
+    ood_false_alarm: float = 0.05  # share of held-out NIH films the out-of-distribution check may flag
+    ood_components: int = 32  # principal directions of the training features kept by the reference
 
 
 @dataclass

@@ -240,3 +240,45 @@ def plot_cv_curve(summary: dict[str, Any], path: str | Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def load_oof(config: Config, cv_folder: str | Path, taxonomy: Taxonomy | None = None
+             ) -> tuple[np.ndarray, LabelSet, np.ndarray]:
+    """The chosen epoch's out-of-fold logits ``(N, L)``, their labels (folds concatenated) and fold numbers.
+
+    Raises:
+        CVError: the folder has no summary or logits, or its rows no longer match the data.
+    """
+    taxonomy = taxonomy or load_taxonomy()
+    folder = Path(cv_folder)
+    summary = load_cv_summary(folder)
+    folds = int(summary["folds"])
+    logits_path = folder / "oof_logits.npy"
+    if not logits_path.is_file():
+        raise CVError(f"{logits_path}: missing (re-run the cross-validation summary)")
+    logits = np.load(logits_path, allow_pickle=False)
+    sets = [_fold_labels(config, folds, k, taxonomy) for k in range(folds)]
+    fold_of = np.concatenate([np.full(len(s), k) for k, s in enumerate(sets)])
+    labels = _concat(sets)
+    with (folder / "oof_rows.csv").open(encoding="utf-8") as f:
+        rows = [r["path"] for r in csv.DictReader(f)]
+    if rows != list(labels.paths) or len(logits) != len(labels):
+        raise CVError(f"{folder}: out-of-fold rows differ from the current fold assignment (data or config changed)")
+    return logits, labels, fold_of
+
+
+def fold_weights(cv_folder: str | Path, fold: int) -> Path:
+    """The final weights of a fold model (the EMA weights when the run kept them)."""
+    ckpt = Path(cv_folder) / f"fold{fold}" / "checkpoints"
+    for name in ("last_ema.safetensors", "last.safetensors"):
+        if (ckpt / name).is_file():
+            return ckpt / name
+    raise CVError(f"{ckpt}: no fold weights")
+
+
+def _concat(sets: list[LabelSet]) -> LabelSet:
+    import pandas as pd
+
+    return LabelSet(paths=[p for s in sets for p in s.paths], targets=np.concatenate([s.targets for s in sets]),
+                    mask=np.concatenate([s.mask for s in sets]), labels=sets[0].labels,
+                    metadata=pd.concat([s.metadata for s in sets], ignore_index=True))

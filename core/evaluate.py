@@ -14,7 +14,6 @@ table has one column per variant.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,14 +23,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core.calibration import apply_temperature
-from core.card import write_json
+from core.card import CardError, ModelCard, write_json
 from core.config import DataConfig, resolve_path
 from core.data import DataError, XrayDataset, split_assignments
 from core.distributed import DistInfo, autocast_context, gather_rows, unwrap
 from core.labels import LabelError, read_label_csv
 from core.metrics import evaluate_predictions
-from core.model import HiCXRNet, ModelLoadError, load_model
+from core.model import HiCXRNet, ModelLoadError, constraint_matrix, load_model, output_probabilities
 from core.plots import plot_calibration, plot_roc
 from core.preprocess import normalize
 from core.progress import progress
@@ -63,13 +61,29 @@ def predict_logits(model: nn.Module, loader: DataLoader, info: DistInfo, amp: bo
 
 
 @torch.no_grad()
-def predict_dataset(model: HiCXRNet, dataset: XrayDataset, batch_size: int = 64, amp: bool = True) -> np.ndarray:
-    """Logits ``(N, L)`` of ``model`` for every row of ``dataset`` in row order (eval mode, no augmentation)."""
+def predict_outputs(model: HiCXRNet, dataset: XrayDataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``(N, L)`` and global-average-pooled features ``(N, K)`` for every row of ``dataset``, in row order.
+
+    Eval mode, no augmentation (the dataset's own augmentation is bypassed), no Monte-Carlo dropout.
+    """
+    model.eval()
     device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    logits, idx = predict_logits(model, loader, DistInfo(device=device), amp)
-    order = np.argsort(idx)
-    return logits[order]
+    logits, pooled = [], []
+    for start in range(0, len(dataset), batch_size):
+        rows = range(start, min(start + batch_size, len(dataset)))
+        x = normalize(torch.stack([dataset.image(i) for i in rows]).to(device), model.config)
+        features = model.forward_features(x)
+        pooled_batch = torch.flatten(model.pool(features), 1)
+        logits.append(model.classifier(pooled_batch).float().cpu())
+        pooled.append(pooled_batch.float().cpu())
+    k, n_labels = model.num_features, len(model.config.labels)
+    return (torch.cat(logits).numpy() if logits else np.zeros((0, n_labels), np.float32),
+            torch.cat(pooled).numpy() if pooled else np.zeros((0, k), np.float32))
+
+
+def predict_dataset(model: HiCXRNet, dataset: XrayDataset, batch_size: int = 64) -> np.ndarray:
+    """Logits ``(N, L)`` of ``model`` for every row of ``dataset`` in row order (eval mode, no augmentation)."""
+    return predict_outputs(model, dataset, batch_size)[0]
 
 
 def variant_paths(prefix: str | Path) -> tuple[Path, Path]:
@@ -81,21 +95,22 @@ def variant_paths(prefix: str | Path) -> tuple[Path, Path]:
 
 
 def load_variant(prefix: str | Path, taxonomy: Taxonomy,
-                 device: str | torch.device = "cpu") -> tuple[HiCXRNet, list[float] | None, dict]:
-    """The model, its applied temperatures (or None) and its card (``{}`` when there is no card)."""
+                 device: str | torch.device = "cpu") -> tuple[HiCXRNet, np.ndarray | None, ModelCard | None]:
+    """The model, its applied temperatures (or None) and its card (``None`` when there is no card).
+
+    Raises:
+        ModelLoadError: the weights do not load, or the card is malformed or contradicts them.
+    """
     weights, card_path = variant_paths(prefix)
     model = load_model(weights, taxonomy, device=device)
-    card: dict = {}
-    if card_path.is_file():
-        try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ModelLoadError(f"{card_path}: model card is not valid JSON ({exc})") from exc
-    calibration = card.get("calibration") or {}
-    temperature = calibration.get("temperature") if calibration.get("applied") else None
-    if temperature is not None and len(temperature) != len(model.config.labels):
-        raise ModelLoadError(f"{card_path}: {len(temperature)} temperatures for {len(model.config.labels)} outputs")
-    return model, temperature, card
+    if not card_path.is_file():
+        return model, None, None
+    try:
+        card = ModelCard.read(card_path)
+        card.check_against(model.config, card_path.name)
+    except CardError as exc:
+        raise ModelLoadError(str(exc)) from None
+    return model, card.temperature(), card
 
 
 def format_table(results: dict[str, dict], labels: Sequence[str]) -> str:
@@ -171,7 +186,10 @@ def evaluate_variants(
         if size not in datasets:  # variants at the same input size share one decoded dataset
             datasets[size] = XrayDataset(labels, images, size, cache=True, progress=sys.stderr.isatty())
         ds = datasets[size]
-        probs = apply_temperature(predict_dataset(model, ds, batch_size), temperature)
+        logits = predict_dataset(model, ds, batch_size)
+        if temperature is not None:
+            logits = logits / temperature
+        probs = output_probabilities(torch.from_numpy(logits), constraint_matrix(model.config, taxonomy)).numpy()
         y, m = ds.labels.targets, ds.labels.mask
         results[name] = evaluate_predictions(y, probs, taxonomy, m, groups=ds.groups, n_boot=n_boot)
         results[name]["temperature_applied"] = temperature is not None

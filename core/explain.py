@@ -51,28 +51,37 @@ def _grad_cam_methods() -> dict[str, type]:
 CAM_METHODS: tuple[str, ...] = (
     "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "gradcam-elementwise", "eigencam", "eigengradcam",
 )
-COLORMAPS: tuple[str, ...] = ("jet", "turbo", "inferno", "magma", "viridis", "hot")
+#: Perceptually uniform, colour-blind-safe maps only (no jet/rainbow: their bright bands invent edges).
+COLORMAPS: tuple[str, ...] = ("inferno", "magma", "viridis", "cividis")
+DEFAULT_COLORMAP = "inferno"
+#: Levels and colour of the dashed contours that draw a *relative* map (a different kind of picture than evidence).
+RELATIVE_LEVELS = (0.5, 0.75, 0.9)
+RELATIVE_COLOR = (0.0, 0.85, 0.95)
 
 
 def upsample(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize (half-pixel centres) of a ``(h, w)`` map to ``shape``; float32, clipped to [0, 1]."""
+    """Smooth bicubic resize (half-pixel centres) of a ``(h, w)`` map to ``shape``; float32, clipped to [0, 1].
+
+    Bicubic rather than bilinear: a coarse map (8 x 8) upsampled bilinearly shows its grid as ridges.
+    """
     cam = np.asarray(cam, dtype=np.float32)
     if cam.ndim != 2:
         raise ValueError(f"expected a 2-D map, got shape {cam.shape}")
     if cam.shape == tuple(shape):
         return np.clip(cam, 0.0, 1.0)
     t = torch.from_numpy(np.ascontiguousarray(cam))[None, None]
-    return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].clamp_(0, 1).numpy()
+    mode = "bicubic" if min(cam.shape) >= 2 else "bilinear"
+    return F.interpolate(t, size=tuple(shape), mode=mode, align_corners=False)[0, 0].clamp_(0, 1).numpy()
 
 
 def overlay(
     image: np.ndarray,
     cam: np.ndarray,
-    colormap: str = "jet",
+    colormap: str = DEFAULT_COLORMAP,
     opacity: float = 0.4,
     threshold: float = 0.0,
 ) -> np.ndarray:
-    """Blend a heat map over a grayscale image.
+    """Blend a heat map over a grayscale image (the picture of *evidence*: a Grad-CAM).
 
     Args:
         image: ``(H, W)`` grayscale in [0, 1].
@@ -100,12 +109,47 @@ def overlay(
     return np.rint((1.0 - alpha) * gray * 255.0 + alpha * colour * 255.0).astype(np.uint8)
 
 
+def contour_overlay(image: np.ndarray, cam: np.ndarray, levels: Sequence[float] = RELATIVE_LEVELS,
+                    color: tuple[float, float, float] = RELATIVE_COLOR) -> np.ndarray:
+    """Dashed iso-lines of a map over a grayscale image: the picture of a *relative* map, which ranks regions
+    but is not evidence for the label, so it must not look like a heat map.
+
+    Args:
+        image: ``(H, W)`` grayscale in [0, 1].
+        cam: ``(h, w)`` map in [0, 1] (upsampled bicubically to ``(H, W)``).
+        levels: Map values the lines follow (higher levels are drawn thicker).
+        color: RGB in [0, 1].
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise ValueError(f"image must be a 2-D grayscale array, got shape {image.shape}")
+    h, w = image.shape
+    heat = upsample(cam, image.shape)
+    fig = Figure(figsize=(w / 100.0, h / 100.0), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    if float(heat.max()) > float(heat.min()):
+        widths = [1.0 + 1.2 * k for k in range(len(levels))]
+        ax.contour(heat, levels=sorted(levels), colors=[color], linewidths=widths, linestyles="dashed")
+    ax.set_axis_off()
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return np.ascontiguousarray(rgba[..., :3])
+
+
 def contact_sheet(
     analysis: Analysis,
     labels: Sequence[str] | None = None,
     tile: int = 192,
     columns: int = 7,
-    colormap: str = "jet",
+    colormap: str = DEFAULT_COLORMAP,
     opacity: float = 0.4,
 ) -> np.ndarray:
     """One RGB image with a captioned overlay tile per label (``label  p=MC mean``), in taxonomy order.

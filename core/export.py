@@ -1,31 +1,47 @@
-"""Exporting a trained model: fp16 safetensors, per-label temperature scaling, plots and the JSON model card.
+"""Exporting a model: fp16 safetensors (with its out-of-distribution reference), plots and the model card.
 
-Temperature scaling fits one temperature ``T_l`` per output on the VALIDATION logits, minimising the masked BCE
-of ``sigmoid(z / T_l)`` over ``T_l`` in [0.05, 20] by a golden-section search on ``log T`` (the loss is convex in
-``1 / T``, hence unimodal in ``log T``). A positive temperature never changes a label's ranking, so AUROC and AP
-are unchanged; only calibration (ECE) and the hierarchy-violation rate move. The temperatures are applied only if
-they lower the TEST ECE (``calibration.applied``), and both ECE values are kept in the card.
+Two ways in, one code path (:func:`export_model`):
 
-The model card schema is described in the project's brief (``weights/<variant>.json``): variant, created, model,
-taxonomy, preprocessing, loss, penalty_table, calibration, training, data, metrics, reproduce, intended_use,
-limitations and plots.
+* ``train.py ... --export weights/NAME`` exports the model it has just trained;
+* ``python -m core.export weights/NAME [--from CHECKPOINT] [--config CONFIG] [--cv CV_DIR]`` builds (or rebuilds,
+  or recalibrates) the card of saved weights, from a labelled split: the config comes from ``--config`` or from
+  the existing card.
+
+Everything the card states is computed from the exported fp16 file itself (reloaded), so its numbers are what a
+user of the file gets. Calibration, operating points and the out-of-distribution threshold are fitted on held-out
+data (:mod:`core.heldout`); the test split is only measured, once.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
+import argparse
 import logging
 import shlex
+import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.calibration import apply_temperature, fit_temperature
-from core.card import write_json
-from core.labels import LabelSet
+import numpy as np
+
+from core.card import CardError, ModelCard
+from core.config import Config, ConfigError, config_from_dict, load_config, resolve_path
+from core.crossval import CVError, load_cv_summary
+from core.data import DataError, XrayDataset, load_splits
+from core.evaluate import predict_outputs
+from core.heldout import (
+    fit_calibration,
+    fit_ood,
+    fit_operating_points,
+    held_out_predictions,
+    measure_operating_points,
+    output_probs,
+    training_positives,
+)
+from core.labels import LabelError, LabelSet
 from core.metrics import evaluate_predictions, expected_calibration_error
-from core.model import load_model, save_model
+from core.model import HiCXRNet, ModelLoadError, load_model, save_model
 from core.plots import plot_calibration, plot_roc
 from core.taxonomy import Taxonomy, load_taxonomy
 
@@ -35,144 +51,205 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-INTENDED_USE = (
-    "Research use only; not a medical device. For studying hierarchical multi-label chest X-ray classification "
-    "and for demonstrating the HiCXR dashboard. Not for diagnosis, triage, screening or any clinical decision."
-)
-
-
-# ------------------------------------------------------------------------------------------- model card
-
-
-def data_limitations(train: LabelSet, test: LabelSet, taxonomy: Taxonomy, extra: str = "") -> str:
-    """Plain-language limitations derived from the data: unsupervised outputs, thinly tested labels."""
+def data_limitations(train: LabelSet, test: LabelSet, not_learnt: Sequence[str], taxonomy: Taxonomy,
+                     extra: str = "") -> str:
+    """Plain-language limitations derived from the data: labels not learnt, thinly tested labels, small data."""
     parts = []
-    never = [taxonomy.labels[j] for j in range(len(taxonomy.labels)) if not train.mask[:, j].any()]
-    if never:
-        parts.append(
-            f"These outputs had no known training label and were never supervised; ignore them: {', '.join(never)}."
-        )
+    if not_learnt:
+        parts.append(f"Not learnt (too few positive training images; their outputs carry no meaning and are shown "
+                     f"as 'not learnt'): {', '.join(not_learnt)}.")
     pos = ((test.targets == 1) & test.mask).sum(axis=0)
     thin = [f"{taxonomy.labels[j]} ({int(pos[j])})" for j in range(len(taxonomy.labels))
-            if test.mask[:, j].any() and pos[j] < 10]
+            if test.mask[:, j].any() and 0 < pos[j] < 10]
     if thin:
         parts.append(f"Fewer than 10 test positives, so their AUROC is very uncertain: {', '.join(thin)}.")
     parts.append(
         f"Small data: {len(train)} training and {len(test)} test images; confidence intervals are wide and "
         "differences between variants may be noise. Not validated on any other population, scanner or institution; "
-        "no prospective or clinical evaluation. Probabilities are not risks; Grad-CAM maps are coarse cues, not "
-        "localisation."
+        "no prospective or clinical evaluation. Probabilities are not risks; CAMs are coarse cues, not localisation."
     )
     if extra:
         parts.append(extra.strip())
     return " ".join(parts)
 
 
-def _split_counts(result: TrainResult) -> dict[str, int]:
-    return {f"{s}_images": len(result.datasets[s]) for s in ("train", "val", "test")}
+def _datasets(config: Config, taxonomy: Taxonomy) -> dict[str, XrayDataset]:
+    """Un-augmented datasets of the config's splits (train = what the model trained on)."""
+    splits = load_splits(config, taxonomy)
+    root = resolve_path(config.data.images)
+    return {s: XrayDataset(labels, root, config.model.input_size, cache=True, progress=sys.stderr.isatty())
+            for s, labels in splits.items() if len(labels)}
 
 
-def build_model_card(
-    *, variant: str, result: TrainResult, taxonomy: Taxonomy, calibration: dict | None, metrics: dict,
-    reproduce: str, plots: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """The model card as plain data (the schema in the module docstring)."""
-    cfg = result.config
-    m = result.model.config
-    card: dict[str, Any] = {
-        "variant": variant,
-        "created": dt.date.today().isoformat(),
-        "model": json.loads(m.to_json()),
-        "taxonomy": {"name": taxonomy.name, "hash": taxonomy.hash, "edges": taxonomy.to_dict()["edges"]},
-        "preprocessing": {
-            "input_size": m.input_size, "in_channels": m.in_channels, "mean": m.mean, "std": m.std,
-            "resize": "squash, antialiased bilinear", "input": "grayscale in [0,1]",
-        },
-        "loss": {
-            "lambda": 0.0 if cfg.loss.penalty == "none" else cfg.loss.lam,
-            "penalty_source": cfg.loss.penalty,
-            "violation": cfg.loss.violation,
-            "fixed_value": cfg.loss.fixed_value if cfg.loss.penalty == "fixed" else None,
-        },
-        "penalty_table": [row.to_dict() for row in result.penalty_table],
-        "calibration": calibration,
-        "training": {
-            "config": cfg.to_dict(),
-            "epochs_run": result.state.epoch,
-            "best_epoch": result.state.best_epoch,
-            "best_val_macro_auroc": result.state.best_metric,
-            "monitored_val_labels": result.val_labels_monitored,
-            "seconds": round(result.state.seconds, 1),
-        },
-        "data": {
-            **_split_counts(result),
-            "sources": list(cfg.data.sources),
-            "attribution": cfg.data.attribution,
-        },
-        "metrics": metrics,
-        "reproduce": reproduce,
-        "intended_use": INTENDED_USE,
-        "limitations": data_limitations(result.datasets["train"].labels, result.datasets["test"].labels, taxonomy,
-                                        cfg.data.limitations),
-    }
-    if plots:
-        card["plots"] = plots
-    return card
+def export_model(
+    model: HiCXRNet, config: Config, prefix: str | Path, *, training: dict[str, Any] | None = None,
+    cv_dir: str | Path | None = None, reproduce: str = "", aliases: Sequence[str] = (),
+    taxonomy: Taxonomy | None = None,
+) -> ModelCard:
+    """Write ``<prefix>.safetensors`` (fp16 + OOD reference), ``<prefix>.json`` and the plots; return the card.
 
-
-def export_variant(result: TrainResult, prefix: str | Path, argv: Sequence[str] | None = None,
-                   taxonomy: Taxonomy | None = None) -> dict[str, Any]:
-    """Write ``<prefix>.safetensors`` (fp16), ``<prefix>.json`` (card) and the two plots; return the card.
-
-    Val and test predictions come from the exported fp16 file itself (reloaded), so the card's numbers are
-    exactly what a user of the file gets. Call on one process only (rank 0).
+    Args:
+        model: The trained model.
+        config: Its training config (data, loss and evaluation settings).
+        prefix: ``weights/NAME``.
+        training: Facts of the training run (epochs, timing...) for the card.
+        cv_dir: A cross-validation folder of the same config: its out-of-fold predictions calibrate the model and
+            set its operating points and out-of-distribution threshold.
+        reproduce: The command that reproduces the weights.
+        aliases: Other names of this model (e.g. the paper's hard-penalty variants, equal to ``bce``).
+        taxonomy: Output taxonomy (the packaged one by default).
     """
-    from core.evaluate import predict_dataset
+    from core.trainer import build_loss  # the penalty table is the trainer's; imported late (torch-heavy)
 
     taxonomy = taxonomy or load_taxonomy()
     prefix = Path(prefix)
-    variant = prefix.name
-    cfg = result.config
-    weights = save_model(result.model, Path(f"{prefix}.safetensors"), half=True)
-    model = load_model(weights, taxonomy, device=result.info.device)
-    val, test = result.datasets["val"], result.datasets["test"]
-    val_logits = predict_dataset(model, val, cfg.train.eval_batch_size, cfg.train.amp)
-    test_logits = predict_dataset(model, test, cfg.train.eval_batch_size, cfg.train.amp)
+    name = prefix.name
+    weights = save_model(model, Path(f"{prefix}.safetensors"), half=True)
+    model = load_model(weights, taxonomy)
+    ds = _datasets(config, taxonomy)
+    train, test = ds["train"], ds["test"]
+    val = ds.get("val") if config.data.fit_on == "train" else None
 
-    vl, tl = val.labels, test.labels
-    calibration = None
-    temperature = None
-    if cfg.eval.calibrate:
-        t = fit_temperature(val_logits, vl.targets, vl.mask)
-        raw_ece = expected_calibration_error(tl.targets[tl.mask], apply_temperature(test_logits, None)[tl.mask])
-        cal_ece = expected_calibration_error(tl.targets[tl.mask], apply_temperature(test_logits, t)[tl.mask])
-        val_raw = expected_calibration_error(vl.targets[vl.mask], apply_temperature(val_logits, None)[vl.mask])
-        val_cal = expected_calibration_error(vl.targets[vl.mask], apply_temperature(val_logits, t)[vl.mask])
-        applied = bool(cal_ece < raw_ece)
-        temperature = t if applied else None
-        calibration = {
-            "temperature": [round(float(x), 5) for x in t], "fitted_on": "val", "applied": applied,
-            "test_ece_uncalibrated": raw_ece, "test_ece_calibrated": cal_ece,
-            "val_ece_uncalibrated": val_raw, "val_ece_calibrated": val_cal,
-        }
-    val_probs, test_probs = apply_temperature(val_logits, temperature), apply_temperature(test_logits, temperature)
-    metrics = {
-        "val": evaluate_predictions(vl.targets, val_probs, taxonomy, vl.mask),
+    positives = training_positives(train.labels, taxonomy)
+    rule = f"fewer than {config.eval.min_train_positives} known positive training images"
+    not_learnt = [label for label, n in positives.items() if n < config.eval.min_train_positives]
+    learnt = np.array([label not in not_learnt for label in taxonomy.labels])
+    held = held_out_predictions(config, model, val, cv_dir, taxonomy)
+
+    calibration = fit_calibration(held, learnt, taxonomy) if held is not None and config.eval.calibrate else None
+    temperature = np.asarray(calibration.temperature) if calibration and calibration.applied else None
+    test_logits, test_features = predict_outputs(model, test)
+    tl = test.labels
+    test_probs = output_probs(test_logits, temperature, model, taxonomy)
+    raw_probs = output_probs(test_logits, None, model, taxonomy)
+    if calibration is not None:
+        calibration.details["test_ece_uncalibrated"] = expected_calibration_error(tl.targets[tl.mask],
+                                                                                  raw_probs[tl.mask])
+        calibration.details["test_ece_calibrated"] = expected_calibration_error(tl.targets[tl.mask],
+                                                                                test_probs[tl.mask])
+    metrics: dict[str, Any] = {
         "test": evaluate_predictions(tl.targets, test_probs, taxonomy, tl.mask, groups=test.groups,
-                                     n_boot=cfg.eval.n_boot, seed=cfg.eval.boot_seed),
+                                     n_boot=config.eval.n_boot, seed=config.eval.boot_seed),
     }
     metrics["test"]["temperature_applied"] = temperature is not None
-    roc = plot_roc(tl.targets, test_probs, tl.mask, taxonomy.labels, prefix.parent / f"{variant}_roc.png",
-                   title=f"{variant}: ROC on test ({len(test)} images)")
-    curves = {"uncalibrated": apply_temperature(test_logits, None)}
-    if calibration is not None:
-        curves["temperature-scaled"] = apply_temperature(test_logits, calibration["temperature"])
-    cal = plot_calibration(tl.targets, curves, tl.mask, prefix.parent / f"{variant}_calibration.png",
-                           title=f"{variant}: reliability on test")
-    reproduce = shlex.join(["python", "train.py", *(argv or [])])
-    card = build_model_card(variant=variant, result=result, taxonomy=taxonomy, calibration=calibration,
-                            metrics=metrics, reproduce=reproduce, plots={"roc": roc.name, "calibration": cal.name})
-    write_json(card, Path(f"{prefix}.json"))
-    log.info("exported %s: test macro AUROC %s, weighted %s", weights, metrics["test"]["macro_auroc"],
-             metrics["test"]["weighted_auroc"])
+    if val is not None:
+        val_logits, _ = predict_outputs(model, val)
+        metrics["val"] = evaluate_predictions(val.labels.targets, output_probs(val_logits, temperature, model,
+                                                                               taxonomy), taxonomy, val.labels.mask)
+    points = {}
+    if held is not None:
+        held_probs = output_probs(held.logits, temperature, model, taxonomy)
+        points = fit_operating_points(held_probs, held.labels, learnt, taxonomy, config.eval.target_sensitivity)
+        metrics["test"]["operating_points"] = measure_operating_points(points, test_probs, tl, taxonomy)
+
+    reference, ood = fit_ood(model, train, config, cv_dir, held, taxonomy)
+    test_scores = reference.score(test_features)
+    ood["test_flagged"] = float((test_scores > reference.threshold).mean())
+    save_model(model, weights, half=True, extra=reference.to_tensors())
+
+    plots = {"roc": plot_roc(tl.targets, test_probs, tl.mask, taxonomy.labels, prefix.parent / f"{name}_roc.png",
+                             title=f"{name}: ROC on test ({len(test)} images)").name}
+    curves = {"uncalibrated": raw_probs}
+    if temperature is not None:
+        curves["temperature-scaled"] = test_probs
+    plots["calibration"] = plot_calibration(tl.targets, curves, tl.mask, prefix.parent / f"{name}_calibration.png",
+                                            title=f"{name}: reliability on test").name
+    cross_validation = None
+    if cv_dir is not None:
+        summary = load_cv_summary(resolve_path(cv_dir))
+        cross_validation = {k: summary.get(k) for k in (
+            "folds", "images", "chosen_epoch", "cv_macro_auroc_mean", "cv_macro_auroc_std", "cv_fold_macro_auroc",
+            "oof_macro_auroc", "oof_per_label_auroc", "rule")}
+        curve = resolve_path(cv_dir) / "cv_curve.png"
+        if curve.is_file():
+            shutil.copyfile(curve, prefix.parent / f"{name}_cv.png")
+            plots["cross_validation"] = f"{name}_cv.png"
+
+    loss_fn, table = build_loss(config, train.labels, taxonomy)
+    del loss_fn
+    m = model.config
+    card = ModelCard(
+        variant=name, model=json_model(m), preprocessing={
+            "input_size": m.input_size, "in_channels": m.in_channels, "mean": m.mean, "std": m.std,
+            "resize": "squash, antialiased bilinear", "input": "grayscale in [0,1]"},
+        taxonomy={"name": taxonomy.name, "hash": taxonomy.hash, "edges": taxonomy.to_dict()["edges"]},
+        loss={"name": config.loss.name, "lambda": 0.0 if config.loss.penalty == "none" else config.loss.lam,
+              "penalty_source": config.loss.penalty, "violation": config.loss.violation,
+              "fixed_value": config.loss.fixed_value if config.loss.penalty == "fixed" else None,
+              "constraint": m.constraint},
+        penalty_table=[row.to_dict() for row in table], calibration=calibration,
+        training={"config": config.to_dict(), **(training or {})},
+        data={"train_images": len(train), "val_images": len(ds.get("val", [])), "test_images": len(test),
+              "trained_on": "train+val" if config.data.fit_on == "train+val" else "train",
+              "sources": list(config.data.sources), "attribution": config.data.attribution},
+        metrics=metrics, reproduce=reproduce, plots=plots,
+        limitations=data_limitations(train.labels, tl, not_learnt, taxonomy, config.data.limitations),
+        training_positives=positives, labels_not_learnt=not_learnt, labels_not_learnt_rule=rule,
+        operating_points=points, ood=ood, cross_validation=cross_validation,
+        extra={"aliases": list(aliases)} if aliases else {},
+    )
+    from core.registry import tensor_sha256
+
+    card.tensor_sha256 = tensor_sha256(weights)
+    card.write(Path(f"{prefix}.json"))
+    log.info("exported %s: test macro AUROC %s (OOD flags %.1f%% of test images)", weights,
+             metrics["test"]["macro_auroc"], 100 * ood["test_flagged"])
     return card
+
+
+def json_model(config: Any) -> dict[str, Any]:
+    """The model config as plain data (as stored in the weights file)."""
+    import json
+
+    return json.loads(config.to_json())
+
+
+def export_variant(result: TrainResult, prefix: str | Path, argv: Sequence[str] | None = None,
+                   cv_dir: str | Path | None = None, aliases: Sequence[str] = ()) -> ModelCard:
+    """Export the model a :func:`core.trainer.train` call returned (rank 0 only)."""
+    training = {
+        "epochs_run": result.state.epoch, "best_epoch": result.state.best_epoch,
+        "best_val_macro_auroc": result.state.best_metric, "monitored_val_labels": result.val_labels_monitored,
+        "seconds": round(result.state.seconds, 1),
+    }
+    return export_model(result.model, result.config, prefix, training=training, cv_dir=cv_dir,
+                        reproduce=shlex.join(["python", "train.py", *(argv or [])]), aliases=aliases)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m core.export``: build or rebuild a variant's weights file and card; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m core.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("prefix", help="the variant to write, e.g. weights/hbce_soft_data")
+    parser.add_argument("--from", dest="source", help="weights to export (a checkpoint); default: PREFIX.safetensors")
+    parser.add_argument("--config", help="training config (YAML); default: the one stored in the existing card")
+    parser.add_argument("--cv", help="cross-validation folder of that config (calibration, operating points, OOD)")
+    parser.add_argument("--alias", action="append", default=[], help="another name of this model (repeatable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    prefix = resolve_path(args.prefix)
+    source = resolve_path(args.source) if args.source else Path(f"{prefix}.safetensors")
+    try:
+        old = ModelCard.read(Path(f"{prefix}.json")) if Path(f"{prefix}.json").is_file() else None
+        if args.config:
+            config = load_config(resolve_path(args.config))
+        elif old is not None and old.training.get("config"):
+            config = config_from_dict(old.training["config"], f"{prefix}.json: training.config")
+        else:
+            raise ConfigError("no --config given and no existing card with a training config")
+        model = load_model(source)
+        training = {k: v for k, v in (old.training if old else {}).items() if k != "config"}
+        aliases = args.alias or (old.extra.get("aliases", []) if old else [])
+        reproduce = old.reproduce if old and not args.source else shlex.join(["python", "-m", "core.export",
+                                                                              *(argv or sys.argv[1:])])
+        card = export_model(model, config, prefix, training=training, cv_dir=args.cv, reproduce=reproduce,
+                            aliases=aliases)
+    except (CardError, ConfigError, CVError, DataError, LabelError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    test = card.split_metrics("test")
+    print(f"wrote {prefix}.safetensors and {prefix}.json: test macro AUROC {test.get('macro_auroc')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

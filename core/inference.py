@@ -1,22 +1,13 @@
 """The inference engine: image -> :class:`~core.analysis.Analysis` for one or several model variants.
 
-One image costs one backbone pass. Everything else comes from the post-ReLU feature map ``A`` (B x K x h x w) of
-that pass, through the head's own weights ``W`` (L x K) and bias ``b``:
+One image costs one backbone pass; probabilities, Monte-Carlo dropout statistics and every label's CAM come from
+its feature map (:mod:`core.head`). A loaded variant owns its calibration (the model card's temperatures, when
+applied) and, for C-HMCNN models, its max constraint. The model is never switched between train and eval mode and
+no hooks are registered, so one :class:`Predictor` can serve many threads (the dashboard shares one); all tensor
+work runs under ``torch.inference_mode``.
 
-* deterministic probability: ``sigmoid((W @ GAP(A) + b) / T)`` (dropout off);
-* Monte-Carlo dropout: ``N`` Bernoulli masks on the pooled features (where the model's dropout sits), drawn from a
-  private ``torch.Generator`` seeded per image, so a result depends only on (image, variant, N, seed), not on the
-  batch it ran in or on other threads; mean and population standard deviation (ddof=0) of the ``N`` sigmoids;
-* CAMs for every label: ``relu(sum_k W_lk A_k)``, each scaled by its own maximum (all-zero maps stay zero). For a
-  ReLU -> GAP -> linear head this is Grad-CAM at the post-ReLU layer up to a positive factor (``1/(h*w)``);
-  ``tests/test_explain.py`` checks that against pytorch-grad-cam.
-
-``T`` is the model card's per-label temperature when ``calibration.applied`` is true, else 1. The model is never
-switched between train and eval mode and no hooks are registered, so one :class:`Predictor` can serve many threads
-(the dashboard shares one); all tensor work runs under ``torch.inference_mode``.
-
-Violations are reported on the MC means at the threshold (0.5): parent below it and child above it, the same rule
-as :func:`core.metrics.violation_rate`.
+Violations are reported on the MC means with the taxonomy's one rule (:meth:`core.taxonomy.Taxonomy.violations`:
+parent below the threshold, child above it), the rule the metrics and the loss's hard penalty use too.
 """
 
 from __future__ import annotations
@@ -26,17 +17,20 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from core.analysis import Analysis, Violation
+from core.analysis import Analysis, find_violations
+from core.card import ModelCard
+from core.head import head_outputs
 from core.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, XrayImage, read_image
-from core.model import HiCXRNet, ModelConfig, load_model
-from core.preprocess import normalize, resize_square
+from core.model import HiCXRNet, ModelConfig, constraint_matrix, load_model, read_extra_tensors
+from core.ood import FeatureReference, feature_warning, header_warnings
+from core.preprocess import normalize, resize_square, to_model_input
 from core.registry import RegistryError, Variant, default_variant, get_variant, list_variants, resolve_weights_dir
 from core.taxonomy import Taxonomy, load_taxonomy
 
@@ -45,29 +39,6 @@ Source = bytes | bytearray | memoryview | str | os.PathLike | XrayImage
 DEFAULT_MC_SAMPLES = 10
 DEFAULT_SEED = 0
 DEFAULT_THRESHOLD = 0.5
-
-
-@dataclass(frozen=True)
-class HeadOutputs:
-    """What the head gives for a batch of feature maps (NumPy, float32).
-
-    Attributes:
-        logits: ``(B, L)`` deterministic logits after temperature scaling.
-        probability: ``(B, L)`` sigmoid of ``logits``.
-        mc_mean: ``(B, L)`` mean of the MC dropout probabilities.
-        mc_std: ``(B, L)`` population standard deviation of the MC probabilities.
-        cams: ``(B, L, h, w)`` per-label CAMs in [0, 1].
-        relative_cams: ``(B, L, h, w)`` the same maps without the ReLU, min-max scaled (or ``None``).
-        timings: seconds spent in ``mc`` and ``cam`` for the whole batch.
-    """
-
-    logits: np.ndarray
-    probability: np.ndarray
-    mc_mean: np.ndarray
-    mc_std: np.ndarray
-    cams: np.ndarray
-    timings: dict[str, float] = field(default_factory=dict)
-    relative_cams: np.ndarray | None = None
 
 
 @dataclass
@@ -89,121 +60,40 @@ class BatchItem:
 
 @dataclass(frozen=True)
 class LoadedVariant:
-    """A variant held by a :class:`Predictor`: the shared eval-mode model and what inference needs from its card."""
+    """A variant held by a :class:`Predictor`: the shared eval-mode model with its calibration and constraint.
+
+    Attributes:
+        name: Variant name.
+        model: The eval-mode model (never modified).
+        card: Its model card (``None`` for an in-memory model served without one).
+        temperature: ``(L,)`` temperatures the logits are divided by, or ``None``.
+        descendants: The max-constraint matrix of a C-HMCNN model, or ``None``.
+        variant: Its registry entry, when loaded from a weights folder.
+        ood: The out-of-distribution feature reference stored with the weights, or ``None``.
+    """
 
     name: str
     model: HiCXRNet
-    card: dict[str, Any]
+    card: ModelCard | None
     temperature: torch.Tensor | None
+    descendants: torch.Tensor | None = None
     variant: Variant | None = None
+    ood: FeatureReference | None = None
+
+    @property
+    def not_learnt(self) -> list[str]:
+        """Labels the card lists as not learnt."""
+        return list(self.card.labels_not_learnt) if self.card is not None else []
+
+    @property
+    def operating_points(self) -> dict[str, float]:
+        """Label -> operating threshold from the card."""
+        return {k: p.threshold for k, p in self.card.operating_points.items()} if self.card is not None else {}
 
     @property
     def config(self) -> ModelConfig:
         """The model's config (input contract)."""
         return self.model.config
-
-
-def find_violations(
-    probabilities: Sequence[float] | np.ndarray, taxonomy: Taxonomy, threshold: float = DEFAULT_THRESHOLD
-) -> list[Violation]:
-    """Edges whose child is above ``threshold`` while the parent is below it, in taxonomy edge order."""
-    probs = np.asarray(probabilities, dtype=float)
-    if probs.shape != (taxonomy.num_labels,):
-        raise ValueError(f"expected {taxonomy.num_labels} probabilities, got shape {probs.shape}")
-    out = []
-    for parent, child in taxonomy.edges:
-        p, c = probs[taxonomy.index(parent)], probs[taxonomy.index(child)]
-        if p < threshold < c:
-            out.append(Violation(parent, child, float(p), float(c)))
-    return out
-
-
-def class_activation_maps(features: torch.Tensor, weight: torch.Tensor, relative: bool = False) -> torch.Tensor:
-    """Per-label CAMs ``(B, L, h, w)`` in [0, 1] from post-ReLU features ``(B, K, h, w)`` and head weights ``(L, K)``.
-
-    Default: ``relu(sum_k W_lk A_k)`` scaled by each map's own maximum (equal to Grad-CAM at this layer); a map with
-    no positive value stays all zero. ``relative=True``: the map without the ReLU, min-max scaled (a constant map
-    gives zeros), which still ranks regions when a label's evidence is negative everywhere.
-    """
-    return _scale_maps(torch.einsum("lk,bkhw->blhw", weight, features), relative)
-
-
-def _scale_maps(raw: torch.Tensor, relative: bool) -> torch.Tensor:
-    """Signed class activation ``(B, L, h, w)`` -> ReLU/max-scaled (Grad-CAM) or min-max-scaled (relative) maps."""
-    tiny = torch.finfo(raw.dtype).tiny
-    if relative:
-        low = raw.amin(dim=(2, 3), keepdim=True)
-        span = raw.amax(dim=(2, 3), keepdim=True) - low
-        return torch.where(span > 0, (raw - low) / span.clamp_min(tiny), torch.zeros_like(raw))
-    cams = torch.relu(raw)
-    peak = cams.amax(dim=(2, 3), keepdim=True)
-    return torch.where(peak > 0, cams / peak.clamp_min(tiny), torch.zeros_like(cams))
-
-
-def dropout_masks(n: int, k: int, p: float, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``(n, k)`` inverted-dropout masks (0 or ``1/(1-p)``) drawn from a private generator seeded with ``seed``."""
-    if p <= 0.0:
-        return torch.ones(n, k, device=device)
-    if p >= 1.0:
-        return torch.zeros(n, k, device=device)
-    generator = torch.Generator(device=device).manual_seed(int(seed))
-    keep = torch.rand(n, k, generator=generator, device=device) >= p
-    return keep.to(torch.float32) / (1.0 - p)
-
-
-def head_outputs(
-    model: HiCXRNet,
-    features: torch.Tensor,
-    mc_samples: int = DEFAULT_MC_SAMPLES,
-    seed: int = DEFAULT_SEED,
-    temperature: torch.Tensor | None = None,
-    with_cams: bool = True,
-) -> HeadOutputs:
-    """Probabilities, MC dropout statistics and CAMs from one backbone pass (see the module docstring).
-
-    Args:
-        model: The model whose head (``pool``, ``dropout.p``, ``classifier``) is used; it is not modified.
-        features: ``model.forward_features(x)``, shape ``(B, K, h, w)``.
-        mc_samples: Number of dropout masks ``N`` (>= 1).
-        seed: Seed of each image's mask generator (the same masks for every image of the batch).
-        temperature: ``(L,)`` per-label temperatures to divide logits by, or ``None``.
-        with_cams: Compute CAMs (else ``cams`` has shape ``(B, L, 0, 0)``).
-    """
-    if mc_samples < 1:
-        raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
-    weight, bias = model.classifier.weight, model.classifier.bias
-    scale = None if temperature is None else temperature.to(features.device, features.dtype)
-
-    def calibrated(logits: torch.Tensor) -> torch.Tensor:
-        return logits if scale is None else logits / scale
-
-    with torch.inference_mode():
-        pooled = torch.flatten(model.pool(features), 1)  # (B, K)
-        logits = calibrated(torch.nn.functional.linear(pooled, weight, bias))
-        t0 = time.perf_counter()
-        masks = dropout_masks(mc_samples, pooled.shape[1], float(model.dropout.p), seed, features.device)
-        # (N, B, K) masked features -> (N, B, L) probabilities; all images share the seed's N masks.
-        mc_logits = calibrated(torch.nn.functional.linear(masks[:, None, :] * pooled[None], weight, bias))
-        mc_probs = torch.sigmoid(mc_logits)
-        mc_mean, mc_std = mc_probs.mean(0), mc_probs.std(0, correction=0)
-        t1 = time.perf_counter()
-        relative = None
-        if with_cams:
-            raw = torch.einsum("lk,bkhw->blhw", weight, features)  # once for both kinds of map
-            cams = _scale_maps(raw, relative=False)
-            relative = _scale_maps(raw, relative=True).float().cpu().numpy()
-        else:
-            cams = features.new_zeros((features.shape[0], weight.shape[0], 0, 0))
-        t2 = time.perf_counter()
-        return HeadOutputs(
-            logits=logits.float().cpu().numpy(),
-            probability=torch.sigmoid(logits).float().cpu().numpy(),
-            mc_mean=mc_mean.float().cpu().numpy(),
-            mc_std=mc_std.float().cpu().numpy(),
-            cams=cams.float().cpu().numpy(),
-            timings={"mc": t1 - t0, "cam": t2 - t1},
-            relative_cams=relative,
-        )
 
 
 def image_sha256(source: Source) -> str:
@@ -270,11 +160,11 @@ class Predictor:
 
     @classmethod
     def from_model(
-        cls, model: HiCXRNet, name: str = "model", card: dict[str, Any] | None = None, **kwargs: Any
+        cls, model: HiCXRNet, name: str = "model", card: ModelCard | None = None, **kwargs: Any
     ) -> Predictor:
         """A predictor around an in-memory model (tests, benchmarks, notebooks); the model is put in eval mode."""
         predictor = cls(variants=[], **kwargs)
-        predictor.add_model(name, model, card or {})
+        predictor.add_model(name, model, card)
         return predictor
 
     # ------------------------------------------------------------------------------------------ variants
@@ -295,32 +185,36 @@ class Predictor:
         return list(dict.fromkeys(variants))
 
     def load(self, name: str) -> LoadedVariant:
-        """Load variant ``name`` from the weights folder (no-op if already loaded) and return it."""
+        """Load variant ``name`` (or the variant with that alias) from the weights folder, once; return it."""
         with self._lock:
             if name in self._loaded:
                 return self._loaded[name]
         variant = get_variant(name, self.weights_dir)
         model = load_model(variant.weights_path, self.taxonomy, device=self.device)
-        return self._register(name, model, variant.card, variant)
+        ood = FeatureReference.from_tensors(read_extra_tensors(variant.weights_path))
+        return self._register(name, model, variant.card, variant, ood)
 
-    def add_model(self, name: str, model: HiCXRNet, card: dict[str, Any] | None = None) -> LoadedVariant:
+    def add_model(self, name: str, model: HiCXRNet, card: ModelCard | None = None) -> LoadedVariant:
         """Serve an in-memory model under ``name``; its labels must follow the predictor's taxonomy."""
         if list(model.config.labels) != list(self.taxonomy.labels):
             raise ValueError(f"model {name!r} outputs {len(model.config.labels)} labels that do not match the taxonomy")
         model = model.to(self.device).eval()
-        return self._register(name, model, card or {}, None)
+        return self._register(name, model, card, None)
 
-    def _register(self, name: str, model: HiCXRNet, card: dict[str, Any], variant: Variant | None) -> LoadedVariant:
+    def _register(self, name: str, model: HiCXRNet, card: ModelCard | None,
+                  variant: Variant | None, ood: FeatureReference | None = None) -> LoadedVariant:
         for p in model.parameters():
             p.requires_grad_(False)
-        calibration = card.get("calibration")
         temperature = None
-        if isinstance(calibration, dict) and calibration.get("applied"):
-            temps = calibration.get("temperature")
-            if not isinstance(temps, list) or len(temps) != len(model.config.labels) or min(temps) <= 0:
-                raise RegistryError(f"variant {name!r}: calibration.temperature needs one positive number per label")
-            temperature = torch.tensor(temps, dtype=torch.float32, device=self.device)
-        loaded = LoadedVariant(name=name, model=model, card=card, temperature=temperature, variant=variant)
+        temps = card.temperature() if card is not None else None
+        if temps is not None:
+            if len(temps) != len(model.config.labels):
+                raise RegistryError(f"variant {name!r}: calibration.temperature needs one number per label")
+            temperature = torch.from_numpy(temps).to(self.device)
+        descendants = constraint_matrix(model.config, self.taxonomy)
+        loaded = LoadedVariant(name=name, model=model, card=card, temperature=temperature,
+                               descendants=None if descendants is None else descendants.to(self.device),
+                               variant=variant, ood=ood)
         with self._lock:
             self._loaded.setdefault(name, loaded)
             return self._loaded[name]
@@ -345,21 +239,23 @@ class Predictor:
     def model_input(self, image: XrayImage | np.ndarray, variant: str | None = None) -> torch.Tensor:
         """The ``(1, C, S, S)`` model input for a decoded image, following the variant's preprocessing contract."""
         pixels = image.pixels if isinstance(image, XrayImage) else np.asarray(image, dtype=np.float32)
-        config = self.get(variant).config
-        return normalize(torch.from_numpy(resize_square(pixels, config.input_size))[None, None], config).to(
-            self.device
-        )
+        return to_model_input(pixels, self.get(variant).config).to(self.device)
 
     # ---------------------------------------------------------------------------------------- decoding
 
-    def decode(self, source: Source) -> tuple[XrayImage, str]:
-        """Decode an input (bytes, path or XrayImage) and hash it; raises :class:`~core.imaging.ImageError`."""
+    def decode(self, source: Source, keep_raw: bool = False) -> tuple[XrayImage, str]:
+        """Decode an input (bytes, path or XrayImage) and hash it; raises :class:`~core.imaging.ImageError`.
+
+        The hash is of the file bytes (of the pixels for an already decoded image); ``keep_raw`` keeps the
+        pre-window values so a viewer can re-window (see :meth:`core.imaging.XrayImage.rewindow`).
+        """
         if isinstance(source, XrayImage):
             return source, image_sha256(source)
+        limits = {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels, "keep_raw": keep_raw}
         if isinstance(source, (bytes, bytearray, memoryview)):
-            return read_image(source, max_bytes=self.max_bytes, max_pixels=self.max_pixels), image_sha256(source)
+            return read_image(source, **limits), image_sha256(source)
         if isinstance(source, (str, os.PathLike)):
-            image = read_image(source, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+            image = read_image(source, **limits)
             try:
                 return image, image_sha256(source)
             except OSError as exc:  # removed between decoding and hashing
@@ -394,10 +290,17 @@ class Predictor:
         mc_samples: int | None = None,
         seed: int | None = None,
         threshold: float | None = None,
+        sha256: str | None = None,
     ) -> dict[str, Analysis]:
-        """Analyse one image with several variants (all loaded ones if ``None``), decoding it once."""
+        """Analyse one image with several variants (all loaded ones if ``None``), decoding it once.
+
+        ``sha256``: the file hash of an image decoded earlier by :meth:`decode` (the record then carries it
+        rather than a hash of the pixels).
+        """
         t0 = time.perf_counter()
         image, sha = self.decode(source)
+        if sha256 is not None and isinstance(source, XrayImage):
+            sha = sha256
         decode_s = time.perf_counter() - t0
         items = self._analyse_decoded([image], [sha], [decode_s], variants, mc_samples, seed, threshold)
         return items[0]
@@ -450,11 +353,6 @@ class Predictor:
                 yield from flush()
         yield from flush()
 
-    def analyse_batch(self, sources: Iterable[Source], variants: Sequence[str] | None = None,
-                      **kwargs: Any) -> list[BatchItem]:
-        """:meth:`iter_analyses` collected into a list."""
-        return list(self.iter_analyses(sources, variants, **kwargs))
-
     def _analyse_decoded(
         self,
         images: list[XrayImage],
@@ -483,8 +381,9 @@ class Predictor:
             with torch.inference_mode():
                 features = loaded.model.forward_features(x)
             backbone_s = time.perf_counter() - t0
-            out = head_outputs(loaded.model, features, mc, seed, loaded.temperature)
+            out = head_outputs(loaded.model, features, mc, seed, loaded.temperature, descendants=loaded.descendants)
             n = len(images)
+            scores = loaded.ood.score(out.pooled) if loaded.ood is not None and out.pooled is not None else None
             for i, image in enumerate(images):
                 timings = {
                     "decode": decode_s[i],
@@ -502,11 +401,15 @@ class Predictor:
                     mc_std=out.mc_std[i],
                     mc_samples=mc,
                     cams=out.cams[i],
+                    cam_labels=[config.labels[j] for j in out.cam_source[i]],
                     relative_cams=None if out.relative_cams is None else out.relative_cams[i],
                     image=image.pixels,
                     image_metadata=image.metadata.to_dict(),
-                    warnings=list(image.metadata.warnings),
-                    violations=find_violations(out.mc_mean[i], self.taxonomy, threshold),
+                    warnings=self._warnings(image, loaded, None if scores is None else float(scores[i])),
+                    operating_points=loaded.operating_points,
+                    not_learnt=loaded.not_learnt,
+                    ood_score=None if scores is None else float(scores[i]),
+                    violations=find_violations(out.mc_mean[i], self.taxonomy, threshold, skip=loaded.not_learnt),
                     timings=timings,
                     image_sha256=hashes[i],
                     threshold=threshold,
@@ -520,15 +423,13 @@ class Predictor:
                 )
         return results
 
-    def explain(
-        self, image: XrayImage | np.ndarray, label: str, variant: str | None = None, method: str = "gradcam"
-    ) -> np.ndarray:
-        """A pytorch-grad-cam map ``(h, w)`` in [0, 1] for one label, on a private copy of the model.
-
-        Slower than the one-pass CAMs of :meth:`analyse` (a backward pass, and a model copy); use it for the
-        other methods (``gradcam++``, ``hirescam``, ``scorecam``...). See :func:`core.explain.cam_with_method`.
-        """
-        from core.explain import cam_with_method  # keeps pytorch-grad-cam off the import path of plain inference
-
-        loaded = self.get(variant)
-        return cam_with_method(loaded.model, self.model_input(image, loaded.name), self.taxonomy.index(label), method)
+    @staticmethod
+    def _warnings(image: XrayImage, loaded: LoadedVariant, score: float | None) -> list[str]:
+        """The reader's warnings: the decoder's notes, what the header says, and the feature-distance check."""
+        out = list(image.metadata.warnings)
+        out += [w for w in header_warnings(image.metadata.to_dict()) if w not in out]
+        if score is not None and loaded.ood is not None:
+            flagged = feature_warning(score, loaded.ood)
+            if flagged:
+                out.append(flagged)
+        return out

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.taxonomy import Taxonomy
+from core.taxonomy import Taxonomy, violation_mask
 
 Violation = Literal["hard", "soft"]
 
@@ -49,7 +49,7 @@ def edge_violations(
     """Violation ``v(parent, child)`` per image and edge, shape ``(B, E)``; see the module docstring."""
     parent, child = probs[:, parent_index], probs[:, child_index]
     if kind == "hard":
-        return ((parent < 0.5) & (child > 0.5)).to(probs.dtype).detach()
+        return violation_mask(parent, child, 0.5).to(probs.dtype).detach()
     if kind == "soft":
         return F.relu(child - parent)
     raise ValueError(f"unknown violation function {kind!r}; expected 'hard' or 'soft'")

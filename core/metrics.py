@@ -74,8 +74,7 @@ def weighted_mean(
 def violation_rate(probs: np.ndarray, taxonomy: Taxonomy, threshold: float = 0.5) -> float:
     """Share of (image, edge) pairs where the parent is below ``threshold`` and the child above it."""
     probs = np.asarray(probs)
-    parent, child = probs[:, taxonomy.parent_index], probs[:, taxonomy.child_index]
-    return float(((parent < threshold) & (child > threshold)).mean()) if probs.size else 0.0
+    return float(taxonomy.violations(probs, threshold).mean()) if probs.size else 0.0
 
 
 def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 15) -> float:

@@ -224,8 +224,17 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, metadata
 
 
-def save_model(model: HiCXRNet, path: str | Path, half: bool = False) -> Path:
-    """Write ``model`` to ``path`` (``.safetensors``) with its config in the header; fp16 floats if ``half``."""
+#: Tensors under this prefix in a weights file are not model weights (e.g. the out-of-distribution reference of
+#: :mod:`core.ood`); the loader leaves them out of the model and :func:`read_extra_tensors` returns them.
+EXTRA_PREFIXES = ("ood.",)
+
+
+def save_model(model: HiCXRNet, path: str | Path, half: bool = False,
+               extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``model`` to ``path`` (``.safetensors``) with its config in the header; fp16 floats if ``half``.
+
+    ``extra``: additional tensors (names under :data:`EXTRA_PREFIXES`), stored as given.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {}
@@ -234,6 +243,10 @@ def save_model(model: HiCXRNet, path: str | Path, half: bool = False) -> Path:
         if half and v.is_floating_point():
             v = v.half()
         state[k] = v.contiguous()
+    for k, v in (extra or {}).items():
+        if not k.startswith(EXTRA_PREFIXES):
+            raise ValueError(f"extra tensor {k!r} must be named under one of {EXTRA_PREFIXES}")
+        state[k] = v.detach().cpu().contiguous()
     save_file(state, str(path), metadata={CONFIG_KEY: model.config.to_json(), "format": "pt"})
     return path
 
@@ -275,6 +288,7 @@ def load_model(path: str | Path, taxonomy: Taxonomy | None = None, device: str |
             "(the parent/child edges differ)"
         )
     tensors, _ = _read_safetensors(path)
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIXES)}
     model = HiCXRNet(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -292,3 +306,12 @@ def load_model(path: str | Path, taxonomy: Taxonomy | None = None, device: str |
         raise ModelLoadError(f"{path}: weights do not fit the architecture: {'; '.join(parts)}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
     return model.to(device).eval()
+
+
+def read_extra_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The non-model tensors of a weights file (see :data:`EXTRA_PREFIXES`), without loading the model."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if k.startswith(EXTRA_PREFIXES)}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: not a readable safetensors file ({exc})") from exc

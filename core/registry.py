@@ -15,12 +15,13 @@ Only the safetensors *header* is read here (the model config), never the tensors
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from core.card import CardError, ModelCard
 from core.model import ModelConfig, ModelLoadError, read_model_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,17 +51,17 @@ class Variant:
     """One usable model variant.
 
     Attributes:
-        name: Variant name (the file stem, e.g. ``hbce_soft``).
+        name: Variant name (the file stem, e.g. ``hbce_soft_data``).
         weights_path: The ``.safetensors`` file.
         card_path: The ``.json`` model card.
-        card: The parsed model card (schema in the project's model-card documentation).
+        card: The parsed, validated :class:`~core.card.ModelCard`.
         config: The :class:`~core.model.ModelConfig` stored in the weights file header.
     """
 
     name: str
     weights_path: Path
     card_path: Path
-    card: dict[str, Any] = field(repr=False)
+    card: ModelCard = field(repr=False)
     config: ModelConfig = field(repr=False)
 
     @property
@@ -73,56 +74,31 @@ class Variant:
         """Square side the model expects."""
         return int(self.config.input_size)
 
-    def metrics(self, split: str = "test") -> dict[str, Any]:
-        """The card's ``metrics[split]`` dict (an :func:`core.metrics.evaluate_predictions` result), or ``{}``."""
-        value = (self.card.get("metrics") or {}).get(split)
-        return value if isinstance(value, dict) else {}
-
     @property
     def test_macro_auroc(self) -> float | None:
         """Macro AUROC on the test split, if the card reports it."""
-        return _finite(self.metrics("test").get("macro_auroc"))
-
-    @property
-    def val_macro_auroc(self) -> float | None:
-        """Macro AUROC on the validation split, if the card reports it."""
-        return _finite(self.metrics("val").get("macro_auroc"))
-
-    @property
-    def test_weighted_auroc(self) -> float | None:
-        """Positive-weighted AUROC over all outputs on the test split (the paper's figure), if reported."""
-        return _finite(self.metrics("test").get("weighted_auroc"))
+        return self.card.macro_auroc("test")
 
     def per_label_auroc(self, split: str = "test") -> dict[str, float | None]:
         """AUROC of every label on ``split`` (``None`` where undefined or not reported), in label order."""
-        per_label = self.metrics(split).get("per_label") or {}
-        return {label: _finite((per_label.get(label) or {}).get("auroc")) for label in self.labels}
+        return self.card.per_label_auroc(self.labels, split)
 
     @property
-    def test_per_label_auroc(self) -> dict[str, float | None]:
-        """Per-label test AUROC (shortcut for :meth:`per_label_auroc`)."""
-        return self.per_label_auroc("test")
-
-    @property
-    def temperature(self) -> list[float] | None:
-        """Per-label temperatures to divide logits by, or ``None`` when calibration is absent or not applied."""
-        calibration = self.card.get("calibration")
-        if not isinstance(calibration, dict) or not calibration.get("applied"):
-            return None
-        return [float(t) for t in calibration["temperature"]]
-
-    @property
-    def loss(self) -> dict[str, Any]:
-        """The card's ``loss`` section (``lambda``, ``penalty_source``, ``violation``...), or ``{}``."""
-        return self.card.get("loss") or {}
+    def aliases(self) -> list[str]:
+        """Other names this variant answers to (e.g. the paper's hard-penalty variants, which equal ``bce``)."""
+        return [str(a) for a in self.card.extra.get("aliases") or []]
 
     @property
     def description(self) -> str:
         """One line for pickers: name, loss, and test macro AUROC when known."""
-        loss = self.loss
-        parts = [self.name]
-        if loss:
-            parts.append(f"penalty {loss.get('penalty_source', '?')}, lambda {loss.get('lambda', '?')}")
+        loss = self.card.loss
+        parts = [" ≡ ".join([self.name, *self.aliases])]
+        if self.card.loss_name == "mcloss":
+            parts.append("C-HMCNN max constraint")
+        elif loss:
+            source = loss.get("penalty_source", "?")
+            parts.append("plain BCE" if source == "none" else
+                         f"{loss.get('violation', '?')} penalty, {source}, lambda {loss.get('lambda', '?')}")
         if self.test_macro_auroc is not None:
             parts.append(f"test macro AUROC {self.test_macro_auroc:.3f}")
         return " | ".join(parts)
@@ -140,6 +116,27 @@ class RegistryScan:
         """Names of the usable variants."""
         return [v.name for v in self.variants]
 
+    def identical_groups(self) -> list[list[str]]:
+        """Groups of two or more variants whose weights files hold identical tensors (same model, other name)."""
+        by_hash: dict[str, list[str]] = {}
+        for v in self.variants:
+            by_hash.setdefault(tensor_sha256(v.weights_path), []).append(v.name)
+        return [names for names in by_hash.values() if len(names) > 1]
+
+    def distinct_names(self) -> list[str]:
+        """One name per distinct model (the first of each identical group), in name order."""
+        hidden = {n for group in self.identical_groups() for n in group[1:]}
+        return [n for n in self.names() if n not in hidden]
+
+    def same_as(self, name: str) -> list[str]:
+        """The other names of the model ``name``: its aliases and the variants with identical tensors."""
+        variant = next((v for v in self.variants if v.name == name), None)
+        names = list(variant.aliases) if variant else []
+        for group in self.identical_groups():
+            if name in group:
+                names += [n for n in group if n != name]
+        return list(dict.fromkeys(names))
+
 
 def resolve_weights_dir(weights_dir: str | Path = "weights") -> Path:
     """``weights_dir`` as an absolute path; a relative one is taken relative to the repository root."""
@@ -147,58 +144,18 @@ def resolve_weights_dir(weights_dir: str | Path = "weights") -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
-def read_card(path: str | Path) -> dict[str, Any]:
-    """Parse a model card; :class:`RegistryError` if it is missing, not UTF-8 JSON, or not a JSON object."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RegistryError(f"{path.name}: model card not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RegistryError(f"{path.name}: model card cannot be read ({exc})") from None
-    try:
-        card = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RegistryError(f"{path.name}: model card is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(card, dict):
-        raise RegistryError(f"{path.name}: model card must be a JSON object, got {type(card).__name__}")
-    return card
+def tensor_sha256(path: str | Path) -> str:
+    """SHA-256 of a safetensors file's tensor bytes (its JSON header, which names the run, is left out).
 
-
-def check_card(card: dict[str, Any], config: ModelConfig, source: str) -> None:
-    """Check the parts of a card that inference relies on against the weights' own config.
-
-    Raises:
-        RegistryError: ``variant`` differs from the file name, ``preprocessing`` contradicts the weights file,
-            ``calibration`` is applied without one positive temperature per label, or ``metrics`` is not an object.
+    Two weights files with the same value hold the same tensors: the same model under another name.
     """
-    name = Path(source).stem
-    if "variant" in card and card["variant"] != name:
-        raise RegistryError(f"{source}: card says variant {card['variant']!r} but the file is named {name!r}")
-    pre = card.get("preprocessing")
-    if pre is not None:
-        if not isinstance(pre, dict):
-            raise RegistryError(f"{source}: 'preprocessing' must be an object")
-        for key in ("input_size", "in_channels", "mean", "std"):
-            if key in pre and not _same(pre[key], getattr(config, key)):
-                raise RegistryError(
-                    f"{source}: preprocessing.{key} = {pre[key]!r} but the weights file says {getattr(config, key)!r}"
-                )
-    calibration = card.get("calibration")
-    if calibration is not None:
-        if not isinstance(calibration, dict):
-            raise RegistryError(f"{source}: 'calibration' must be an object or null")
-        if calibration.get("applied"):
-            temps = calibration.get("temperature")
-            n = len(config.labels)
-            if not isinstance(temps, list) or len(temps) != n:
-                got = len(temps) if isinstance(temps, list) else type(temps).__name__
-                raise RegistryError(f"{source}: calibration.temperature must list {n} numbers, got {got}")
-            bad = [t for t in temps if not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0]
-            if bad:
-                raise RegistryError(f"{source}: calibration.temperature must be positive numbers, got {bad[0]!r}")
-    if "metrics" in card and card["metrics"] is not None and not isinstance(card["metrics"], dict):
-        raise RegistryError(f"{source}: 'metrics' must be an object")
+    with open(path, "rb") as f:
+        header = f.read(8)
+        if len(header) < 8:
+            raise RegistryError(f"{Path(path).name}: not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", header)
+        f.seek(8 + n)
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_variant(weights_dir: str | Path, name: str) -> Variant:
@@ -212,12 +169,14 @@ def load_variant(weights_dir: str | Path, name: str) -> Variant:
         raise RegistryError(f"{card_path.name}: model card without weights ({weights.name} is missing)")
     if not card_path.is_file():
         raise RegistryError(f"{weights.name}: weights without a model card ({card_path.name} is missing)")
-    card = read_card(card_path)
     try:
+        card = ModelCard.read(card_path)
         config = read_model_config(weights)
+        card.check_against(config, card_path.name)
+    except CardError as exc:
+        raise RegistryError(str(exc)) from None
     except ModelLoadError as exc:
         raise RegistryError(f"{weights.name}: {exc}") from None
-    check_card(card, config, card_path.name)
     return Variant(name=name, weights_path=weights, card_path=card_path, card=card, config=config)
 
 
@@ -255,7 +214,13 @@ def list_variants(weights_dir: str | Path = "weights", strict: bool = False) -> 
 
 
 def get_variant(name: str, weights_dir: str | Path = "weights") -> Variant:
-    """The variant called ``name``; :class:`RegistryError` lists the usable names if it is unknown or broken."""
+    """The variant called ``name`` (or having ``name`` as an alias); :class:`RegistryError` lists the usable names
+    if it is unknown or broken."""
+    folder = resolve_weights_dir(weights_dir)
+    if not (folder / f"{name}{WEIGHTS_SUFFIX}").exists() and not (folder / f"{name}{CARD_SUFFIX}").exists():
+        for variant in list_variants(folder):
+            if name in variant.aliases:
+                return variant
     try:
         return load_variant(weights_dir, name)
     except RegistryError as exc:
@@ -288,15 +253,3 @@ def _declared_default(path: Path) -> str | None:
         return None
     value = data.get("default") if isinstance(data, dict) else None
     return value if isinstance(value, str) else None
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
-    return a == b

@@ -41,12 +41,15 @@ def wide_fields(labels: Sequence[str]) -> list[str]:
 
 
 def wide_row(analysis: Analysis, file: str) -> dict[str, Any]:
-    """One CLI CSV row: the Monte-Carlo mean and standard deviation of every label, and the warnings."""
+    """One CLI CSV row: the Monte-Carlo mean and standard deviation of every learnt label (empty cells for a label
+    the model never learnt), and the warnings."""
     row: dict[str, Any] = {"file": file, "variant": analysis.model_id, "error": "",
                            "warnings": WARNING_SEPARATOR.join(analysis.warnings)}
     for i, label in enumerate(analysis.labels):
-        row[label] = f"{analysis.mc_mean[i]:.6f}"
-        row[f"{label}_std"] = f"{analysis.mc_std[i]:.6f}"
+        # A label the model never learnt has no meaningful output: its cells stay empty rather than read as 0.
+        learnt = analysis.learnt(label)
+        row[label] = f"{analysis.mc_mean[i]:.6f}" if learnt else ""
+        row[f"{label}_std"] = f"{analysis.mc_std[i]:.6f}" if learnt else ""
     return row
 
 
@@ -58,3 +61,28 @@ def error_row(file: str, variant: str, error: str) -> dict[str, Any]:
 def record(analysis: Analysis, include_cams: bool = False) -> dict[str, Any]:
     """The JSON-ready record of an analysis (see :meth:`Analysis.to_dict`)."""
     return analysis.to_dict(include_cams=include_cams)
+
+
+#: Columns of the per-label (long) CSV of one analysis, as the dashboard exports it.
+LONG_FIELDS = ["model_id", "label", "learnt", "probability", "mc_mean", "mc_std", "operating_point", "call",
+               "violates_parent", "map_of", "warnings"]
+
+
+def long_rows(analysis: Analysis) -> list[dict[str, Any]]:
+    """One row per label of one analysis (see :data:`LONG_FIELDS`); not-learnt labels have empty probabilities."""
+    children = {v.child for v in analysis.violations}
+    rows = []
+    for i, label in enumerate(analysis.labels):
+        learnt = analysis.learnt(label)
+        threshold = analysis.operating_points.get(label)
+        rows.append({
+            "model_id": analysis.model_id, "label": label, "learnt": learnt,
+            "probability": f"{analysis.probability[i]:.6f}" if learnt else "",
+            "mc_mean": f"{analysis.mc_mean[i]:.6f}" if learnt else "",
+            "mc_std": f"{analysis.mc_std[i]:.6f}" if learnt else "",
+            "operating_point": "" if threshold is None else f"{threshold:.6f}",
+            "call": analysis.call(label), "violates_parent": label in children,
+            "map_of": (analysis.cam_labels or analysis.labels)[i],
+            "warnings": WARNING_SEPARATOR.join(analysis.warnings) if i == 0 else "",
+        })
+    return rows

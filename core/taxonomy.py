@@ -27,6 +27,15 @@ import yaml
 DEFAULT_TAXONOMY_PATH = Path(__file__).with_name("taxonomy.yaml")
 
 
+def violation_mask(parent: Any, child: Any, threshold: float = 0.5) -> Any:
+    """The one rule of a hierarchy violation: the parent below ``threshold`` while the child is above it.
+
+    Works elementwise on NumPy arrays and torch tensors alike (the loss, the metrics, the analysis record and the
+    dashboard's tree all call it through :meth:`Taxonomy.violations` or directly).
+    """
+    return (parent < threshold) & (child > threshold)
+
+
 class TaxonomyError(ValueError):
     """A taxonomy file is malformed: unknown or duplicate label, duplicate edge, or a cycle."""
 
@@ -124,9 +133,7 @@ class Taxonomy:
         Returns:
             ``(..., E)`` booleans, one per edge in :attr:`edges` order.
         """
-        parent = probs[..., self.parent_index]
-        child = probs[..., self.child_index]
-        return (parent < threshold) & (child > threshold)
+        return violation_mask(probs[..., self.parent_index], probs[..., self.child_index], threshold)
 
     def layers(self) -> list[list[str]]:
         """Topological layers (roots first); each layer in output order. Used to lay the DAG out."""

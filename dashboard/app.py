@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the pat
 
 import streamlit as st  # noqa: E402
 
+from core.registry import RegistryScan  # noqa: E402
 from dashboard.components.model_card import DISCLAIMER  # noqa: E402
 from dashboard.pipeline import GENERIC_ERROR, sha256  # noqa: E402
 from dashboard.ui.analysis_tab import render_analysis  # noqa: E402
@@ -37,16 +38,19 @@ logger = logging.getLogger("hicxr.dashboard")
 
 TABS = ("Analysis", "Compare variants", "Model card", "Export")
 FOOTER = (
-    "HiCXR is a research prototype. " + DISCLAIMER + " Sample images and training data: NIH ChestX-ray14, "
-    "courtesy of the NIH Clinical Center (https://nihcc.app.box.com/v/ChestXray-NIHCC; Wang X. et al., "
-    "ChestX-ray8, CVPR 2017). DICOM sample: torchxrayvision test data (Apache-2.0). "
-    "See dashboard/samples/ATTRIBUTION.md."
+    "HiCXR is a research prototype. " + DISCLAIMER + " Sample images: NIH ChestX-ray14, courtesy of the NIH "
+    "Clinical Center (https://nihcc.app.box.com/v/ChestXray-NIHCC; Wang X. et al., ChestX-ray8, CVPR 2017); "
+    "DICOM sample: torchxrayvision test data (Apache-2.0). See dashboard/samples/ATTRIBUTION.md."
 )
 
 
-def _footer() -> None:
+def _footer(scan: RegistryScan | None = None) -> None:
+    """Disclaimer, the samples' attribution, and each model's training-data attribution from its card."""
     st.divider()
     st.caption(FOOTER)
+    attributions = dict.fromkeys(v.card.attribution for v in (scan.variants if scan else []) if v.card.attribution)
+    for text in attributions:
+        st.caption(f"Models' training data: {text}")
 
 
 def main() -> None:
@@ -66,13 +70,13 @@ def main() -> None:
         )
         for problem in scan.problems:
             st.caption(f"Skipped: {problem}")
-        _footer()
+        _footer(scan)
         return
 
     choice = render_sidebar(scan)
     if choice.data is None:
         st.info("Upload a chest radiograph in the sidebar, or pick one of the bundled samples.")
-        _footer()
+        _footer(scan)
         return
 
     digest = sha256(choice.data)
@@ -82,7 +86,7 @@ def main() -> None:
         outcome = cache.analyses(predictor, choice.data, digest, [choice.variant], choice.mc_samples)
     if not outcome.ok or outcome.image is None:
         st.error(outcome.error or GENERIC_ERROR, icon=":material/error:")
-        _footer()
+        _footer(scan)
         return
 
     ctx = Context(
@@ -101,7 +105,7 @@ def main() -> None:
             except Exception:  # noqa: BLE001 - one broken panel must not take the page down with a traceback
                 logger.exception("error while rendering the %s tab", render.__name__)
                 st.error(GENERIC_ERROR, icon=":material/error:")
-    _footer()
+    _footer(scan)
 
 
 if __name__ == "__main__":

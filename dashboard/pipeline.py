@@ -1,24 +1,23 @@
 """File bytes -> analyses or a message for the user, plus the per-session cache that keeps the network idle.
 
-This is the dashboard's only contact with the inference engine. It owns no ML logic: decoding is
-:func:`core.imaging.read_image`, analysis is :meth:`core.inference.Predictor.analyse_all`. What it adds is error
-handling the UI can show as-is, and a cache keyed by (image hash, variant, MC samples, seed) so display controls
-(sliders, colour maps, window/level, tab switches) never run the network again.
+This is the dashboard's only contact with the inference engine. It owns no ML logic: decoding and hashing are
+:meth:`core.inference.Predictor.decode`, analysis is :meth:`core.inference.Predictor.analyse_all`. What it adds is
+error handling the UI can show as-is, and a cache keyed by (file hash, variant, MC samples, seed) so display
+controls (sliders, colour maps, window/level, tab switches) never run the network again.
 
 Uploads stay in memory: nothing here writes to disk.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from core.analysis import Analysis
-from core.imaging import ImageError, XrayImage, read_image
-from core.inference import Predictor
+from core.imaging import ImageError, XrayImage
+from core.inference import Predictor, image_sha256
 from core.model import ModelLoadError
 from core.registry import RegistryError
 
@@ -53,19 +52,8 @@ class Outcome:
 
 
 def sha256(data: bytes) -> str:
-    """Hex SHA-256 of the file bytes: the cache key and the hash reported with each analysis."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def decode(data: bytes, predictor: Predictor | None = None) -> XrayImage:
-    """Decode file bytes keeping raw values (for window/level); limits follow the predictor's when given.
-
-    Raises:
-        ImageError: the file is not a readable radiograph (the message says why, for a clinician).
-    """
-    if predictor is None:
-        return read_image(data, keep_raw=True)
-    return read_image(data, keep_raw=True, max_bytes=predictor.max_bytes, max_pixels=predictor.max_pixels)
+    """Hex SHA-256 of the file bytes (the engine's own hash): the cache key and the hash in each analysis."""
+    return image_sha256(data)
 
 
 def analyse_bytes(
@@ -84,15 +72,12 @@ def analyse_bytes(
     reported with :data:`GENERIC_ERROR`.
     """
     try:
+        digest = sha256(data)
         if image is None:
-            image = decode(data, predictor)
+            image, digest = predictor.decode(data, keep_raw=True)
         for name in variants:
             predictor.load(name)
-        analyses = predictor.analyse_all(image, list(variants), mc_samples=mc_samples, seed=seed)
-        digest = sha256(data)
-        for analysis in analyses.values():
-            # The engine hashes the decoded pixels when given an image; the file hash matches the batch CLI.
-            analysis.image_sha256 = digest
+        analyses = predictor.analyse_all(image, list(variants), mc_samples=mc_samples, seed=seed, sha256=digest)
         return Outcome(analyses=analyses, image=image)
     except ImageError as exc:
         return Outcome(image=image, error=str(exc), kind="image")
@@ -120,7 +105,7 @@ class AnalysisCache:
         self._errors: OrderedDict[str, str] = OrderedDict()
         self.network_runs = 0
 
-    def image(self, data: bytes, digest: str, predictor: Predictor | None = None) -> XrayImage | str:
+    def image(self, data: bytes, digest: str, predictor: Predictor) -> XrayImage | str:
         """The decoded image for these bytes, or the decoding error message (both cached)."""
         if digest in self._errors:
             return self._errors[digest]
@@ -128,7 +113,7 @@ class AnalysisCache:
             self._images.move_to_end(digest)
             return self._images[digest]
         try:
-            decoded = decode(data, predictor)
+            decoded = predictor.decode(data, keep_raw=True)[0]
         except ImageError as exc:
             self._errors[digest] = str(exc)
             _trim(self._errors, 16)

@@ -18,36 +18,33 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from core.analysis import Analysis
-from dashboard.components.cam import cam_overlay
+from core.card import strict_json
+from core.serialize import LONG_FIELDS, long_rows, record, write_csv
+from dashboard.components.cam import cam_caption, cam_overlay
 from dashboard.components.image_view import downsample
 from dashboard.components.model_card import DISCLAIMER
 
-ATTRIBUTION = (
-    "Models trained on NIH ChestX-ray14 (NIH Clinical Center; Wang X. et al., ChestX-ray8, CVPR 2017; "
-    "https://nihcc.app.box.com/v/ChestXray-NIHCC)."
-)
 _REPORT_EXCLUDE = ("No Finding", "Uncertain", "Abnormal")
 # Keeps the text block on one page; the JSON/CSV exports list every violation.
 _MAX_VIOLATIONS_LISTED = 5
 
 
 def analysis_json(analysis: Analysis, model_summary: Mapping[str, Any] | None = None) -> bytes:
-    """UTF-8 JSON of :meth:`Analysis.to_dict` (no CAMs, no image) plus the disclaimer and top findings."""
-    out = analysis.to_dict(include_cams=False)
+    """UTF-8 JSON of the analysis record (:func:`core.serialize.record`; no CAMs, no image) plus the disclaimer and
+    top findings."""
+    out = record(analysis, include_cams=False)
     out["top_findings"] = analysis.top_findings(5)
     out["disclaimer"] = DISCLAIMER
     if model_summary:
         out["model"] = dict(model_summary)
-    return json.dumps(out, indent=2, default=_json_default).encode("utf-8")
+    return json.dumps(strict_json(out), indent=2).encode("utf-8")
 
 
 def analysis_csv(analysis: Analysis) -> bytes:
-    """CSV with one row per label: ``model_id, label, probability, mc_mean, mc_std, violates_parent``."""
-    table = analysis.table()
-    children = {v.child for v in analysis.violations}
-    table.insert(0, "model_id", analysis.model_id)
-    table["violates_parent"] = [label in children for label in table["label"]]
-    return table.to_csv(index=False, float_format="%.6f").encode("utf-8")
+    """CSV with one row per label (:func:`core.serialize.long_rows`), formulas neutralised."""
+    buffer = io.StringIO()
+    write_csv(buffer, LONG_FIELDS, long_rows(analysis))
+    return buffer.getvalue().encode("utf-8")
 
 
 def pdf_report(
@@ -56,9 +53,12 @@ def pdf_report(
     display_image: np.ndarray | None = None,
     test_auroc: Mapping[str, float | None] | None = None,
     top_k: int = 5,
+    attribution: str = "",
+    label: str | None = None,
 ) -> bytes:
     """A one-page A4 PDF of :func:`report_figure` (same arguments)."""
-    fig = report_figure(analysis, display_image=display_image, test_auroc=test_auroc, top_k=top_k)
+    fig = report_figure(analysis, display_image=display_image, test_auroc=test_auroc, top_k=top_k,
+                        attribution=attribution, label=label)
     buf = io.BytesIO()
     fig.savefig(buf, format="pdf", metadata={"Title": "HiCXR analysis report", "Creator": "HiCXR dashboard"})
     return buf.getvalue()
@@ -70,6 +70,8 @@ def report_figure(
     display_image: np.ndarray | None = None,
     test_auroc: Mapping[str, float | None] | None = None,
     top_k: int = 5,
+    attribution: str = "",
+    label: str | None = None,
 ) -> Figure:
     """The report page (A4 portrait): image, Grad-CAM of the top finding, probabilities with std whiskers, text.
 
@@ -78,6 +80,8 @@ def report_figure(
         display_image: The image as the user viewed it (e.g. re-windowed); the analysed image otherwise.
         test_auroc: Per-label test AUROC from the model card, quoted next to the top findings.
         top_k: How many findings to list.
+        attribution: The training data's attribution, from the model card.
+        label: The label whose map is shown (the one the reader selected); the top finding if ``None``.
     """
     image = downsample(np.asarray(display_image if display_image is not None else analysis.image), 768)
     top = analysis.top_findings(top_k, exclude=_REPORT_EXCLUDE)
@@ -103,61 +107,65 @@ def report_figure(
     ax_img.set_title("Radiograph", fontsize=10)
     ax_img.axis("off")
     ax_cam = fig.add_axes((0.52, 0.53, 0.43, 0.31))
-    if top:
-        ax_cam.imshow(cam_overlay(analysis, top[0], base=image, max_side=768))
-        i = analysis.index(top[0])
-        ax_cam.set_title(
-            f"Grad-CAM: {top[0]} (P = {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f})", fontsize=10
-        )
+    shown = label if label is not None and analysis.learnt(label) else (top[0] if top else None)
+    if shown is not None:
+        ax_cam.imshow(cam_overlay(analysis, shown, base=image, max_side=768))
+        i = analysis.index(shown)
+        kind = "Grad-CAM" if analysis.cams[i].any() else "Relative map (dashed; not evidence)"
+        ax_cam.set_title(f"{kind}: {shown} (P = {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f})",
+                         fontsize=9)
+        ax_cam.text(0, -0.04, textwrap.fill(cam_caption(analysis, shown), 70), transform=ax_cam.transAxes,
+                    fontsize=6.5, va="top", color="#333333")
     ax_cam.axis("off")
 
-    ax_bar = fig.add_axes((0.3, 0.23, 0.64, 0.27))
-    order = np.argsort(-np.asarray(analysis.mc_mean, dtype=float), kind="stable")
+    ax_bar = fig.add_axes((0.3, 0.25, 0.64, 0.25))
+    order = [i for i in np.argsort(-np.asarray(analysis.mc_mean, dtype=float), kind="stable")
+             if analysis.learnt(analysis.labels[i])]
     names = [analysis.labels[i] for i in order]
-    violators = {v.child for v in analysis.violations}
-    colours = ["#d62728" if n in violators else "#2b6cb0" for n in names]
+    colours = ["#7b1e1e" if analysis.call(n) == "above" else "#2b6cb0" for n in names]
     ax_bar.barh(
         range(len(names)), [analysis.mc_mean[i] for i in order], xerr=[analysis.mc_std[i] for i in order],
         color=colours, error_kw=dict(ecolor="#222222", elinewidth=0.8, capsize=2),
     )
+    for row, n in enumerate(names):
+        threshold = analysis.operating_points.get(n)
+        if threshold is not None:
+            ax_bar.plot([threshold, threshold], [row - 0.42, row + 0.42], color="#111111", linewidth=1.2)
     ax_bar.set_yticks(range(len(names)), names, fontsize=7)
     ax_bar.invert_yaxis()
     ax_bar.set_xlim(0, 1)
-    ax_bar.axvline(analysis.threshold, color="#888888", linestyle=":", linewidth=0.8)
-    ax_bar.set_xlabel("Probability (MC mean ± std); red: above threshold while a parent is below it", fontsize=8)
+    ax_bar.set_xlabel("Probability (MC mean ± std); black tick: the label's operating point; dark red: at or "
+                      "above it (called positive)", fontsize=7.5)
     ax_bar.tick_params(axis="x", labelsize=7)
-    ax_bar.set_title("All outputs", fontsize=10)
+    title = "All learnt outputs"
+    if analysis.not_learnt:
+        title += f" (not learnt, not shown: {', '.join(analysis.not_learnt)})"
+    ax_bar.set_title(textwrap.fill(title, 90), fontsize=8.5)
 
     ax_txt = fig.add_axes((0.06, 0.03, 0.9, 0.16))
     ax_txt.axis("off")
-    lines = ["Top findings (MC mean ± std; deterministic P; model's test AUROC):"]
-    for label in top:
-        i = analysis.index(label)
-        auroc = (test_auroc or {}).get(label)
+    lines = [f"Warning: {w}" for w in analysis.warnings]
+    lines.append("Top findings (MC mean ± std; against the label's operating point; model's test AUROC):")
+    for finding in top:
+        i = analysis.index(finding)
+        auroc = (test_auroc or {}).get(finding)
         auroc_txt = f"{auroc:.3f}" if auroc is not None else "n/a"
-        lines.append(
-            f"  {label}: {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f}  "
-            f"(P {analysis.probability[i]:.2f}; AUROC {auroc_txt})"
-        )
+        threshold = analysis.operating_points.get(finding)
+        call = (f"{analysis.call(finding)} operating point {threshold:.2f}" if threshold is not None
+                else "no operating point")
+        lines.append(f"  {finding}: {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f}  ({call}; AUROC {auroc_txt})")
     if analysis.violations:
         shown = analysis.violations[:_MAX_VIOLATIONS_LISTED]
         pairs = "; ".join(f"{v.parent} {v.parent_probability:.2f} < {v.child} {v.child_probability:.2f}"
                           for v in shown)
         if len(analysis.violations) > len(shown):
             pairs += f"; and {len(analysis.violations) - len(shown)} more"
-        lines.append(f"Taxonomy violations at {analysis.threshold:.2f}: {pairs}")
+        lines.append(f"Taxonomy violations (child above {analysis.threshold:.2f}, parent below): {pairs}")
     else:
-        lines.append(f"No taxonomy violations at threshold {analysis.threshold:.2f}.")
+        lines.append(f"No taxonomy violation (child above {analysis.threshold:.2f} while its parent is below).")
     ax_txt.text(0, 1.0, "\n".join(textwrap.fill(x, 112, subsequent_indent="    ") for x in lines), fontsize=8, va="top")
     ax_txt.text(0, 0.12, textwrap.fill(DISCLAIMER + " Probabilities are model outputs, not diagnoses.", 100),
                 fontsize=8.5, fontweight="bold", color="#9b2c2c", va="top")
-    ax_txt.text(0, -0.08, ATTRIBUTION, fontsize=6.5, color="#555555", va="top")
+    if attribution:
+        ax_txt.text(0, -0.08, textwrap.fill(attribution, 150), fontsize=6.5, color="#555555", va="top")
     return fig
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot serialise {type(value).__name__}")

@@ -18,6 +18,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.analysis import Analysis, Violation
+from core.card import ModelCard
 from core.imaging import ImageError, read_image
 from core.inference import Predictor
 from core.registry import scan_weights
@@ -259,10 +260,11 @@ def test_model_card_views(tmp_path, taxonomy):
     labels = list(taxonomy.labels)
     per_label = {lab: {"auroc": 0.6 + 0.01 * i, "auroc_ci": [0.5 + 0.01 * i, 0.7 + 0.01 * i], "positives": i}
                  for i, lab in enumerate(labels[:5])}
-    card = {"variant": "v", "metrics": {"test": {"macro_auroc": 0.65, "macro_auroc_ci": [0.6, 0.7],
-                                                 "per_label": per_label}},
-            "calibration": {"temperature": [1.5] * len(labels), "fitted_on": "val", "applied": True},
-            "plots": {"roc": "plots/roc.png", "escape": "../secret.png"}}
+    card = ModelCard.from_dict({
+        "variant": "v", "metrics": {"test": {"macro_auroc": 0.65, "macro_auroc_ci": [0.6, 0.7],
+                                             "per_label": per_label}},
+        "calibration": {"temperature": [1.5] * len(labels), "fitted_on": "val", "applied": True},
+        "plots": {"roc": "plots/roc.png", "escape": "../secret.png"}})
     frame = auroc_frame(card, labels)
     assert len(frame) == len(labels) and frame["auroc"].notna().sum() == 5
     assert frame.loc[2, "ci_low"] == pytest.approx(0.52)
@@ -272,7 +274,7 @@ def test_model_card_views(tmp_path, taxonomy):
     summary = dict(zip(summary_table(card)["field"], summary_table(card)["value"], strict=True))
     assert summary["Test macro AUROC"] == "0.650 (95% CI 0.600–0.700)"
     assert calibration_frame(card, labels)["temperature"].tolist() == [1.5] * len(labels)
-    assert calibration_frame({"calibration": None}, labels) is None
+    assert calibration_frame(ModelCard.from_dict({"variant": "v", "calibration": None}), labels) is None
     (tmp_path / "plots").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "plots" / "roc.png")
     Image.new("RGB", (4, 4)).save(tmp_path.parent / "secret.png")

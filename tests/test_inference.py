@@ -12,8 +12,10 @@ import pytest
 import torch
 from conftest import make_test_model, make_weights_dir
 
+from core.analysis import find_violations
+from core.head import class_activation_maps, dropout_masks
 from core.imaging import EmptyFileError, ImageError, read_image
-from core.inference import Predictor, class_activation_maps, dropout_masks, find_violations
+from core.inference import Predictor
 from core.registry import RegistryError
 
 NIH_PNGS = ("00000317_003.png", "00000344_002.png", "00000348_000.png")
@@ -149,7 +151,7 @@ def test_model_untouched_and_unhooked(predictor: Predictor, files: list[Path]) -
     model = predictor.get("bce").model
     before = _state(model)
     predictor.analyse(files[0], "bce")
-    predictor.analyse_batch(files[:2])
+    list(predictor.iter_analyses(files[:2]))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(m.training for m in model.modules())
@@ -246,7 +248,7 @@ def test_cams_are_relu_of_weighted_features(predictor: Predictor, files: list[Pa
 
 def test_batch_matches_single_and_reports_bad_files(predictor: Predictor, files: list[Path]) -> None:
     sources = [files[0], b"", files[3], b"this is not an image", files[1]]
-    items = predictor.analyse_batch(sources, batch_size=2)
+    items = list(predictor.iter_analyses(sources, batch_size=2))
     assert [i.index for i in items] == [0, 1, 2, 3, 4]
     assert items[1].error and "empty" in items[1].error and items[1].analyses == {}
     assert items[3].error and "not an image" in items[3].error

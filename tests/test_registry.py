@@ -39,10 +39,10 @@ def test_lists_variants_with_card_metrics(good_dir: Path, taxonomy) -> None:
     assert soft.labels == list(taxonomy.labels)
     assert soft.input_size == 64
     assert soft.test_macro_auroc == pytest.approx(0.72)
-    assert soft.val_macro_auroc is None
-    per_label = soft.test_per_label_auroc
+    assert soft.card.macro_auroc("val") is None
+    per_label = soft.per_label_auroc("test")
     assert list(per_label) == list(taxonomy.labels) and per_label["Cardiomegaly"] == pytest.approx(0.72)
-    assert soft.temperature is None
+    assert soft.card.temperature() is None
     assert "hbce_soft" in soft.description and "0.720" in soft.description
 
 
@@ -133,4 +133,4 @@ def test_card_not_an_object(good_dir: Path, tmp_path: Path) -> None:
 def test_applied_temperature_exposed(tmp_path: Path) -> None:
     temps = [1.0 + 0.1 * i for i in range(21)]
     folder = make_weights_dir(tmp_path, variants=("bce",), temperatures={"bce": temps})
-    assert get_variant("bce", folder).temperature == pytest.approx(temps)
+    assert get_variant("bce", folder).card.temperature() == pytest.approx(temps)

@@ -1,7 +1,10 @@
 """Grad-CAM views: the overlay of one label's map on the radiograph, and the labels worth a gallery tile.
 
-The maps themselves come with the ``Analysis`` (computed by the inference engine); this module only blends them
-with :func:`core.explain.overlay` on a display-sized copy of the image.
+The maps themselves come with the ``Analysis`` (computed by the inference engine); this module only draws them on a
+display-sized copy of the image. Two kinds of picture, never confused: a label's Grad-CAM (evidence that raises
+it) is a heat map in a colour-blind-safe colour map (:func:`core.explain.overlay`); where a label's Grad-CAM is
+empty, its *relative* map (where it is least unlikely, not evidence for it) is drawn as dashed contour lines
+(:func:`core.explain.contour_overlay`) and captioned as such.
 """
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from core.analysis import Analysis
-from core.explain import COLORMAPS, overlay
+from core.explain import COLORMAPS, DEFAULT_COLORMAP, contour_overlay, overlay
 from dashboard.components.image_view import downsample
 
-__all__ = ["COLORMAPS", "cam_map", "cam_overlay", "gallery_labels", "shows_relative_map"]
+__all__ = ["COLORMAPS", "DEFAULT_COLORMAP", "cam_caption", "cam_map", "cam_overlay", "gallery_labels",
+           "shows_relative_map"]
 
 # Overlays are blended at display size: a gallery of 21 full-resolution DICOM overlays would take seconds.
 OVERLAY_MAX_SIDE = 768
@@ -22,13 +26,14 @@ def cam_overlay(
     analysis: Analysis,
     label: str,
     *,
-    colormap: str = "jet",
+    colormap: str = DEFAULT_COLORMAP,
     opacity: float = 0.4,
     threshold: float = 0.0,
     base: np.ndarray | None = None,
     max_side: int = OVERLAY_MAX_SIDE,
 ) -> np.ndarray:
-    """RGB uint8 overlay of ``label``'s class activation map on the image.
+    """RGB uint8 picture of ``label``'s map on the image: a heat map of its Grad-CAM, or dashed contours of its
+    relative map when the Grad-CAM is empty (see the module docstring).
 
     Args:
         analysis: Supplies the CAM and (unless ``base`` is given) the decoded image.
@@ -42,7 +47,24 @@ def cam_overlay(
     if label not in analysis.labels:
         raise KeyError(f"unknown label {label!r}")
     image = downsample(np.asarray(base if base is not None else analysis.image, dtype=np.float32), max_side)
+    if shows_relative_map(analysis, label):
+        return contour_overlay(image, cam_map(analysis, label))
     return overlay(image, cam_map(analysis, label), colormap=colormap, opacity=opacity, threshold=threshold)
+
+
+def cam_caption(analysis: Analysis, label: str) -> str:
+    """What the picture of ``label`` is, in words: Grad-CAM evidence, a relative map, or nothing to draw."""
+    i = analysis.index(label)
+    grid = "x".join(str(n) for n in analysis.cams.shape[-2:])
+    source = (analysis.cam_labels or analysis.labels)[i]
+    of = f" (the map of {source}, which sets this probability)" if source != label else ""
+    if analysis.cams[i].any():
+        return f"Grad-CAM{of}: regions that raise {label} (heat; {grid} grid, smoothed). An attention cue, " \
+               "not a localisation."
+    if shows_relative_map(analysis, label):
+        return (f"No region raises {label}, so there is no Grad-CAM evidence. Dashed contours: the relative map "
+                f"(where {label} is least unlikely){of}. Not evidence for the label.")
+    return f"No region raises {label}: nothing to draw."
 
 
 def shows_relative_map(analysis: Analysis, label: str) -> bool:
@@ -62,7 +84,8 @@ def cam_map(analysis: Analysis, label: str) -> np.ndarray:
 
 
 def gallery_labels(analysis: Analysis, min_probability: float, limit: int | None = None) -> list[str]:
-    """Labels whose MC mean is at least ``min_probability``, most probable first (at most ``limit``)."""
+    """Learnt labels whose MC mean is at least ``min_probability``, most probable first (at most ``limit``)."""
     order = np.argsort(-np.asarray(analysis.mc_mean, dtype=float), kind="stable")
-    chosen = [analysis.labels[i] for i in order if float(analysis.mc_mean[i]) >= min_probability]
+    chosen = [analysis.labels[i] for i in order
+              if float(analysis.mc_mean[i]) >= min_probability and analysis.learnt(analysis.labels[i])]
     return chosen[:limit] if limit is not None else chosen

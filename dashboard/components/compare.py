@@ -24,19 +24,23 @@ def _check_same_labels(analyses: Mapping[str, Analysis]) -> list[str]:
 
 
 def comparison_frame(analyses: Mapping[str, Analysis]) -> pd.DataFrame:
-    """One row per label: each variant's MC mean and std, and ``disagreement`` = max - min of the means.
+    """One row per label that every variant learnt: each variant's MC mean and std, and ``disagreement`` = max - min
+    of the means. Labels some variant never learnt are left out (their outputs carry no meaning to compare).
 
     Rows are sorted by disagreement, largest first (ties keep taxonomy order).
     """
-    labels = _check_same_labels(analyses)
+    all_labels = _check_same_labels(analyses)
+    labels = [lab for lab in all_labels if all(a.learnt(lab) for a in analyses.values())]
+    keep = [all_labels.index(lab) for lab in labels]
     data: dict[str, list] = {"label": labels}
     means = []
     for name, analysis in analyses.items():
-        mean = np.asarray(analysis.mc_mean, dtype=float)
+        mean = np.asarray(analysis.mc_mean, dtype=float)[keep]
         means.append(mean)
         data[f"{name} mean"] = mean.tolist()
-        data[f"{name} std"] = np.asarray(analysis.mc_std, dtype=float).tolist()
-    stacked = np.vstack(means)
+        data[f"{name} std"] = np.asarray(analysis.mc_std, dtype=float)[keep].tolist()
+        data[f"{name} call"] = [analysis.call(lab) for lab in labels]
+    stacked = np.vstack(means) if labels else np.zeros((len(analyses), 0))
     data["disagreement"] = (stacked.max(axis=0) - stacked.min(axis=0)).tolist()
     frame = pd.DataFrame(data)
     return frame.sort_values("disagreement", ascending=False, kind="stable").reset_index(drop=True)

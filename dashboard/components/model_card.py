@@ -1,26 +1,23 @@
 """Model-card views: per-label AUROC with confidence intervals, penalties, calibration and provenance.
 
-Cards are read leniently: the registry has already checked the parts inference relies on, and a section that is
-missing or oddly shaped is shown as "not reported" instead of breaking the page.
+They render a validated :class:`core.card.ModelCard`; a section a card does not report is shown as "not reported".
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.card import ModelCard, finite
+
 DISCLAIMER = "Research use only. Not a medical device: not for diagnosis, triage or treatment decisions."
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+_number = finite
 
 
 def _ci(value: Any) -> tuple[float | None, float | None]:
@@ -29,19 +26,23 @@ def _ci(value: Any) -> tuple[float | None, float | None]:
     return None, None
 
 
-def auroc_frame(card: Mapping[str, Any], labels: Sequence[str], split: str = "test") -> pd.DataFrame:
-    """Per-label metrics of ``split``: ``label, auroc, ci_low, ci_high, average_precision, ece, positives, known``.
+def auroc_frame(card: ModelCard, labels: Sequence[str], split: str = "test") -> pd.DataFrame:
+    """Per-label metrics of ``split``: ``label, learnt, training positives, auroc, ci_low, ci_high,
+    average_precision, ece, positives, known, operating point`` (the threshold where the model calls it positive).
 
     Labels the card does not report get empty (NaN) cells, so the table always has one row per output.
     """
-    per_label = (((card.get("metrics") or {}).get(split) or {}).get("per_label")) or {}
+    per_label = card.split_metrics(split).get("per_label") or {}
     rows = []
     for label in labels:
         entry = per_label.get(label) or {}
         low, high = _ci(entry.get("auroc_ci"))
+        point = card.operating_points.get(label)
         rows.append(
             {
                 "label": label,
+                "learnt": card.learnt(label),
+                "training positives": card.training_positives.get(label),
                 "auroc": _number(entry.get("auroc")),
                 "ci_low": low,
                 "ci_high": high,
@@ -49,6 +50,7 @@ def auroc_frame(card: Mapping[str, Any], labels: Sequence[str], split: str = "te
                 "ece": _number(entry.get("ece")),
                 "positives": entry.get("positives"),
                 "known": entry.get("known"),
+                "operating point": point.threshold if point else None,
             }
         )
     frame = pd.DataFrame(rows)
@@ -84,13 +86,11 @@ def auroc_figure(frame: pd.DataFrame, title: str = "Per-label test AUROC (95% CI
     return fig
 
 
-def summary_table(card: Mapping[str, Any]) -> pd.DataFrame:
+def summary_table(card: ModelCard) -> pd.DataFrame:
     """Key facts of a card as ``field, value`` rows (variant, date, loss, training, data sizes, headline metrics)."""
-    loss = card.get("loss") or {}
-    training = card.get("training") or {}
-    data = card.get("data") or {}
-    test = (card.get("metrics") or {}).get("test") or {}
-    model = card.get("model") or {}
+    loss, training, data, model = card.loss, card.training, card.data, card.model
+    test = card.split_metrics("test")
+    cv = card.cross_validation or {}
 
     def fmt(value: Any, digits: int = 3) -> str:
         number = _number(value)
@@ -102,64 +102,76 @@ def summary_table(card: Mapping[str, Any]) -> pd.DataFrame:
     macro = fmt(test.get("macro_auroc"))
     if ci_low is not None and ci_high is not None:
         macro += f" (95% CI {ci_low:.3f}–{ci_high:.3f})"
+    if card.loss_name == "mcloss":
+        loss_text = "C-HMCNN: max-constraint module + MCLoss (coherent by construction)"
+    else:
+        loss_text = (f"penalty {loss.get('penalty_source', '?')}, λ = {loss.get('lambda', '?')}, "
+                     f"violation {loss.get('violation', '?')}")
     rows = [
-        ("Variant", card.get("variant")),
-        ("Created", card.get("created")),
+        ("Variant", card.variant),
+        ("Created", card.created),
         ("Backbone", model.get("backbone")),
-        ("Input", f"{model.get('input_size', '?')} px, {model.get('in_channels', '?')} channel(s)"),
-        ("Loss", f"penalty {loss.get('penalty_source', '?')}, λ = {loss.get('lambda', '?')}, "
-         f"violation {loss.get('violation', '?')}"),
+        ("Input", f"{model.get('input_size', '?')} px, {model.get('in_channels', '?')} channel(s), "
+         f"CAM grid {_grid(model)}"),
+        ("Loss", loss_text),
         ("Epochs run (best)", f"{training.get('epochs_run', '?')} ({training.get('best_epoch', '?')})"),
         ("Training time (s)", fmt(training.get("seconds"), 0)),
         ("Images train / val / test",
-         f"{data.get('train_images', '?')} / {data.get('val_images', '?')} / {data.get('test_images', '?')}"),
+         f"{data.get('train_images', '?')} / {data.get('val_images', '?')} / {data.get('test_images', '?')}"
+         + (" (trained on train+val)" if data.get("trained_on") == "train+val" else "")),
+        ("Cross-validation macro AUROC",
+         f"{fmt(cv.get('cv_macro_auroc_mean'))} ± {fmt(cv.get('cv_macro_auroc_std'))} over {cv.get('folds')} folds"
+         if cv else "not reported"),
         ("Test macro AUROC", macro),
         ("Test weighted AUROC (paper's figure)", fmt(test.get("weighted_auroc"))),
         ("Test macro AUROC, 14 CheXpert labels", fmt(test.get("macro_auroc_chexpert"))),
         ("Test ECE", fmt(test.get("ece"))),
         ("Test violation rate", fmt(test.get("violation_rate"))),
-        ("Reproduce", card.get("reproduce")),
+        ("Not learnt", ", ".join(card.labels_not_learnt) or "none"),
+        ("Reproduce", card.reproduce),
     ]
     return pd.DataFrame([{"field": k, "value": fmt(v) if not isinstance(v, str) else v} for k, v in rows])
 
 
-def penalty_frame(card: Mapping[str, Any]) -> pd.DataFrame:
+def _grid(model: dict[str, Any]) -> str:
+    size, stride = model.get("input_size"), model.get("output_stride", 32)
+    if not isinstance(size, int) or not isinstance(stride, int) or not stride:
+        return "?"
+    side = size // stride
+    return f"{side} x {side}"
+
+
+def penalty_frame(card: ModelCard) -> pd.DataFrame:
     """The card's edge penalties: ``parent, child, n_parent_negative, n_inconsistent, penalty``."""
     columns = ["parent", "child", "n_parent_negative", "n_inconsistent", "penalty"]
-    rows = [r for r in card.get("penalty_table") or [] if isinstance(r, Mapping)]
-    return pd.DataFrame([{c: r.get(c) for c in columns} for r in rows], columns=columns)
+    return pd.DataFrame([{c: r.get(c) for c in columns} for r in card.penalty_table], columns=columns)
 
 
-def calibration_frame(card: Mapping[str, Any], labels: Sequence[str]) -> pd.DataFrame | None:
-    """Per-label temperature (``label, temperature``), or ``None`` when the card reports no calibration."""
-    calibration = card.get("calibration")
-    if not isinstance(calibration, Mapping):
+def calibration_frame(card: ModelCard, labels: Sequence[str]) -> pd.DataFrame | None:
+    """Per-label temperature (``label, temperature, note``), or ``None`` when the card reports no calibration."""
+    calibration = card.calibration
+    if calibration is None or len(calibration.temperature) != len(labels):
         return None
-    temps = calibration.get("temperature")
-    if not isinstance(temps, list) or len(temps) != len(labels):
-        return None
-    return pd.DataFrame({"label": list(labels), "temperature": [_number(t) for t in temps]})
+    kept = calibration.details.get("kept_shared") or {}
+    return pd.DataFrame({"label": list(labels), "temperature": list(calibration.temperature),
+                         "note": [kept.get(label, "fitted") for label in labels]})
 
 
-def data_sources(card: Mapping[str, Any]) -> list[dict[str, str]]:
+def data_sources(card: ModelCard) -> list[dict[str, str]]:
     """The card's data sources (name, url, licence, citation), as strings."""
-    sources = (card.get("data") or {}).get("sources") or []
     keys = ("name", "url", "licence", "citation")
-    return [{k: str(s.get(k) or "") for k in keys} for s in sources if isinstance(s, Mapping)]
+    return [{k: s.get(k, "") for k in keys} for s in card.sources]
 
 
-def plot_paths(card: Mapping[str, Any], weights_dir: str | Path) -> dict[str, Path]:
-    """Existing plot images named in ``card["plots"]``, resolved inside ``weights_dir``.
+def plot_paths(card: ModelCard, weights_dir: str | Path) -> dict[str, Path]:
+    """Existing plot images named in the card's ``plots``, resolved inside ``weights_dir``.
 
     A path that points outside the weights folder is ignored: a card must not make the dashboard read other files.
     """
     folder = Path(weights_dir).resolve()
-    plots = card.get("plots") or {}
     found: dict[str, Path] = {}
-    if not isinstance(plots, Mapping):
-        return found
-    for name, rel in plots.items():
-        if not isinstance(rel, str) or not rel:
+    for name, rel in card.plots.items():
+        if not rel:
             continue
         path = (folder / rel).resolve()
         if path.is_relative_to(folder) and path.is_file():

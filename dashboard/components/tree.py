@@ -1,5 +1,12 @@
 """The taxonomy DAG as a plotly figure: nodes coloured by probability, halos sized by MC uncertainty.
 
+What each mark claims: the node colour is the MC-mean probability (perceptually uniform, colour-blind-safe
+viridis scale); a thick dark outline and "▲" mean the probability is at or above the label's operating point
+(the threshold reaching the card's target sensitivity on held-out data), i.e. the model calls it positive; a
+hollow grey node marked "not learnt" is an output the model had too few positive training images to learn (no
+number is shown for it); a red dashed edge is a hierarchy violation by the project's one rule (child above 0.5
+while its parent is below 0.5, on the MC means; edges touching a not-learnt label are never flagged).
+
 Layout: one row per topological layer (``Taxonomy.layers()``, roots on top), nodes ordered inside each row by the
 barycentre heuristic (a few down/up sweeps) so that edges cross as little as possible, then x positions pulled
 towards the mean of their neighbours with a minimum gap. The taxonomy is a DAG (Cardiomegaly and Pneumonia have
@@ -23,8 +30,10 @@ HALO_PX_PER_STD = 120.0
 HALO_MAX_RING = 22.0
 REFERENCE_STDS = (0.02, 0.05, 0.10)
 EDGE_COLOR = "#9aa5b1"
-OUTRANK_COLOR = "#d62728"
+VIOLATION_COLOR = "#d62728"
 SELECTED_COLOR = "#111111"
+POSITIVE_COLOR = "#7b1e1e"
+NOT_LEARNT_COLOR = "#bfc5cc"
 
 _MIN_GAP = 1.0
 # In row units: how far above a node's centre its marker starts.
@@ -98,9 +107,44 @@ def halo_size(std: np.ndarray | float) -> np.ndarray:
     return NODE_SIZE + 2.0 * ring
 
 
-def outranking_edges(taxonomy: Taxonomy, mean: Mapping[str, float]) -> list[tuple[str, str]]:
-    """Edges whose child has a higher MC mean than its parent (drawn red and dashed)."""
-    return [(p, c) for p, c in taxonomy.edges if mean[c] > mean[p]]
+def violation_edges(analysis: Analysis) -> list[tuple[str, str]]:
+    """The analysis's violations (the taxonomy's one rule, not-learnt labels left out), drawn red and dashed."""
+    return [(v.parent, v.child) for v in analysis.violations]
+
+
+def node_text(analysis: Analysis, label: str) -> str:
+    """The caption under a node: name, then the MC mean with ▲ when at/above the operating point, or
+    "not learnt"."""
+    if not analysis.learnt(label):
+        return f"{_wrap(label)}<br><i>not learnt</i>"
+    mean = float(analysis.mc_mean[analysis.index(label)])
+    mark = " ▲" if analysis.call(label) == "above" else ""
+    return f"{_wrap(label)}<br><b>{mean:.2f}</b>{mark}"
+
+
+def node_hover(analysis: Analysis, label: str, auroc: float | None, training_positives: int | None) -> str:
+    """Hover text: the numbers, the operating point and what it means, the label's test AUROC."""
+    i = analysis.index(label)
+    if not analysis.learnt(label):
+        count = "no" if not training_positives else f"only {training_positives}"
+        return (f"<b>{label}</b><br>Not learnt: {count} positive training images, so the model's output for this "
+                "label carries no meaning and is not shown.")
+    lines = [
+        f"<b>{label}</b>",
+        f"P = {float(analysis.mc_mean[i]):.3f} ± {float(analysis.mc_std[i]):.3f} (MC mean ± std, "
+        f"n={analysis.mc_samples})",
+        f"deterministic P = {float(analysis.probability[i]):.3f}",
+    ]
+    threshold = analysis.operating_points.get(label)
+    if threshold is None:
+        lines.append("no operating point (too few held-out positives to set one)")
+    else:
+        verdict = "at or above: the model calls it positive" if analysis.call(label) == "above" else "below"
+        lines.append(f"operating point {threshold:.3f} ({verdict})")
+    if analysis.cam_labels and analysis.cam_labels[i] != label:
+        lines.append(f"probability (and map) from its descendant {analysis.cam_labels[i]} (max constraint)")
+    lines.append(f"test AUROC = {auroc:.3f}" if auroc is not None else "test AUROC: not reported")
+    return "<br>".join(lines)
 
 
 def _wrap(label: str, width: int = 12) -> str:
@@ -155,13 +199,16 @@ def taxonomy_figure(
     selected: str | None = None,
     height: int = 560,
     title: str | None = None,
+    training_positives: Mapping[str, int] | None = None,
 ) -> go.Figure:
-    """Plotly figure of the taxonomy for one analysis.
+    """Plotly figure of the taxonomy for one analysis (see the module docstring for what each mark means).
 
     Args:
-        analysis: Supplies ``mc_mean`` (node colour), ``mc_std`` (halo) and ``probability`` (hover).
+        analysis: Supplies ``mc_mean`` (node colour), ``mc_std`` (halo), operating points, not-learnt labels and
+            violations.
         taxonomy: The DAG; its labels must be the analysis labels.
         auroc: Optional per-label test AUROC from the model card, shown on hover.
+        training_positives: Optional per-label training positives from the card (explains "not learnt").
         selected: Label drawn with a heavy outline (the one whose Grad-CAM is shown).
         height: Figure height in px.
         title: Optional title (e.g. the variant name in the comparison view).
@@ -177,14 +224,16 @@ def taxonomy_figure(
     xs = [pos[lab][0] for lab in labels]
     ys = [pos[lab][1] for lab in labels]
 
-    outrank = outranking_edges(taxonomy, mean)
-    normal = [e for e in taxonomy.edges if e not in outrank]
+    violating = violation_edges(analysis)
+    normal = [e for e in taxonomy.edges if e not in violating]
+    learnt = [analysis.learnt(lab) for lab in labels]
     fig = go.Figure()
     edge = _edge_trace(normal, pos, color=EDGE_COLOR, width=1.5)
     edge.update(name="parent → child", showlegend=True)
     fig.add_trace(edge)
-    bad = _edge_trace(outrank, pos, color=OUTRANK_COLOR, width=2.5, dash="dash")
-    bad.update(name="child outranks parent", showlegend=True, visible=True if outrank else "legendonly")
+    bad = _edge_trace(violating, pos, color=VIOLATION_COLOR, width=2.5, dash="dash")
+    bad.update(name=f"violation: child > {analysis.threshold:.1f} > parent", showlegend=True,
+               visible=True if violating else "legendonly")
     fig.add_trace(bad)
 
     fig.add_trace(
@@ -192,7 +241,8 @@ def taxonomy_figure(
             x=xs,
             y=ys,
             mode="markers",
-            marker=dict(size=halo_size(std), color="rgba(230, 126, 34, 0.35)", line=dict(width=0)),
+            marker=dict(size=np.where(learnt, halo_size(std), NODE_SIZE), color="rgba(230, 126, 34, 0.35)",
+                        line=dict(width=0)),
             hoverinfo="skip",
             showlegend=False,
             name="uncertainty halo",
@@ -200,36 +250,31 @@ def taxonomy_figure(
         )
     )
 
-    hover = []
-    for i, lab in enumerate(labels):
-        lines = [
-            f"<b>{lab}</b>",
-            f"P = {mean[lab]:.3f} ± {std[i]:.3f} (MC mean ± std, n={analysis.mc_samples})",
-            f"deterministic P = {float(analysis.probability[i]):.3f}",
-        ]
-        value = (auroc or {}).get(lab)
-        lines.append(f"test AUROC = {value:.3f}" if value is not None else "test AUROC: not reported")
-        hover.append("<br>".join(lines))
-    line_width = [4.0 if lab == selected else 1.0 for lab in labels]
-    line_color = [SELECTED_COLOR if lab == selected else "#ffffff" for lab in labels]
+    hover = [node_hover(analysis, lab, (auroc or {}).get(lab), (training_positives or {}).get(lab)) for lab in labels]
+    above = [analysis.call(lab) == "above" for lab in labels]
+    line_width = [4.0 if lab == selected else 3.0 if up else 1.0 for lab, up in zip(labels, above, strict=True)]
+    line_color = [SELECTED_COLOR if lab == selected else POSITIVE_COLOR if up else "#ffffff"
+                  for lab, up in zip(labels, above, strict=True)]
+    shown = [i for i, ok in enumerate(learnt) if ok]
+    hidden = [i for i, ok in enumerate(learnt) if not ok]
     fig.add_trace(
         go.Scatter(
-            x=xs,
-            y=ys,
+            x=[xs[i] for i in shown],
+            y=[ys[i] for i in shown],
             mode="markers+text",
-            text=[f"{_wrap(lab)}<br><b>{mean[lab]:.2f}</b>" for lab in labels],
+            text=[node_text(analysis, labels[i]) for i in shown],
             textposition="bottom center",
             textfont=dict(size=10, color="#1a202c"),
-            customdata=labels,
-            hovertext=hover,
+            customdata=[labels[i] for i in shown],
+            hovertext=[hover[i] for i in shown],
             hoverinfo="text",
             marker=dict(
                 size=NODE_SIZE,
-                color=[mean[lab] for lab in labels],
+                color=[mean[labels[i]] for i in shown],
                 colorscale=COLORSCALE,
                 cmin=0.0,
                 cmax=1.0,
-                line=dict(width=line_width, color=line_color),
+                line=dict(width=[line_width[i] for i in shown], color=[line_color[i] for i in shown]),
                 colorbar=dict(title=dict(text="P (MC mean)", side="right"), thickness=10, len=0.7, x=1.0, xpad=0),
             ),
             name="labels",
@@ -239,6 +284,36 @@ def taxonomy_figure(
             unselected=dict(marker=dict(opacity=1.0), textfont=dict(color="#1a202c")),
         )
     )
+    # Not-learnt outputs: hollow grey, no number; their output is not a probability worth reading.
+    fig.add_trace(
+        go.Scatter(
+            x=[xs[i] for i in hidden],
+            y=[ys[i] for i in hidden],
+            mode="markers+text",
+            text=[node_text(analysis, labels[i]) for i in hidden],
+            textposition="bottom center",
+            textfont=dict(size=10, color="#6b7280"),
+            customdata=[labels[i] for i in hidden],
+            hovertext=[hover[i] for i in hidden],
+            hoverinfo="text",
+            marker=dict(size=NODE_SIZE, color=NOT_LEARNT_COLOR, symbol="circle-open-dot",
+                        line=dict(width=[line_width[i] if labels[i] == selected else 2.0 for i in hidden],
+                                  color=[SELECTED_COLOR if labels[i] == selected else NOT_LEARNT_COLOR
+                                         for i in hidden])),
+            name="not learnt",
+            showlegend=False,
+            selected=dict(marker=dict(opacity=1.0)),
+            unselected=dict(marker=dict(opacity=1.0), textfont=dict(color="#6b7280")),
+        )
+    )
+    # Legend entries for the marks (dummy points outside the view).
+    for name, marker in (
+        ("▲ at/above operating point (called positive)", dict(size=12, color="#ffffff",
+                                                           line=dict(width=3, color=POSITIVE_COLOR))),
+        ("not learnt (no meaningful output)", dict(size=12, color=NOT_LEARNT_COLOR, symbol="circle-open-dot")),
+    ):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker=marker, name=name, showlegend=True,
+                                 hoverinfo="skip"))
 
     # Uncertainty key in the lower-left corner, drawn with the same size mapping as the halos.
     x_max = max(xs)

@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from core.imaging import XrayImage
-from dashboard.components.cam import COLORMAPS, cam_overlay, gallery_labels, shows_relative_map
+from dashboard.components.cam import COLORMAPS, cam_caption, cam_overlay, gallery_labels
 from dashboard.components.image_view import (
     display_pixels,
     image_figure,
@@ -25,16 +25,17 @@ from dashboard.ui.state import SELECTED_LABEL, Context
 
 PLOT_CONFIG = {"displaylogo": False, "scrollZoom": True, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 TREE_CONFIG = {"displaylogo": False, "displayModeBar": False}
-# A label whose evidence is all negative has an all-zero map: nothing is coloured, and the caption says why.
-_EMPTY_NOTE = " · no region raises this label"
-_RELATIVE_NOTE = " · no region raises this label: relative CAM shown (where it is least unlikely)"
 
-
-def _cam_note(analysis, label: str) -> str:
-    """Caption suffix for a label whose Grad-CAM is empty (relative map drawn, or nothing to draw)."""
-    if analysis.cams[analysis.index(label)].any():
-        return ""
-    return _RELATIVE_NOTE if shows_relative_map(analysis, label) else _EMPTY_NOTE
+def _value(analysis, label: str) -> str:
+    """``P = mean ± std`` with its operating-point verdict, or "not learnt"."""
+    if not analysis.learnt(label):
+        return "not learnt (no meaningful output)"
+    i = analysis.index(label)
+    text = f"P = {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f}"
+    threshold = analysis.operating_points.get(label)
+    if threshold is not None:
+        text += f" ({'at/above' if analysis.call(label) == 'above' else 'below'} operating point {threshold:.2f})"
+    return text
 
 
 def render_analysis(ctx: Context) -> None:
@@ -114,36 +115,63 @@ def _tree(ctx: Context) -> None:
     analysis = ctx.analysis
     selected = ctx.selected_label()
     auroc = ctx.test_auroc()
+    for warning in analysis.warnings:
+        st.warning(warning, icon=":material/warning:")
+    card = ctx.get_variant(ctx.variant).card
     st.plotly_chart(
-        taxonomy_figure(analysis, ctx.taxonomy, auroc=auroc, selected=selected),
+        taxonomy_figure(analysis, ctx.taxonomy, auroc=auroc, selected=selected,
+                        training_positives=card.training_positives),
         key="tree", on_select=partial(_on_tree_click, list(analysis.labels)), selection_mode="points",
         config=TREE_CONFIG,
     )
     # The fallback picker shares the fragment with the tree, so the highlighted node follows it.
     st.session_state["label_pick"] = selected
     st.selectbox("Label shown in Grad-CAM", analysis.labels, key="label_pick", on_change=_on_label_pick)
+    target = _target_sensitivity(card)
     st.caption(
         "Node colour: probability (mean of the MC dropout samples). Halo: uncertainty (their standard deviation). "
-        "Red dashed edge: the child is more probable than its parent. Click a node to see its Grad-CAM."
+        f"▲ and a dark outline: at or above the label's operating point, the probability at which the model reaches "
+        f"{target} sensitivity on held-out images, so the model calls it positive. Hollow grey: not learnt (too few "
+        f"positive training images). Red dashed edge: a violation, the child above {analysis.threshold:.1f} while "
+        f"its parent is below {analysis.threshold:.1f}. Click a node to see its map."
     )
     if analysis.violations:
         pairs = ", ".join(f"{v.parent} → {v.child}" for v in analysis.violations)
-        st.warning(f"Taxonomy violations at threshold {analysis.threshold:.2f} (child above, parent below): {pairs}")
+        st.warning(f"Taxonomy violations (child above {analysis.threshold:.2f}, parent below): {pairs}")
+
+
+def _target_sensitivity(card) -> str:
+    targets = {p.target_sensitivity for p in card.operating_points.values()}
+    return f"{targets.pop():.0%}" if len(targets) == 1 else "the card's target"
 
 
 def _findings_table(ctx: Context) -> None:
     analysis = ctx.analysis
     auroc = ctx.test_auroc()
+    card = ctx.get_variant(ctx.variant).card
+    learnt = [analysis.learnt(label) for label in analysis.labels]
+
+    def shown(values, ok):
+        return [float(v) if k else None for v, k in zip(values, ok, strict=True)]
+
+    def auroc_text(label: str) -> str:
+        if not analysis.learnt(label):
+            n = card.training_positives.get(label)
+            return f"n/a: not learnt ({n or 0} positive training images)"
+        value = auroc.get(label)
+        return f"{value:.3f}" if value is not None else "n/a: no test positives"
+
     table = pd.DataFrame(
         {
             "label": analysis.labels,
-            "P (MC mean)": analysis.mc_mean.astype(float),
-            "± std": analysis.mc_std.astype(float),
-            "P (no dropout)": analysis.probability.astype(float),
-            "test AUROC": [auroc.get(label) for label in analysis.labels],
+            "P (MC mean)": shown(analysis.mc_mean, learnt),
+            "± std": shown(analysis.mc_std, learnt),
+            "operating point": [analysis.operating_points.get(label) for label in analysis.labels],
+            "call": [analysis.call(label) for label in analysis.labels],
+            "test AUROC": [auroc_text(label) for label in analysis.labels],
             "parents": [", ".join(ctx.taxonomy.parents(label)) for label in analysis.labels],
         }
-    ).sort_values("P (MC mean)", ascending=False)
+    ).sort_values("P (MC mean)", ascending=False, na_position="last")
     st.dataframe(
         table,
         hide_index=True,
@@ -152,20 +180,24 @@ def _findings_table(ctx: Context) -> None:
         column_config={
             "P (MC mean)": st.column_config.ProgressColumn(format="%.3f", min_value=0.0, max_value=1.0),
             "± std": st.column_config.NumberColumn(format="%.3f"),
-            "P (no dropout)": st.column_config.NumberColumn(format="%.3f"),
-            "test AUROC": st.column_config.NumberColumn(format="%.3f"),
+            "operating point": st.column_config.NumberColumn(
+                format="%.3f", help=f"Probability at which the model reaches {_target_sensitivity(card)} "
+                "sensitivity on held-out images: at or above it, the model calls the label positive."),
+            "call": st.column_config.TextColumn(help="The MC mean against the operating point."),
         },
         key="findings_table",
     )
+    st.caption("Empty probability: the label was not learnt, so its output is not shown. 'call' compares the MC "
+               "mean with the label's operating point; a probability below 0.5 can still be a positive call.")
 
 
 def _cam(ctx: Context) -> None:
     analysis = ctx.analysis
     selected = ctx.selected_label()
-    i = analysis.index(selected)
     image_slot = st.empty()  # the overlay goes above its controls, but is drawn once they have values
     c1, c2, c3 = st.columns(3)
-    colormap = c1.selectbox("Colour map", COLORMAPS, key="cam_colormap")
+    colormap = c1.selectbox("Colour map", COLORMAPS, key="cam_colormap",
+                            help="Perceptually uniform, colour-blind-safe maps only.")
     opacity = c2.slider("Opacity", 0.0, 1.0, 0.45, 0.05, key="cam_opacity")
     threshold = c3.slider(
         "Hide below", 0.0, 1.0, 0.2, 0.05, key="cam_threshold",
@@ -173,10 +205,10 @@ def _cam(ctx: Context) -> None:
     )
     image_slot.image(
         cam_overlay(analysis, selected, colormap=colormap, opacity=opacity, threshold=threshold),
-        caption=f"Grad-CAM · {selected} · P = {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f}"
-        + _cam_note(analysis, selected),
+        caption=f"{selected} · {_value(analysis, selected)}",
         width="stretch",
     )
+    st.caption(cam_caption(analysis, selected))
     gallery = st.expander("Gallery: every label above a probability", key="gallery", on_change="rerun")
     if gallery.open is False:  # lazy: the tiles are only drawn while the gallery is open
         return
@@ -194,6 +226,6 @@ def _cam(ctx: Context) -> None:
                     cam_overlay(analysis, label, colormap=colormap, opacity=opacity, threshold=threshold,
                                 max_side=256),
                     caption=f"{label} · {analysis.mc_mean[j]:.2f} ± {analysis.mc_std[j]:.2f}"
-                    + _cam_note(analysis, label),
+                    + ("" if analysis.cams[j].any() else " · relative map (dashed): not evidence"),
                     width="stretch",
                 )

@@ -31,9 +31,9 @@ def render_card(ctx: Context) -> None:
         st.subheader("Summary")
         st.table(summary_table(card).set_index("field"))
         st.subheader("Intended use")
-        st.write(card.get("intended_use") or "Not stated in the model card.")
+        st.write(card.intended_use or "Not stated in the model card.")
         st.subheader("Limitations")
-        st.write(card.get("limitations") or "Not stated in the model card.")
+        st.write(card.limitations or "Not stated in the model card.")
     with right:
         frame = auroc_frame(card, labels, "test")
         if frame["auroc"].notna().any():
@@ -53,7 +53,7 @@ def render_card(ctx: Context) -> None:
             column.image(str(path), caption=title, width="stretch")
 
     st.subheader("Training data and attribution")
-    data = card.get("data") or {}
+    data = card.data
     st.write(
         f"Images: {data.get('train_images', '?')} train, {data.get('val_images', '?')} validation, "
         f"{data.get('test_images', '?')} test (split by patient)."
@@ -67,15 +67,15 @@ def render_card(ctx: Context) -> None:
         if source["citation"]:
             line += f" — cite: {source['citation']}"
         st.markdown(line)
-    if data.get("attribution"):
-        st.caption(str(data["attribution"]))
+    if card.attribution:
+        st.caption(card.attribution)
 
     penalties = penalty_frame(card)
     calibration = calibration_frame(card, labels)
     left, right = st.columns(2, gap="medium")
     with left:
         st.subheader("Hierarchy penalties")
-        loss = card.get("loss") or {}
+        loss = card.loss
         st.caption(f"Penalty source: {loss.get('penalty_source', 'not reported')}, λ = {loss.get('lambda', '?')}.")
         if penalties.empty:
             st.info("No edge penalties (flat BCE, or none reported).")
@@ -86,12 +86,13 @@ def render_card(ctx: Context) -> None:
         if calibration is None:
             st.info("No temperature scaling reported: probabilities are the raw sigmoid outputs.")
         else:
-            applied = bool((card.get("calibration") or {}).get("applied"))
+            fit = card.calibration
+            shared = f" (shared value {fit.shared_temperature:.3f})" if fit.shared_temperature else ""
             st.caption(
-                f"Per-label temperature fitted on {card['calibration'].get('fitted_on', '?')}; "
-                + ("applied to every probability shown." if applied else "not applied.")
+                f"{fit.method}{shared}; fitted on {fit.fitted_on or '?'}; "
+                + ("applied to every probability shown." if fit.applied else "not applied.")
             )
             st.dataframe(calibration, hide_index=True, width="stretch", key="card_calibration")
-    if card.get("reproduce"):
+    if card.reproduce:
         st.subheader("Reproduce")
-        st.code(str(card["reproduce"]), language="bash")
+        st.code(card.reproduce, language="bash")

@@ -14,14 +14,21 @@ MAX_COMPARED = 4
 
 def render_compare(ctx: Context) -> None:
     """Draw the comparison of the chosen variants on the current image."""
-    names = ctx.scan.names()
+    names = ctx.scan.distinct_names()
+    for name in ctx.scan.names():
+        same = ctx.scan.same_as(name)
+        if same and name in names:
+            st.info(f"**{' ≡ '.join([name, *same])}** are one model: the paper's hard penalty "
+                    "1[p_parent < 0.5 < p_child] has no gradient, so training with it gives exactly the BCE model "
+                    "(identical tensors). It is listed once.", icon=":material/info:")
     if len(names) < 2:
-        st.info("Only one model variant is available in the weights folder; a comparison needs at least two.")
+        st.info("Only one distinct model is available in the weights folder; a comparison needs at least two.")
         return
-    default = [ctx.variant] + [n for n in names if n != ctx.variant]
+    current = ctx.variant if ctx.variant in names else names[0]
+    default = [current] + [n for n in names if n != current]
     chosen = st.multiselect(
         "Variants to compare", names, default=default[:MAX_COMPARED], max_selections=MAX_COMPARED,
-        key="compare_variants", help="Pick two to four variants; the image is analysed once per variant.",
+        key="compare_variants", help="Pick two to four distinct models; the image is analysed once per variant.",
     )
     if len(chosen) < 2:
         st.info("Pick at least two variants to compare.")
@@ -37,7 +44,8 @@ def render_compare(ctx: Context) -> None:
     st.subheader("Probabilities by variant")
     st.plotly_chart(grouped_bar_figure(analyses, labels=frame["label"].tolist()), key="compare_bars",
                     config={"displaylogo": False})
-    st.caption("Bars: MC mean; whiskers: ± one standard deviation. Labels sorted by disagreement, largest first.")
+    st.caption("Bars: MC mean; whiskers: ± one standard deviation. Labels sorted by disagreement, largest first; "
+               "labels a variant never learnt are left out.")
 
     left, right = st.columns([1.2, 1.0], gap="medium")
     with left:
@@ -46,7 +54,8 @@ def render_compare(ctx: Context) -> None:
                      column_config={c: st.column_config.NumberColumn(format="%.3f")
                                     for c in frame.columns if c != "label"})
     with right:
-        st.markdown(f"**Taxonomy violations** (threshold {next(iter(analyses.values())).threshold:.2f})")
+        threshold = next(iter(analyses.values())).threshold
+        st.markdown(f"**Taxonomy violations** (child above {threshold:.2f} while its parent is below)")
         violations = violations_frame(analyses)
         if violations.empty:
             st.success("None of these variants puts a child above the threshold while its parent is below it.")
@@ -66,8 +75,12 @@ def render_compare(ctx: Context) -> None:
         analysis = analyses[name]
         i = analysis.index(label)
         with column:
+            if not analysis.learnt(label):
+                st.info(f"{name} never learnt {label}: no map.")
+                continue
             st.image(cam_overlay(analysis, label, opacity=0.45, threshold=0.2, max_side=384), width=400,
-                     caption=f"{name} · {label} · {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f}")
+                     caption=f"{name} · {label} · {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f}"
+                     + ("" if analysis.cams[i].any() else " · relative map (dashed): not evidence"))
 
     if st.toggle("Show the taxonomy trees side by side", key="compare_trees"):
         per_row = 2
@@ -77,6 +90,7 @@ def render_compare(ctx: Context) -> None:
                 with column:
                     st.plotly_chart(
                         taxonomy_figure(analyses[name], ctx.taxonomy, auroc=ctx.test_auroc(name), selected=label,
-                                        height=480, title=name),
+                                        height=480, title=name,
+                                        training_positives=ctx.get_variant(name).card.training_positives),
                         key=f"compare_tree_{name}", config={"displaylogo": False, "displayModeBar": False},
                     )

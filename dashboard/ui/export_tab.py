@@ -17,9 +17,10 @@ def render_export(ctx: Context) -> None:
     stem = f"hicxr_{analysis.model_id}_{analysis.image_sha256[:10]}"
     st.write(
         "The exports hold the model's outputs, the image's technical metadata and a hash of the file: no file "
-        "name and no patient data."
+        "name and no patient data. The PDF shows the label selected in the Analysis tab "
+        f"(**{ctx.selected_label()}**) on the image as you windowed it there."
     )
-    summary = {"variant": variant.name, "test_macro_auroc": variant.test_macro_auroc, "loss": variant.loss}
+    summary = {"variant": variant.name, "test_macro_auroc": variant.test_macro_auroc, "loss": variant.card.loss}
     row = st.container(horizontal=True, gap="medium")
     row.download_button(
         "Download JSON", analysis_json(analysis, summary), file_name=f"{stem}.json", mime="application/json",
@@ -30,7 +31,9 @@ def render_export(ctx: Context) -> None:
         on_click="ignore", icon=":material/table:",
     )
     row.download_button(
-        "Download PDF report", partial(pdf_report, analysis, test_auroc=ctx.test_auroc()),
+        "Download PDF report",
+        partial(pdf_report, analysis, test_auroc=ctx.test_auroc(), attribution=variant.card.attribution,
+                label=ctx.selected_label(), display_image=ctx.display_image()),
         file_name=f"{stem}.pdf", mime="application/pdf", key="download_pdf", on_click="ignore",
         icon=":material/picture_as_pdf:", type="primary",
     )

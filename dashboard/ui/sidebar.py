@@ -44,12 +44,14 @@ def render_sidebar(scan: RegistryScan) -> Choice:
             help="Real, public, de-identified images; see dashboard/samples/ATTRIBUTION.md.",
         )
         st.header("Model")
-        names = scan.names()
+        names = scan.distinct_names()
         default = default_variant(scan.weights_dir)
         descriptions = {v.name: v.description for v in scan.variants}
         variant = st.selectbox(
             "Variant", names, index=names.index(default) if default in names else 0, key="variant",
-            help="Each variant is a model trained with a different loss; the Model card tab describes it.",
+            format_func=lambda n: " ≡ ".join([n, *scan.same_as(n)]),
+            help="Each variant is a model trained with a different loss; names joined by ≡ are one model (identical "
+                 "weights). The Model card tab describes each.",
         )
         st.caption(descriptions.get(variant, ""))
         mc = st.slider(

@@ -109,10 +109,19 @@ class Context:
 
     def test_auroc(self, name: str | None = None) -> dict[str, float | None]:
         """Per-label test AUROC from a variant's model card (the sidebar's variant by default)."""
-        return self.get_variant(name or self.variant).test_per_label_auroc
+        return self.get_variant(name or self.variant).per_label_auroc("test")
+
+    def display_image(self):
+        """The image as the reader displays it (window/level and invert of the Analysis tab's controls)."""
+        from dashboard.components.image_view import display_pixels
+
+        key = self.digest[:12]
+        state = st.session_state
+        return display_pixels(self.image, state.get(f"level_{key}"), state.get(f"width_{key}"),
+                              bool(state.get("invert", False)))
 
     def selected_label(self) -> str:
-        """The label whose Grad-CAM is shown (the top finding until the user picks one)."""
+        """The label whose map is shown (the top learnt finding until the user picks one)."""
         label = st.session_state.get(SELECTED_LABEL)
         if label not in self.analysis.labels:
             label = (self.analysis.top_findings(1) or [self.analysis.labels[0]])[0]

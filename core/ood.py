@@ -1,0 +1,145 @@
+"""Is an image like the training population (adult frontal chest radiographs)? Header rules and feature distance.
+
+Two kinds of evidence, each giving a plain-language warning:
+
+* **What the file says** (:func:`header_warnings`): a DICOM view that is not frontal (lateral and decubitus
+  views) or a patient age under 18 (read as a coarse age band by :mod:`core.imaging`; the age itself is never
+  stored); a body part that is not the chest is flagged by :mod:`core.imaging` itself.
+* **What the image looks like** (:class:`FeatureReference`): the model's own global-average-pooled features of
+  the image, compared with those of its training images. The reference keeps their mean and the top ``k``
+  principal directions; the score is the Mahalanobis distance in that subspace plus the residual energy outside
+  it (each term divided by its training mean, so both count alike). An image scoring above the threshold is
+  flagged.
+
+The threshold must hold on images the model has *not* seen, whose features lie further out than its training
+images'. It is set with the cross-validation folds (:func:`transfer_quantile`): for each fold model, the share of
+its held-out images scoring above each quantile of its own training scores is measured, and the quantile whose
+held-out exceedance equals the target false-alarm rate is carried over to the final model's training scores.
+
+The reference is stored as tensors ``ood.mean``, ``ood.components``, ``ood.variances`` and ``ood.residual`` in the
+weights file (the model loader ignores the ``ood.`` prefix) and described in the card's ``ood`` section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+PREFIX = "ood."
+NON_FRONTAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "RLD", "LLD", "LLO", "RLO", "OBL"})
+
+
+@dataclass(frozen=True)
+class FeatureReference:
+    """Mean, principal directions and variances of training features, and the flagging threshold.
+
+    Attributes:
+        mean: ``(K,)`` feature mean.
+        components: ``(k, K)`` orthonormal principal directions.
+        variances: ``(k,)`` variance along each direction.
+        residual: Mean squared residual outside the subspace, per dimension (scale of the second term).
+        scale: ``(2,)`` training means of the two score terms (they are divided by these).
+        threshold: Score above which an image is flagged.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    variances: np.ndarray
+    residual: float
+    scale: np.ndarray
+    threshold: float = float("inf")
+
+    @classmethod
+    def fit(cls, features: np.ndarray, k: int = 32) -> FeatureReference:
+        """Fit the reference on training features ``(N, K)`` (threshold left at infinity)."""
+        x = np.asarray(features, dtype=np.float64)
+        mean = x.mean(axis=0)
+        centred = x - mean
+        k = int(min(k, x.shape[0] - 1, x.shape[1]))
+        _, s, vt = np.linalg.svd(centred, full_matrices=False)
+        variances = (s[:k] ** 2) / max(x.shape[0] - 1, 1)
+        components = vt[:k]
+        resid = centred - (centred @ components.T) @ components
+        residual = float((resid**2).sum(axis=1).mean()) + 1e-12
+        ref = cls(mean, components, np.maximum(variances, 1e-12), residual, np.ones(2))
+        terms = ref._terms(x)
+        return cls(mean, components, ref.variances, residual, terms.mean(axis=0) + 1e-12)
+
+    def _terms(self, features: np.ndarray) -> np.ndarray:
+        centred = np.asarray(features, dtype=np.float64) - self.mean
+        proj = centred @ self.components.T
+        mahalanobis = (proj**2 / self.variances).sum(axis=1)
+        resid = centred - proj @ self.components
+        return np.stack([mahalanobis, (resid**2).sum(axis=1) / self.residual], axis=1)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Distance score ``(N,)`` of features ``(N, K)`` (about 2 on average for the training images)."""
+        return (self._terms(features) / self.scale).sum(axis=1)
+
+    def with_threshold(self, threshold: float) -> FeatureReference:
+        """A copy flagging scores above ``threshold``."""
+        return FeatureReference(self.mean, self.components, self.variances, self.residual, self.scale,
+                                float(threshold))
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors to store in the weights file (float32, ``ood.`` prefix)."""
+        def t(a: Any) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(a, dtype=np.float32)).contiguous()
+
+        return {f"{PREFIX}mean": t(self.mean), f"{PREFIX}components": t(self.components),
+                f"{PREFIX}variances": t(self.variances), f"{PREFIX}residual": t([self.residual]),
+                f"{PREFIX}scale": t(self.scale), f"{PREFIX}threshold": t([self.threshold])}
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> FeatureReference | None:
+        """The reference stored in a weights file, or ``None`` when it has none."""
+        needed = ("mean", "components", "variances", "residual", "scale", "threshold")
+        if not all(f"{PREFIX}{n}" in tensors for n in needed):
+            return None
+        a = {n: tensors[f"{PREFIX}{n}"].double().numpy() for n in needed}
+        return cls(a["mean"], a["components"], a["variances"], float(a["residual"][0]), a["scale"],
+                   float(a["threshold"][0]))
+
+
+def transfer_quantile(train_scores: Sequence[np.ndarray], held_out_scores: Sequence[np.ndarray],
+                      false_alarm: float) -> float:
+    """The quantile ``q`` of training scores whose exceedance on held-out images is ``false_alarm`` (CV folds).
+
+    For each fold ``f`` and candidate ``q``, the held-out images scoring above the ``q``-quantile of fold ``f``'s
+    training scores are counted; the smallest ``q`` whose pooled exceedance is at most ``false_alarm`` is returned.
+    """
+    candidates = np.linspace(0.5, 1.0, 501)
+    for q in candidates:
+        flagged = total = 0
+        for train, held in zip(train_scores, held_out_scores, strict=True):
+            flagged += int((np.asarray(held) > np.quantile(train, q)).sum())
+            total += len(held)
+        if total and flagged / total <= false_alarm:
+            return float(q)
+    return 1.0
+
+
+def header_warnings(metadata: Mapping[str, Any]) -> list[str]:
+    """Warnings from what the file says about itself (view, age band); empty when nothing is odd.
+
+A body part other than the chest is already flagged by :mod:`core.imaging` when the file is read."""
+    out = []
+    view = str(metadata.get("view_position") or "").upper()
+    if view in NON_FRONTAL_VIEWS:
+        out.append(f"The file says this is a {view} view; the models were trained on frontal (PA/AP) films only.")
+    if metadata.get("age_group") == "child":
+        out.append("The file gives a patient age under 18; the models were trained on adult radiographs only.")
+    return out
+
+
+def feature_warning(score: float, reference: FeatureReference) -> str | None:
+    """The warning for a feature-distance score above the reference's threshold, else ``None``."""
+    if not np.isfinite(score) or score <= reference.threshold:
+        return None
+    return ("This image is unlike the adult frontal chest radiographs the model was trained on (its features lie "
+            f"far from theirs: score {score:.1f}, flagged above {reference.threshold:.1f}); treat every output "
+            "with extra caution.")

@@ -1,0 +1,46 @@
+"""Out-of-distribution reference: features unlike the training features score high; thresholds transfer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.model import ModelConfig, build_model, load_model, read_extra_tensors, save_model
+from core.ood import FeatureReference, feature_warning, header_warnings, transfer_quantile
+
+
+def test_reference_scores_shifted_features_higher_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(0, 1, (64, 64))
+    train = rng.normal(0, 1, (400, 64)) @ mixing
+    near = rng.normal(0, 1, (100, 64)) @ mixing  # new draws from the training distribution
+    far = near + 40.0 * rng.normal(0, 1, (100, 64))
+    ref = FeatureReference.fit(train, k=16).with_threshold(10.0)
+    assert ref.score(train).mean() == pytest.approx(2.0, rel=0.05)
+    assert np.median(ref.score(far)) > 5 * np.median(ref.score(near))
+    assert np.median(ref.score(near)) < 4
+    model = build_model(ModelConfig.for_taxonomy(input_size=64))
+    path = save_model(model, tmp_path / "m.safetensors", extra=ref.to_tensors())
+    back = FeatureReference.from_tensors(read_extra_tensors(path))
+    np.testing.assert_allclose(back.score(far), ref.score(far), rtol=1e-4)
+    assert back.threshold == 10.0
+    load_model(path)  # the loader leaves the ood.* tensors out of the model
+    with pytest.raises(ValueError, match="named under"):
+        save_model(model, tmp_path / "x.safetensors", extra={"bad": torch.zeros(1)})
+
+
+def test_transfer_quantile_matches_the_held_out_false_alarm_rate():
+    rng = np.random.default_rng(1)
+    train = [rng.normal(0, 1, 1000) for _ in range(3)]
+    held = [rng.normal(0.5, 1, 300) for _ in range(3)]  # unseen images score higher than training ones
+    q = transfer_quantile(train, held, 0.05)
+    flagged = np.mean(np.concatenate([h > np.quantile(t, q) for t, h in zip(train, held, strict=True)]))
+    assert flagged <= 0.05 and q > 0.97
+
+
+def test_header_warnings_and_feature_warning():
+    assert header_warnings({"view_position": "LL"}) and header_warnings({"age_group": "child"})
+    assert header_warnings({"view_position": "PA", "age_group": "adult", "body_part": "CHEST"}) == []
+    ref = FeatureReference(np.zeros(2), np.eye(2), np.ones(2), 1.0, np.ones(2), threshold=3.0)
+    assert feature_warning(2.0, ref) is None and "unlike" in feature_warning(5.0, ref)
