@@ -2,12 +2,12 @@
 
 Examples::
 
-    python train.py --config configs/nih_hbce_soft.yaml --export weights/hbce_soft
+    python train.py --config configs/nih_hbce_soft_data.yaml --export weights/hbce_soft
     python train.py --config configs/nih_bce.yaml --set optim.lr=1e-4 --set train.batch_size=16
     python train.py --config configs/nih_bce.yaml --resume           # continue runs/nih_bce/ from its last epoch
-    torchrun --nproc_per_node=2 train.py --config configs/nih_hbce_soft.yaml   # DDP (gloo on CPU, nccl on GPU)
-    python train.py --config configs/nih_hbce_soft.yaml --cv 5     # patient-level 5-fold CV over train+val
-    python train.py --config configs/nih_hbce_soft.yaml --fit-from-cv runs/nih_hbce_soft_cv5 --export weights/X
+    torchrun --nproc_per_node=2 train.py --config configs/nih_hbce_soft_data.yaml   # DDP (gloo on CPU, nccl on GPU)
+    python train.py --config configs/nih_hbce_soft_data.yaml --cv 5     # patient-level 5-fold CV over train+val
+    python train.py --config configs/nih_hbce_soft_data.yaml --fit-from-cv runs/nih_hbce_soft_cv5 --export weights/X
 
 Writes ``runs/<name>/`` (``config.yaml``, ``metrics.csv``, ``checkpoints/``); with ``--export weights/VARIANT``
 also ``weights/VARIANT.safetensors`` (fp16), ``weights/VARIANT.json`` (model card with test metrics) and the
@@ -28,7 +28,7 @@ from core.config import ConfigError, load_config, resolve_path
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line arguments."""
     parser = argparse.ArgumentParser(description="Train a HiCXR variant from a YAML config.")
-    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/nih_hbce_soft.yaml")
+    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/nih_hbce_soft_data.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoints/last")

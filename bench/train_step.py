@@ -11,7 +11,7 @@ pair). On CPU the step time is this process's CPU time (``time.process_time``), 
 time mostly measures the other processes (pre-emption swings a 2 s step by +-50 %); on CUDA it is wall time after
 synchronising. Wall-clock medians are printed too.
 
-    python bench/train_step.py [--config configs/nih_hbce_soft.yaml] [--size S] [--batch B] [--reps 7]
+    python bench/train_step.py [--config configs/nih_hbce_soft_data.yaml] [--size S] [--batch B] [--reps 7]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _sync(device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/nih_hbce_soft.yaml")
+    parser.add_argument("--config", default="configs/nih_hbce_soft_data.yaml")
     parser.add_argument("--size", type=int, default=None, help="input size (default: the config's)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the config's)")
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions of each step kind")
