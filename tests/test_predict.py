@@ -57,7 +57,8 @@ def test_csv_all_variants_with_a_bad_file(image_dir: Path, weights: Path, tmp_pa
     rows = _read_csv(out)
     assert len(rows) == 4 * 2
     labels = list(taxonomy.labels)
-    expected_columns = ["file", "variant", "error", "warnings"] + [c for label in labels for c in (label, f"{label}_std")]
+    expected_columns = ["file", "variant", "error", "warnings"] + [
+        c for label in labels for c in (label, f"{label}_std")]
     assert list(rows[0].keys()) == expected_columns
     assert {r["variant"] for r in rows} == {"bce", "hbce_soft"}
     bad = [r for r in rows if r["file"].endswith("broken.png")]
