@@ -25,6 +25,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: Default memory the uint8 image cache may take (all splits together); above it images are streamed.
+DEFAULT_CACHE_BUDGET_MB = 4096.0
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid: unknown key, wrong type, bad value or missing file."""
@@ -52,7 +55,17 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    """Where the labels and images are and how to split them."""
+    """Where the labels and images are, how to split them, and whether images are cached or streamed.
+
+    ``format`` is ``nih``, ``chexpert``, ``mimic`` (MIMIC-CXR-JPG's ``mimic-cxr-2.0.0-chexpert.csv``, with the
+    metadata and split files found beside it) or ``auto`` (from the table's columns). ``official_split`` uses a
+    dataset's own split files when they are found (CheXpert ``valid.csv``, NIH ``train_val_list.txt`` and
+    ``test_list.txt``, MIMIC ``mimic-cxr-2.0.0-split.csv``). ``views`` keeps ``frontal`` (PA/AP) images only, or
+    ``all``; ``auto`` is frontal for MIMIC and all for the others. ``cache`` keeps decoded images as uint8 only
+    while they fit ``cache_budget_mb`` (all splits together); otherwise they are streamed by ``num_workers``
+    DataLoader workers. ``jpeg_draft`` lets large JPEGs decode at a reduced scale (a power of 2, never below
+    the input size) before the resize.
+    """
 
     csv: str = ""
     images: str = ""
@@ -74,6 +87,10 @@ class DataConfig:
     cv_folds: int = 0
     cv_fold: int = 0
     fit_on: str = "train"
+    views: str = "auto"
+    official_split: bool = True
+    cache_budget_mb: float = DEFAULT_CACHE_BUDGET_MB
+    jpeg_draft: bool = False
 
 
 @dataclass
@@ -183,7 +200,8 @@ class Config:
 
 #: Allowed values of string fields, checked by :func:`validate`.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.format": ("auto", "nih", "chexpert"),
+    "data.format": ("auto", "nih", "chexpert", "mimic"),
+    "data.views": ("auto", "frontal", "all"),
     "data.uncertainty_policy": ("U-Ones", "U-Zeros", "U-Ignore"),
     "data.blank": ("zero", "unknown"),
     "data.abnormal_rule": ("not_no_finding", "any_child"),
@@ -360,6 +378,8 @@ def validate(config: Config, source: str = "config") -> Config:
         raise ConfigError(f"{source}: model.dropout must be in [0, 1), got {config.model.dropout}")
     if config.data.num_workers < 0:
         raise ConfigError(f"{source}: data.num_workers must be >= 0")
+    if not config.data.cache_budget_mb >= 0:
+        raise ConfigError(f"{source}: data.cache_budget_mb must be >= 0, got {config.data.cache_budget_mb}")
     if len(config.data.augment.scale) != 2 or config.data.augment.scale[0] > config.data.augment.scale[1]:
         raise ConfigError(f"{source}: data.augment.scale must be [low, high], got {config.data.augment.scale}")
     fractions = config.data.split_fractions

@@ -5,40 +5,48 @@ Each item is ``(image, targets, mask, index)``: ``image`` is a ``(1, S, S)`` flo
 :func:`core.preprocess.normalize`), ``targets`` ``(L,)`` float32, ``mask`` ``(L,)`` bool (known labels, for the
 masked loss) and ``index`` the row in the dataset's :class:`~core.labels.LabelSet`.
 
-Splits come from a split column (NIH ``labels.csv`` has ``split`` = train/val/test, fixed by patient) or, for
-tables without one, from a hash of the patient id, so that all images of a patient land in the same split and
-the split never changes between runs or machines.
+Tables are read by :mod:`core.datasets` (NIH, CheXpert, MIMIC-CXR-JPG in their released layouts). Splits come
+from a dataset's official split files where it has them (MIMIC's split file, NIH's list files, CheXpert's
+``valid.csv``), else from a split column (NIH ``labels.csv`` has ``split`` = train/val/test, fixed by patient)
+or, for tables without one, from a hash of the patient id, so that all images of a patient land in the same
+split and the split never changes between runs or machines.
 
-With ``cache=True`` every image is decoded and resized once and kept as ``uint8`` (1,571 NIH images at 256 px are
-about 100 MB); augmentation then runs on the cached arrays. The cached image is quantised to 8 bits after
-resizing, which differs from the float path by at most 1/510.
+With ``cache=True`` every image is decoded and resized once and kept as ``uint8`` in one ``(N, S, S)`` array
+(1,571 NIH images at 256 px are about 100 MB); augmentation then runs on the cached arrays. The cached image is
+quantised to 8 bits after resizing, which differs from the float path by at most 1/510. The cache is used only
+while all splits together fit ``data.cache_budget_mb`` (CheXpert's 223k images at 320 px would take 23 GB):
+above it, images are decoded on the fly by the DataLoader's ``data.num_workers`` worker processes. Per-row data
+is held in numpy arrays (paths as one fixed-width byte array), so forked workers share it instead of copying
+Python objects they touch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
-from core.config import AugmentConfig, Config, DataConfig, resolve_path
-from core.imaging import ImageError, read_image, to_uint8
-from core.labels import LabelError, LabelSet, detect_format, read_label_csv
-from core.preprocess import resize_square
+from core.config import DEFAULT_CACHE_BUDGET_MB, AugmentConfig, Config, DataConfig, resolve_path
+from core.datasets import read_table
+from core.datasets.decode import decode_many, load_resized
+from core.datasets.splits import SPLITS, SplitError, hash_split, normalise_split_names
+from core.imaging import ImageError
+from core.labels import LabelError, LabelSet
 from core.taxonomy import Taxonomy
 
-log = logging.getLogger(__name__)
+__all__ = ["SPLITS", "DataError", "RandomDegrade", "RandomGamma", "XrayDataset", "build_augment", "build_datasets",
+           "cache_bytes", "cv_folds", "hash_split", "load_splits", "patient_ids", "split_assignments", "split_table"]
 
-SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -48,36 +56,11 @@ class DataError(ValueError):
 # ------------------------------------------------------------------------------------------------ splits
 
 
-def hash_split(patient_ids: Sequence, fractions: dict[str, float], salt: str = "hicxr") -> np.ndarray:
-    """Deterministic split per row from a hash of the patient id (same patient -> same split, on any machine).
-
-    Args:
-        patient_ids: One id per row.
-        fractions: ``{"train": f, "val": f, "test": f}``; normalised to sum to 1.
-        salt: Mixed into the hash so that another salt gives another (still deterministic) split.
-
-    Returns:
-        Array of split names, one per row.
-    """
-    total = sum(fractions[s] for s in SPLITS)
-    if total <= 0:
-        raise DataError("split fractions must not all be 0")
-    edges = np.cumsum([fractions[s] / total for s in SPLITS])
-    out = []
-    for pid in patient_ids:
-        digest = hashlib.sha256(f"{salt}:{pid}".encode()).digest()
-        u = int.from_bytes(digest[:8], "big") / 2**64
-        out.append(SPLITS[min(int(np.searchsorted(edges, u, side="right")), len(SPLITS) - 1)])
-    return np.array(out, dtype=object)
-
-
 def split_assignments(labels: LabelSet, data: DataConfig, source: str = "label table") -> np.ndarray:
     """The split name of every row: from ``data.split_column`` if the table has it, else by patient hash."""
     meta = labels.metadata
     if data.split_column and data.split_column in meta.columns:
-        values = meta[data.split_column].astype(str).str.strip().str.lower().to_numpy(dtype=object)
-        values = np.where(values == "valid", "val", values)
-        values = np.where(values == "validation", "val", values)
+        values = normalise_split_names(meta[data.split_column])
         bad = sorted(set(values) - set(SPLITS))
         if bad:
             raise DataError(f"{source}: column {data.split_column!r} has value(s) {bad}; expected train, val, test")
@@ -87,7 +70,22 @@ def split_assignments(labels: LabelSet, data: DataConfig, source: str = "label t
             f"{source}: no split column {data.split_column!r} and no patient column {data.patient_column!r} "
             "to split by patient"
         )
-    return hash_split(meta[data.patient_column].astype(str).tolist(), data.split_fractions, data.split_salt)
+    try:
+        return hash_split(meta[data.patient_column].astype(str).tolist(), data.split_fractions, data.split_salt)
+    except SplitError as exc:
+        raise DataError(f"{source}: {exc}") from None
+
+
+def split_table(data: DataConfig, taxonomy: Taxonomy | None = None) -> tuple[LabelSet, np.ndarray]:
+    """Every row of ``data.csv`` (as :func:`core.datasets.read_table` reads it) and its split name.
+
+    The split is the dataset's official one where it has one (and ``data.official_split`` is on), else
+    :func:`split_assignments`'.
+    """
+    table = read_table(data, taxonomy)
+    if table.assignment is not None:
+        return table.labels, table.assignment
+    return table.labels, split_assignments(table.labels, data, table.source)
 
 
 def cv_folds(patient_ids: Sequence, k: int, salt: str = "hicxr-cv") -> np.ndarray:
@@ -122,11 +120,7 @@ def load_splits(config: Config, taxonomy: Taxonomy | None = None) -> dict[str, L
         DataError: a split value is unknown.
     """
     data = config.data
-    csv = resolve_path(data.csv)
-    fmt = data.format if data.format != "auto" else _sniff_format(csv)
-    kwargs = {"policy": data.uncertainty_policy, "blank": data.blank} if fmt == "chexpert" else {}
-    labels = read_label_csv(csv, fmt=fmt, taxonomy=taxonomy, abnormal_rule=data.abnormal_rule, **kwargs)
-    assignment = split_assignments(labels, data, str(csv))
+    labels, assignment = split_table(data, taxonomy)
     if data.cv_folds:
         pool = np.flatnonzero((assignment == "train") | (assignment == "val"))
         folds = cv_folds(patient_ids(labels.subset(pool), data), data.cv_folds)
@@ -136,15 +130,6 @@ def load_splits(config: Config, taxonomy: Taxonomy | None = None) -> dict[str, L
     if data.fit_on == "train+val":
         out["train"] = labels.subset((assignment == "train") | (assignment == "val"))
     return out
-
-
-def _sniff_format(csv: Path) -> str:
-    """``nih`` or ``chexpert`` from the header, or ``auto`` to let :func:`read_label_csv` report the problem."""
-    try:
-        columns = pd.read_csv(csv, nrows=0).columns
-        return detect_format(columns)
-    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        return "auto"
 
 
 # --------------------------------------------------------------------------------------------- transforms
@@ -227,10 +212,14 @@ class XrayDataset(Dataset):
         image_root: Folder the label paths are relative to.
         input_size: Square side of the output tensors.
         augment: Optional transform of a ``(1, S, S)`` float tensor (training only).
-        cache: Decode and resize every image once, keep ``uint8`` arrays in memory.
+        cache: Decode and resize every image once, keep them as one ``uint8`` array in memory -- if it fits
+            ``cache_budget_mb``; otherwise images are decoded on every access (streamed), with a logged warning.
         on_error: ``raise`` (default) on an unreadable image, naming the file; ``skip`` drops such rows with one
             warning listing them (this decodes every image up front to find them).
         progress: Show a tqdm bar while caching or checking.
+        cache_budget_mb: Most memory the cache may take; None for no limit.
+        num_workers: Worker processes that decode the images up front (cache or ``skip`` check); 0: this one.
+        jpeg_draft: Decode large JPEGs at a reduced scale (see :mod:`core.datasets.decode`).
     """
 
     def __init__(
@@ -242,6 +231,9 @@ class XrayDataset(Dataset):
         cache: bool = False,
         on_error: str = "raise",
         progress: bool = True,
+        cache_budget_mb: float | None = DEFAULT_CACHE_BUDGET_MB,
+        num_workers: int = 0,
+        jpeg_draft: bool = False,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -249,65 +241,86 @@ class XrayDataset(Dataset):
         self.input_size = int(input_size)
         self.augment = augment
         self.on_error = on_error
+        self.jpeg_draft = bool(jpeg_draft)
         self.skipped: list[str] = []
         if not self.image_root.is_dir():
             raise DataError(f"image folder {self.image_root} not found")
-        missing = [p for p in labels.paths if not (self.image_root / p).is_file()]
+        root = str(self.image_root)
+        missing = [p for p in labels.paths if not os.path.isfile(os.path.join(root, p))]
         if missing and on_error == "raise":
             raise DataError(
                 f"{len(missing)} image file(s) listed in the label table are missing from {self.image_root}, "
                 f"e.g. {', '.join(missing[:5])}"
             )
-        self._cache: list[np.ndarray] | None = None
+        need = cache_bytes(len(labels), self.input_size)
+        if cache and cache_budget_mb is not None and need > cache_budget_mb * 2**20:
+            log.warning("not caching %d images at %d px: %.1f GB of uint8 exceed the cache budget of %.0f MB; "
+                        "decoding them on the fly instead", len(labels), self.input_size, need / 1e9, cache_budget_mb)
+            cache = False
+        self._cache: np.ndarray | None = None
+        paths = _path_array(labels.paths)
         if cache or on_error == "skip":
-            keep, arrays = self._decode_all(labels, progress, store=cache)
+            keep, arrays = self._decode_all(paths, progress, store=cache, workers=num_workers)
             if len(keep) < len(labels):
-                self.skipped = [labels.paths[i] for i in range(len(labels)) if i not in set(keep)]
+                dropped = np.setdiff1d(np.arange(len(labels)), keep)
+                self.skipped = [labels.paths[i] for i in dropped]
                 warnings.warn(
                     f"skipped {len(self.skipped)} unreadable image(s): {', '.join(self.skipped[:20])}"
                     + (" ..." if len(self.skipped) > 20 else ""),
                     stacklevel=2,
                 )
-                labels = labels.subset(keep)
+                labels, paths = labels.subset(keep), paths[keep]
             self._cache = arrays if cache else None
         self.labels = labels
+        # Paths as one byte array, not a list of str: DataLoader workers read it without touching refcounts.
+        self._paths = paths
         self._targets = torch.from_numpy(np.ascontiguousarray(labels.targets, dtype=np.float32))
         self._mask = torch.from_numpy(np.ascontiguousarray(labels.mask, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def cached(self) -> bool:
+        """Whether the images are held in memory (else decoded on every access)."""
+        return self._cache is not None
+
     def _load(self, rel: str) -> np.ndarray:
         """Decode one image and resize it to ``(S, S)`` float32 in [0, 1]; errors name the file."""
         path = self.image_root / rel
         try:
-            pixels = read_image(path).pixels
+            return load_resized(path, self.input_size, self.jpeg_draft)
         except ImageError as exc:
             raise DataError(f"{path}: cannot read image: {exc}") from None
-        return resize_square(pixels, self.input_size)
 
-    def _decode_all(self, labels: LabelSet, progress: bool, store: bool) -> tuple[list[int], list[np.ndarray]]:
-        keep: list[int] = []
-        arrays: list[np.ndarray] = []
+    def _decode_all(self, paths: np.ndarray, progress: bool, store: bool,
+                    workers: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Decode every image once: the row indices that decoded, and (``store``) their uint8 images."""
+        n, size = len(paths), self.input_size
+        arrays = np.empty((n, size, size), dtype=np.uint8) if store else None
+        ok = np.zeros(n, dtype=bool)
         desc = "caching images" if store else "checking images"
-        for i, rel in enumerate(tqdm(labels.paths, desc=desc, unit="img", disable=not progress, leave=False)):
-            try:
-                arr = self._load(rel)
-            except DataError as exc:
+        for i, image, error in decode_many(self.image_root, paths, size, draft=self.jpeg_draft, workers=workers,
+                                           progress=progress, desc=desc):
+            if error is not None:
+                exc = DataError(f"{self.image_root / paths[i].decode()}: cannot read image: {error}")
                 if self.on_error == "raise":
-                    raise
+                    raise exc
                 log.warning("%s", exc)
                 continue
-            keep.append(i)
-            if store:
-                arrays.append(to_uint8(arr))
+            ok[i] = True
+            if arrays is not None:
+                arrays[i] = image
+        keep = np.flatnonzero(ok)
+        if arrays is not None and len(keep) < n:
+            arrays = arrays[keep]
         return keep, arrays
 
     def image(self, index: int) -> torch.Tensor:
         """The un-augmented ``(1, S, S)`` float32 image of row ``index``."""
         if self._cache is not None:
             return torch.from_numpy(self._cache[index]).float().div_(255.0)[None]
-        return torch.from_numpy(self._load(self.labels.paths[index]))[None]
+        return torch.from_numpy(self._load(self._paths[index].decode()))[None]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         x = self.image(index)
@@ -324,24 +337,49 @@ class XrayDataset(Dataset):
         return np.asarray(self.labels.paths, dtype=object)
 
 
+def cache_bytes(n_images: int, input_size: int) -> int:
+    """Bytes a uint8 cache of ``n_images`` images at ``input_size`` px takes."""
+    return int(n_images) * int(input_size) ** 2
+
+
+def _path_array(paths: Sequence[str]) -> np.ndarray:
+    """Paths as one fixed-width UTF-8 byte array (``np.bytes_``), decoded again on access."""
+    return np.array([p.encode("utf-8") for p in paths], dtype=np.bytes_) if len(paths) else np.array([], "S1")
+
+
 def build_datasets(
     config: Config, taxonomy: Taxonomy | None = None, splits: Sequence[str] = SPLITS, progress: bool = True
 ) -> dict[str, XrayDataset]:
-    """Datasets for ``splits`` from a config; augmentation on ``train`` only. Empty splits raise ``DataError``."""
+    """Datasets for ``splits`` from a config; augmentation on ``train`` only. Empty splits raise ``DataError``.
+
+    The uint8 cache (``data.cache``) is used only if the requested splits together fit ``data.cache_budget_mb``;
+    otherwise every split streams (a warning says so and what it would have taken).
+    """
     label_sets = load_splits(config, taxonomy)
-    root = resolve_path(config.data.images)
+    data, size = config.data, config.model.input_size
+    root = resolve_path(data.images)
+    for split in splits:
+        if len(label_sets[split]) == 0:
+            raise DataError(f"{resolve_path(data.csv)}: the {split!r} split is empty")
+    cache = data.cache
+    total = sum(len(label_sets[s]) for s in splits)
+    if cache and cache_bytes(total, size) > data.cache_budget_mb * 2**20:
+        log.warning("streaming %d images from %s: a uint8 cache at %d px would take %.1f GB, over "
+                    "data.cache_budget_mb = %.0f; decoding with data.num_workers = %d DataLoader workers",
+                    total, root, size, cache_bytes(total, size) / 1e9, data.cache_budget_mb, data.num_workers)
+        cache = False
     out = {}
     for split in splits:
-        labels = label_sets[split]
-        if len(labels) == 0:
-            raise DataError(f"{resolve_path(config.data.csv)}: the {split!r} split is empty")
         out[split] = XrayDataset(
-            labels,
+            label_sets[split],
             root,
-            config.model.input_size,
-            augment=build_augment(config.data.augment) if split == "train" else None,
-            cache=config.data.cache,
-            on_error=config.data.on_error,
+            size,
+            augment=build_augment(data.augment) if split == "train" else None,
+            cache=cache,
+            on_error=data.on_error,
             progress=progress,
+            cache_budget_mb=None,  # checked above for all splits together
+            num_workers=data.num_workers,
+            jpeg_draft=data.jpeg_draft,
         )
     return out

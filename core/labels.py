@@ -1,6 +1,6 @@
 """Label tables -> a label matrix and a mask of which entries are known.
 
-Two source formats are read:
+Three source formats are read:
 
 * **CheXpert** (``Path, Sex, Age, Frontal/Lateral, AP/PA`` + 14 observations valued ``1``, ``0``, ``-1`` or
   blank). ``-1`` ("uncertain mention") follows an uncertainty policy: ``U-Ones`` (-> 1), ``U-Zeros`` (-> 0) or
@@ -9,6 +9,8 @@ Two source formats are read:
 * **NIH ChestX-ray14** (``Image Index, Finding Labels`` with findings joined by ``|``), mapped onto CheXpert
   labels with :data:`NIH_TO_CHEXPERT`. CheXpert labels NIH never annotates are unknown; NIH-only findings
   (Emphysema, Fibrosis, Hernia) are kept in the metadata column ``nih_only``.
+* **MIMIC-CXR-JPG** (``subject_id, study_id`` + the same 14 observations, one row per study): the CheXpert rules
+  per study, applied to every image of the study by :mod:`core.datasets.mimic`.
 
 Then the derived labels are filled in (:func:`derive_labels`):
 
@@ -171,6 +173,55 @@ def _topological_order(taxonomy: Taxonomy) -> list[str]:
     return [label for layer in taxonomy.layers() for label in layer]
 
 
+def chexpert_matrix(
+    df: pd.DataFrame,
+    taxonomy: Taxonomy,
+    policy: UncertaintyPolicy | str = UncertaintyPolicy.ONES,
+    blank: Literal["zero", "unknown"] = "zero",
+    source: str = "CheXpert table",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The 14 CheXpert observation columns of ``df`` as ``(targets, mask)`` in taxonomy order, before derivation.
+
+    Shared by CheXpert (one row per image) and MIMIC-CXR-JPG (one row per study). Derived columns are left 0 and
+    unknown; :func:`derive_labels` fills them in.
+
+    Raises:
+        LabelError: an observation column is missing or a value is not 1, 0, -1 or blank (the message gives the
+            column and the file's line number).
+    """
+    policy = UncertaintyPolicy(policy)
+    _require_columns(df, list(taxonomy.chexpert_labels), source)
+    n, num = len(df), taxonomy.num_labels
+    targets = np.zeros((n, num), dtype=np.float32)
+    mask = np.zeros((n, num), dtype=bool)
+    for label in taxonomy.chexpert_labels:
+        col = pd.to_numeric(df[label], errors="coerce")
+        # Only cells that failed to parse need the (slow, string) check for whitespace-only blanks.
+        failed = col.isna() & df[label].notna()
+        unparsed = failed.copy()
+        if failed.any():
+            unparsed[failed] = df.loc[failed, label].astype(str).str.strip() != ""
+        bad = (col.notna() & ~col.isin([1, 0, -1])) | unparsed
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            value = str(df[label].iloc[row])
+            raise LabelError(f"{source}: column {label!r} row {row + 2} has value {value!r}; expected 1, 0, -1, blank")
+        values = col.to_numpy(dtype=float)
+        j = taxonomy.index(label)
+        known = ~np.isnan(values)
+        targets[known & (values == 1), j] = 1.0
+        mask[known & (values != -1), j] = True
+        uncertain = known & (values == -1)
+        if policy is UncertaintyPolicy.ONES:
+            targets[uncertain, j] = 1.0
+            mask[uncertain, j] = True
+        elif policy is UncertaintyPolicy.ZEROS:
+            mask[uncertain, j] = True
+        if blank == "zero":
+            mask[~known, j] = True
+    return targets, mask
+
+
 def chexpert_labels(
     df: pd.DataFrame,
     taxonomy: Taxonomy | None = None,
@@ -193,32 +244,8 @@ def chexpert_labels(
         LabelError: a required column is missing or a value is not 1, 0, -1 or blank.
     """
     taxonomy = taxonomy or load_taxonomy()
-    policy = UncertaintyPolicy(policy)
     _require_columns(df, list(CHEXPERT_REQUIRED_COLUMNS) + list(taxonomy.chexpert_labels), source)
-    n, num = len(df), taxonomy.num_labels
-    targets = np.zeros((n, num), dtype=np.float32)
-    mask = np.zeros((n, num), dtype=bool)
-    for label in taxonomy.chexpert_labels:
-        col = pd.to_numeric(df[label], errors="coerce")
-        unparsed = col.isna() & df[label].notna() & (df[label].astype(str).str.strip() != "")
-        bad = (col.notna() & ~col.isin([1, 0, -1])) | unparsed
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            value = str(df[label].iloc[row])
-            raise LabelError(f"{source}: column {label!r} row {row + 2} has value {value!r}; expected 1, 0, -1, blank")
-        values = col.to_numpy(dtype=float)
-        j = taxonomy.index(label)
-        known = ~np.isnan(values)
-        targets[known & (values == 1), j] = 1.0
-        mask[known & (values != -1), j] = True
-        uncertain = known & (values == -1)
-        if policy is UncertaintyPolicy.ONES:
-            targets[uncertain, j] = 1.0
-            mask[uncertain, j] = True
-        elif policy is UncertaintyPolicy.ZEROS:
-            mask[uncertain, j] = True
-        if blank == "zero":
-            mask[~known, j] = True
+    targets, mask = chexpert_matrix(df, taxonomy, policy, blank, source)
     targets, mask = derive_labels(targets, mask, taxonomy, abnormal_rule)
     meta = df.drop(columns=list(taxonomy.chexpert_labels)).reset_index(drop=True)
     if "Patient ID" not in meta.columns:
@@ -249,59 +276,76 @@ def nih_labels(
     mask = np.zeros((n, num), dtype=bool)
     mapped_cols = sorted({taxonomy.index(label) for label in NIH_TO_CHEXPERT.values()})
     mask[:, mapped_cols] = True
-    nih_only: list[str] = []
-    for i, cell in enumerate(df["Finding Labels"].astype(str)):
-        findings = [f.strip() for f in cell.split("|") if f.strip()]
+    # The official table has 112k rows but only ~800 distinct finding combinations: parse each combination once.
+    cells = df["Finding Labels"].astype(str).to_numpy(dtype=object)
+    codes, combos = pd.factorize(cells)
+    no_finding_cols = [taxonomy.index(label) for label in NIH_NO_FINDING_NEGATIVES]
+    combo_only: list[str] = []
+    for c, cell in enumerate(combos):
+        rows = codes == c
+        findings = [f.strip() for f in str(cell).split("|") if f.strip()]
         extra = []
         for finding in findings:
             if finding in NIH_TO_CHEXPERT:
-                targets[i, taxonomy.index(NIH_TO_CHEXPERT[finding])] = 1.0
+                targets[rows, taxonomy.index(NIH_TO_CHEXPERT[finding])] = 1.0
             elif finding in NIH_ONLY_FINDINGS:
                 extra.append(finding)
             else:
-                raise LabelError(f"{source}: row {i + 2} has unknown NIH finding {finding!r}")
-        nih_only.append("|".join(extra))
+                first = int(np.flatnonzero(rows)[0])
+                raise LabelError(f"{source}: row {first + 2} has unknown NIH finding {finding!r}")
+        combo_only.append("|".join(extra))
         if findings == ["No Finding"]:
-            mask[i, [taxonomy.index(label) for label in NIH_NO_FINDING_NEGATIVES]] = True
+            mask[np.ix_(rows, no_finding_cols)] = True
     targets, mask = derive_labels(targets, mask, taxonomy, abnormal_rule)
     meta = df.drop(columns=["Finding Labels"]).reset_index(drop=True)
-    meta["nih_findings"] = df["Finding Labels"].astype(str).to_numpy()
-    meta["nih_only"] = nih_only
+    meta["nih_findings"] = cells
+    meta["nih_only"] = np.asarray(combo_only, dtype=object)[codes] if len(df) else np.array([], dtype=object)
     return LabelSet(df["Image Index"].astype(str).tolist(), targets, mask, taxonomy.labels, meta)
 
 
-def detect_format(columns: list[str] | pd.Index) -> Literal["chexpert", "nih"]:
-    """``nih`` if the table has NIH's ``Finding Labels`` column, ``chexpert`` if it has ``Path``."""
+def detect_format(columns: list[str] | pd.Index) -> Literal["chexpert", "nih", "mimic"]:
+    """``nih`` if the table has NIH's ``Finding Labels`` column, ``chexpert`` if it has ``Path``, ``mimic`` if it has
+    MIMIC-CXR-JPG's ``subject_id`` and ``study_id`` (its labels are per study; the images come from the metadata
+    file beside it)."""
     if "Finding Labels" in columns:
         return "nih"
     if "Path" in columns:
         return "chexpert"
+    if "subject_id" in columns and "study_id" in columns:
+        return "mimic"
     raise LabelError(
-        "unrecognised label table: expected NIH columns ('Image Index', 'Finding Labels') "
-        "or CheXpert columns ('Path' and the 14 observations)"
+        "unrecognised label table: expected NIH columns ('Image Index', 'Finding Labels'), "
+        "CheXpert columns ('Path' and the 14 observations) or MIMIC-CXR-JPG columns ('subject_id', 'study_id' and "
+        "the 14 observations)"
     )
 
 
 def read_label_csv(
     path: str | Path,
-    fmt: Literal["auto", "chexpert", "nih"] = "auto",
+    fmt: Literal["auto", "chexpert", "nih", "mimic"] = "auto",
     taxonomy: Taxonomy | None = None,
     **kwargs,
 ) -> LabelSet:
-    """Read a CheXpert- or NIH-format CSV into a :class:`LabelSet` (format detected from the columns).
+    """Read a CheXpert-, NIH- or MIMIC-format CSV into a :class:`LabelSet` (format detected from the columns).
 
-    Extra keyword arguments go to :func:`chexpert_labels` or :func:`nih_labels`.
+    Extra keyword arguments go to :func:`chexpert_labels` or :func:`nih_labels` (for MIMIC, to
+    :func:`core.datasets.mimic.read_mimic`, which also reads the metadata file beside the CSV, and the official
+    split into metadata column ``split`` where the split file is there too; images of every view are returned).
+    A ``.csv.gz`` beside a missing ``.csv`` is read instead.
 
     Raises:
         LabelError: the file is missing or unreadable, or columns/values are wrong; the message names the file.
     """
     path = Path(path)
-    try:
-        df = pd.read_csv(path)
-    except FileNotFoundError:
-        raise LabelError(f"{path}: label file not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise LabelError(f"{path}: not a readable CSV ({exc})") from exc
+    if not path.exists() and Path(f"{path}.gz").is_file():
+        path = Path(f"{path}.gz")
+    if fmt == "mimic" or (fmt == "auto" and sniff_format(path) == "mimic"):
+        from core.datasets.files import beside  # the MIMIC reader builds on this module
+        from core.datasets.mimic import SPLIT_FILE, read_mimic
+
+        official = beside(path, SPLIT_FILE, "", required=False) is not None  # then metadata["split"] is official
+        return read_mimic(path, taxonomy=taxonomy, views="all", official_split=official, **kwargs).labels
+    df = read_csv_table(path)
     if fmt == "auto":
         try:
             fmt = detect_format(df.columns)
@@ -309,3 +353,25 @@ def read_label_csv(
             raise LabelError(f"{path}: {exc}") from None
     reader = nih_labels if fmt == "nih" else chexpert_labels
     return reader(df, taxonomy, source=str(path), **kwargs)
+
+
+def read_csv_table(path: str | Path, **kwargs) -> pd.DataFrame:
+    """``pandas.read_csv`` with errors that name the file (missing, unreadable, not a CSV)."""
+    path = Path(path)
+    try:
+        return pd.read_csv(path, **kwargs)
+    except FileNotFoundError:
+        raise LabelError(f"{path}: label file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
+        raise LabelError(f"{path}: not a readable CSV ({exc})") from exc
+    except ValueError as exc:  # e.g. usecols naming a column the file lacks
+        raise LabelError(f"{path}: {exc}") from exc
+
+
+def sniff_format(path: str | Path) -> str | None:
+    """The format the CSV's header announces (see :func:`detect_format`), or None if it cannot be read or is
+    unrecognised (reading it then gives the error message)."""
+    try:
+        return detect_format(pd.read_csv(path, nrows=0).columns)
+    except (OSError, ValueError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
