@@ -38,6 +38,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/train_step.py
 	$(PY) bench/inference.py
+	$(PY) bench/robustness.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
