@@ -150,15 +150,20 @@ def _palette_levels(image: Image.Image, notes: list[str]) -> np.ndarray:
         lut = np.zeros(256, dtype=np.float32)
         entries = np.asarray(palette[: 3 * 256], dtype=np.float32).reshape(-1, 3)
         lut[: len(entries)] = luma(entries[None])[0]
-        levels = lut[indices]
+        # In row blocks: NumPy turns uint8 indices into 8-byte ones for the lookup, 392 MB at 49 MP in one go.
+        levels = np.empty(indices.shape, dtype=np.float32)
+        for top in range(0, indices.shape[0], _ROWS_PER_BLOCK):
+            levels[top : top + _ROWS_PER_BLOCK] = lut[indices[top : top + _ROWS_PER_BLOCK]]
     else:
         levels = indices.astype(np.float32)
     if image.mode == "PA":
         _alpha_summary(np.asarray(image.getchannel("A")), notes)
     else:
-        counts = np.bincount(indices.ravel(), minlength=256)
         alpha_lut = _palette_alpha(image)
         if alpha_lut is not None:
+            counts = np.zeros(256, dtype=np.int64)
+            for top in range(0, indices.shape[0], _ROWS_PER_BLOCK):  # bincount makes 8-byte indices, so in blocks
+                counts += np.bincount(indices[top : top + _ROWS_PER_BLOCK].ravel(), minlength=256)[:256]
             visible = bool(counts[alpha_lut > 0].sum())
             check_alpha(visible, float(counts[alpha_lut < 255].sum()) / max(1, indices.size), notes)
     return levels
