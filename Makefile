@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/train_step.py
 	$(PY) bench/inference.py
 	$(PY) bench/loader.py
+	$(PY) bench/robustness.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

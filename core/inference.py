@@ -327,13 +327,20 @@ class Predictor:
         def flush() -> Iterator[BatchItem]:
             if not pending:
                 return
-            results = self._analyse_decoded(
-                [p[2] for p in pending], [p[3] for p in pending], [p[4] for p in pending],
-                variants, mc_samples, seed, threshold,
-            )
-            for (index, src, *_), analyses in zip(pending, results, strict=True):
-                yield BatchItem(index, src, analyses)
+            batch = list(pending)
             pending.clear()
+            try:
+                results = self._analyse_decoded(
+                    [p[2] for p in batch], [p[3] for p in batch], [p[4] for p in batch],
+                    variants, mc_samples, seed, threshold,
+                )
+            except KeyError:
+                raise  # an unknown variant is the caller's mistake, not the images'
+            except Exception:  # noqa: BLE001 - one image the model cannot handle must not sink the batch
+                yield from self._analyse_one_by_one(batch, variants, mc_samples, seed, threshold)
+                return
+            for (index, src, *_), analyses in zip(batch, results, strict=True):
+                yield BatchItem(index, src, analyses)
 
         for index, src in enumerate(sources):
             t0 = time.perf_counter()
@@ -352,6 +359,19 @@ class Predictor:
             if len(pending) >= batch_size:
                 yield from flush()
         yield from flush()
+
+    def _analyse_one_by_one(self, batch: list[tuple[int, Any, XrayImage, str, float]],
+                            variants: Sequence[str] | None, mc_samples: int | None, seed: int | None,
+                            threshold: float | None) -> Iterator[BatchItem]:
+        """Fallback after a batch failed: each image alone, so only the one(s) at fault get an error."""
+        for index, src, image, sha, decode_s in batch:
+            try:
+                analyses = self._analyse_decoded([image], [sha], [decode_s], variants, mc_samples, seed, threshold)
+            except Exception as exc:  # noqa: BLE001 - this image's error, reported in its item
+                yield BatchItem(index, src, {}, f"The image could not be analysed: unexpected {type(exc).__name__} "
+                                                "in the model (the image may hold values it cannot handle).")
+            else:
+                yield BatchItem(index, src, analyses[0])
 
     def _analyse_decoded(
         self,

@@ -1,14 +1,20 @@
 """Batch command line: analyse files and folders of chest X-rays with one or more model variants.
 
 Run ``python -m core.predict --help``. Output rows carry the path as given on the command line, the variant, the
-error (if any) and, per label, the MC mean probability and its standard deviation; nothing from the image headers
-that could identify a patient is written (image metadata is the technical allow-list of :mod:`core.imaging`).
+error or skip reason (if any), the image's warnings and, per label, the MC mean probability and its standard
+deviation; nothing from the image headers that could identify a patient is written (image metadata is the
+technical allow-list of :mod:`core.imaging`, with header fields as DICOM defined terms only).
+
+One file never sinks the run: whatever goes wrong while reading or analysing it becomes that file's row. Rows are
+written as they are produced (CSV flushed per row; JSON records flushed one by one and the list closed even on
+Ctrl-C), so an interrupted run keeps every row done.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,28 +23,37 @@ from typing import Any, TextIO
 from PIL import Image
 from tqdm import tqdm
 
+from core.imaging.errors import detail
 from core.inference import BatchItem, Predictor
 from core.model import ModelLoadError
 from core.registry import RegistryError
+from core.scan import Entry, MissingPathError, scan_paths
 from core.serialize import error_row, wide_fields, wide_row, write_csv
 
-# In folders, files are taken by these extensions, plus files without one (DICOMs often have none). A file named
-# explicitly on the command line is always tried, whatever its name.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ".bmp", ".tif", ".tiff", ".webp"})
+EXIT_OK, EXIT_REFUSED, EXIT_TOOL = 0, 1, 2
 
 EPILOG = """\
-Folders are searched recursively for PNG/JPEG/DICOM/... files (by extension, plus files without an extension);
-hidden files are skipped. A file that cannot be read gets its message in the 'error' column and the run goes on.
+Folders are searched recursively (in name order, following links to folders) for DICOM, PNG, JPEG, JPEG 2000,
+JPEG-LS, TIFF, GIF, WebP, BMP and PGM/PPM files (by extension, plus files without an extension). Every other entry
+gets a row saying why it was not analysed: another file type, a hidden file or folder, a broken link, a link loop,
+a named pipe (FIFO), socket or device, an unreadable folder. A file named on the command line is always tried.
 
-Output (--out): .csv = one row per file and variant: file, variant, error, then for each taxonomy label
-'<label>' (MC-dropout mean probability) and '<label>_std'; .json = a list of Analysis.to_dict() records with the
-'file' added (failed files: {"file", "variant", "error"}). Without --out the CSV goes to standard output.
+A file that cannot be read or analysed (damaged, too large, not a radiograph, degenerate: see the README's rule)
+gets its message in the 'error' column and the run goes on. Images analysed with a caveat (e.g. mostly black, a
+colour or multi-frame file, a DICOM header contradicted by its pixels) carry it in the 'warnings' column.
+
+Output (--out): .csv = one row per file and variant: file, variant, error, warnings, then for each taxonomy label
+'<label>' (MC-dropout mean probability) and '<label>_std'; cells starting with = + - @ tab or CR are prefixed
+with ' so spreadsheets do not run them as formulas. .json = a list of Analysis.to_dict() records with the 'file'
+added (files not analysed: {"file", "variant", "error"}). Without --out the CSV goes to standard output. Rows are
+written as each file is done, so an interrupted run keeps the rows it finished.
 
 --cams DIR writes one PNG contact sheet per file and variant: every label's CAM over the image, captioned with the
 label and its MC mean, named <index>_<file stem>_<variant>.png.
 
-Exit status: 0 all files analysed, 1 at least one file failed, 2 usage error (bad option, missing path, unknown
-variant, no weights).
+Exit status: 0 every file found was analysed; 1 at least one file was refused or skipped (its row says why);
+2 the tool itself could not run (bad option, missing path, unknown variant, no weights, output not writable, or an
+internal error, after which the files not reached get a row saying so).
 """
 
 
@@ -46,31 +61,23 @@ class UsageError(Exception):
     """A command-line mistake: reported in one line, exit status 2."""
 
 
-def collect_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively, sorted) into the list of files to analyse, keeping argument order."""
-    out: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*")
-                if p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and (p.suffix.lower() in IMAGE_SUFFIXES or p.suffix == "")
-            )
-            out.extend(found)
-        elif path.exists():
-            out.append(path)
-        else:
-            raise UsageError(f"{raw}: no such file or folder")
-    return list(dict.fromkeys(out))
+class ToolError(Exception):
+    """The tool cannot run or go on (output not writable): reported in one line, exit status 2."""
+
+
+def collect_files(paths: Sequence[str | Path]) -> list[Entry]:
+    """The entries to analyse or report (see :func:`core.scan.scan_paths`); a missing path is a usage error."""
+    try:
+        return scan_paths(paths)
+    except MissingPathError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m core.predict`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="python -m core.predict",
-        description="Analyse chest X-rays (PNG, JPEG, DICOM) with HiCXR model variants.",
+        description="Analyse chest X-rays (DICOM, PNG, JPEG, ...) with HiCXR model variants.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -97,16 +104,61 @@ def _variants_arg(values: Sequence[str] | None) -> str | list[str] | None:
     return list(values)
 
 
-def _csv_rows(item: BatchItem, file: str, variants: list[str]) -> list[dict[str, Any]]:
-    if item.error is not None:
-        return [error_row(file, v, item.error) for v in variants]
-    return [wide_row(a, file) for a in item.analyses.values()]
+# ------------------------------------------------------------------------------------------------ output
 
 
-def _json_records(item: BatchItem, file: str, variants: list[str]) -> list[dict[str, Any]]:
-    if item.error is not None:
-        return [{"file": file, "variant": v, "error": item.error} for v in variants]
-    return [{"file": file, **a.to_dict()} for a in item.analyses.values()]
+class ResultWriter:
+    """Streams result rows to a CSV or JSON file (or CSV to a text stream) as they are produced."""
+
+    def __init__(self, out: Path | None, stdout: TextIO, labels: Sequence[str]) -> None:
+        """Open ``out`` (``.csv`` or ``.json``; None: CSV on ``stdout``) and write the header.
+
+        Raises:
+            ToolError: the output file cannot be created.
+        """
+        self.json = out is not None and out.suffix.lower() == ".json"
+        self.fields = wide_fields(labels)
+        self._owned = out is not None
+        try:
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                self._f: TextIO = out.open("w", newline="", encoding="utf-8")
+            else:
+                self._f = stdout
+            self._f.write("[" if self.json else "")
+            if not self.json:
+                write_csv(self._f, self.fields, [])
+        except OSError as exc:
+            raise ToolError(f"cannot write the results to {out}: {exc.strerror or exc}") from None
+        self._records = 0
+
+    def error(self, file: str, variants: Sequence[str], message: str) -> None:
+        """Rows of a file that was not analysed: one per variant, with the reason."""
+        if self.json:
+            self._records_out({"file": file, "variant": v, "error": message} for v in variants)
+        else:
+            write_csv(self._f, self.fields, [error_row(file, v, message) for v in variants], header=False)
+
+    def analyses(self, file: str, item: BatchItem) -> None:
+        """Rows of an analysed file: one per variant."""
+        if self.json:
+            self._records_out({"file": file, **a.to_dict()} for a in item.analyses.values())
+        else:
+            write_csv(self._f, self.fields, [wide_row(a, file) for a in item.analyses.values()], header=False)
+
+    def _records_out(self, records: Iterable[dict[str, Any]]) -> None:
+        for record in records:
+            self._f.write(("," if self._records else "") + "\n" + json.dumps(record, indent=1))
+            self._f.flush()
+            self._records += 1
+
+    def close(self) -> None:
+        """Finish the file (closes the JSON list) and close it if this writer opened it."""
+        if self.json:
+            self._f.write("\n]\n")
+        self._f.flush()
+        if self._owned:
+            self._f.close()
 
 
 def _write_cams(item: BatchItem, folder: Path, path: Path) -> None:
@@ -116,57 +168,118 @@ def _write_cams(item: BatchItem, folder: Path, path: Path) -> None:
         Image.fromarray(contact_sheet(a)).save(folder / f"{item.index:04d}_{path.stem}_{name}.png")
 
 
+def _invalid_output(item: BatchItem) -> str | None:
+    """A message when a model produced non-finite numbers for this image (never scored as if valid)."""
+    for name, analysis in item.analyses.items():
+        values = [*analysis.mc_mean, *analysis.mc_std]
+        if not all(math.isfinite(float(v)) for v in values):
+            return (f"The analysis with {name} produced invalid numbers (not finite) for this image, so no result "
+                    "is reported. The image may hold values the model cannot handle; export it again.")
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
 def run(args: argparse.Namespace, stdout: TextIO) -> int:
-    """Execute a parsed command line; returns the exit status."""
+    """Execute a parsed command line; returns the exit status (see :data:`EPILOG`)."""
     if args.mc < 1:
         raise UsageError(f"--mc must be at least 1, got {args.mc}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.out is not None and args.out.suffix.lower() not in (".csv", ".json"):
         raise UsageError(f"--out must end in .csv or .json, got {args.out.name!r}")
-    files = collect_files(args.paths)
-    if not files:
-        raise UsageError("no image files found in the given paths")
+    entries = collect_files(args.paths)
+    if not entries:
+        raise UsageError("nothing found in the given paths")
     try:
         predictor = Predictor(args.weights_dir, _variants_arg(args.variants), mc_samples=args.mc, seed=args.seed,
                               threshold=args.threshold)
     except (RegistryError, ModelLoadError) as exc:
         raise UsageError(str(exc)) from None
     variants = predictor.variant_names
-    labels = list(predictor.taxonomy.labels)
     if args.cams is not None:
-        args.cams.mkdir(parents=True, exist_ok=True)
+        try:
+            args.cams.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ToolError(f"cannot create the CAM folder {args.cams}: {exc.strerror or exc}") from None
 
-    csv_rows: list[dict[str, Any]] = []
-    records: list[dict[str, Any]] = []
-    failed = 0
-    items = predictor.iter_analyses(files, batch_size=args.batch_size)
-    for item in tqdm(items, total=len(files), unit="image", disable=args.no_progress, file=sys.stderr):
-        file = str(files[item.index])
-        failed += item.error is not None
-        csv_rows.extend(_csv_rows(item, file, variants))
-        records.extend(_json_records(item, file, variants))
-        if args.cams is not None and item.error is None:
-            _write_cams(item, args.cams, files[item.index])
+    writer = ResultWriter(args.out, stdout, list(predictor.taxonomy.labels))
+    counts = {"analysed": 0, "refused": 0, "skipped": 0}
+    status = EXIT_OK
+    try:
+        status = _analyse_entries(entries, predictor, variants, writer, args, counts)
+    finally:
+        writer.close()
+    total = len(entries)
+    print(f"{counts['analysed']} of {total} file(s) analysed with {', '.join(variants)}"
+          + (f"; {counts['refused']} refused" if counts["refused"] else "")
+          + (f"; {counts['skipped']} skipped" if counts["skipped"] else "")
+          + (" (each has a row saying why)" if counts["refused"] or counts["skipped"] else ""), file=sys.stderr)
+    if status == EXIT_OK and (counts["refused"] or counts["skipped"]):
+        status = EXIT_REFUSED
+    return status
 
-    if args.out is not None and args.out.suffix.lower() == ".json":
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(records, indent=1))
-    else:
-        fields = wide_fields(labels)
-        if args.out is not None:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            with args.out.open("w", newline="", encoding="utf-8") as f:
-                write_csv(f, fields, csv_rows)
-        else:
-            write_csv(stdout, fields, csv_rows)
-    print(f"{len(files) - failed} of {len(files)} file(s) analysed with {', '.join(variants)}"
-          + (f"; {failed} failed" if failed else ""), file=sys.stderr)
-    return 1 if failed else 0
+
+def _analyse_entries(entries: list[Entry], predictor: Predictor, variants: list[str], writer: ResultWriter,
+                     args: argparse.Namespace, counts: dict[str, int]) -> int:
+    """Write every entry's rows in scan order; returns EXIT_TOOL if the run had to stop early, else EXIT_OK."""
+    to_analyse = [e.path for e in entries if e.reason is None]
+    pending = iter(entries)  # entries not written yet, in scan order
+
+    def write_skips_until(path: Path | None) -> None:
+        for entry in pending:
+            if entry.reason is None and entry.path == path:
+                return
+            if entry.reason is not None:
+                writer.error(str(entry.path), variants, entry.reason)
+                counts["skipped"] += 1
+
+    status = EXIT_OK
+    done = 0
+    items = predictor.iter_analyses(to_analyse, batch_size=args.batch_size)
+    progress = tqdm(total=len(to_analyse), unit="image", disable=args.no_progress, file=sys.stderr)
+    try:
+        for item in items:
+            path = to_analyse[item.index]
+            write_skips_until(path)
+            error = item.error if item.error is not None else _invalid_output(item)
+            if error is not None:
+                writer.error(str(path), variants, error)
+                counts["refused"] += 1
+            else:
+                writer.analyses(str(path), item)
+                counts["analysed"] += 1
+                if args.cams is not None:
+                    status = max(status, _cams_or_report(item, args.cams, path))
+            done += 1
+            progress.update()
+    except Exception as exc:  # noqa: BLE001 - report what was not reached instead of losing the whole output
+        message = (f"Not analysed: the run stopped on an unexpected internal error ({type(exc).__name__}) before "
+                   "this file; run it again on its own.")
+        print(f"python -m core.predict: internal error: {detail(exc)}", file=sys.stderr)
+        for path in to_analyse[done:]:
+            write_skips_until(path)
+            writer.error(str(path), variants, message)
+            counts["refused"] += 1
+        status = EXIT_TOOL
+    finally:
+        progress.close()
+    write_skips_until(None)
+    return status
+
+
+def _cams_or_report(item: BatchItem, folder: Path, path: Path) -> int:
+    try:
+        _write_cams(item, folder, path)
+    except OSError as exc:
+        print(f"cannot write the CAM sheet of {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_TOOL
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 1 some file failed, 2 usage error)."""
+    """Entry point; returns the exit status (0 all analysed, 1 some refused or skipped, 2 the tool could not run)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -174,7 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_TOOL
+    except ToolError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_TOOL
 
 
 if __name__ == "__main__":

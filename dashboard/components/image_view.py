@@ -35,7 +35,6 @@ _METADATA_FIELDS: tuple[tuple[str, str], ...] = (
     ("transfer_syntax", "Transfer syntax"),
     ("window", "Window (C / W)"),
     ("inverted", "Inverted on read"),
-    ("manufacturer", "Manufacturer"),
 )
 
 
