@@ -168,6 +168,14 @@ class EvalConfig:
     min_train_positives: int = 10  # a label with fewer known positive training images is "not learnt"
     ood_false_alarm: float = 0.05  # share of held-out NIH films the out-of-distribution check may flag
     ood_components: int = 32  # principal directions of the training features kept by the reference
+    # Outlier exposure: radiographs of another population (children) to fit the population classifier on; half of
+    # their patients are kept to measure it. Empty csv: no population classifier.
+    ood_outliers_csv: str = ""
+    ood_outliers_images: str = ""
+    ood_outliers_path_column: str = "file"
+    ood_outliers_patient_column: str = "patient_id"
+    ood_outliers_max: int = 1000
+    ood_population_false_alarm: float = 0.025
 
 
 @dataclass

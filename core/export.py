@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.card import CardError, ModelCard
-from core.config import Config, ConfigError, config_from_dict, load_config, resolve_path
+from core.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, resolve_path
 from core.crossval import CVError, load_cv_summary
 from core.data import DataError, XrayDataset, load_splits
 from core.evaluate import predict_outputs
@@ -142,10 +142,17 @@ def export_model(
         points = fit_operating_points(held_probs, held.labels, learnt, taxonomy, config.eval.target_sensitivity)
         metrics["test"]["operating_points"] = measure_operating_points(points, test_probs, tl, taxonomy)
 
-    reference, ood = fit_ood(model, train, config, cv_dir, held, taxonomy)
-    test_scores = reference.score(test_features)
-    ood["test_flagged"] = float((test_scores > reference.threshold).mean())
-    save_model(model, weights, half=True, extra=reference.to_tensors())
+    reference, population, ood = fit_ood(model, train, config, cv_dir, held, taxonomy)
+    flagged = reference.score(test_features) > reference.threshold
+    ood["test_flagged_distance"] = float(flagged.mean())
+    extra = reference.to_tensors()
+    if population is not None:
+        by_population = population.score(test_features) > population.threshold
+        ood["test_flagged_population"] = float(by_population.mean())
+        flagged |= by_population
+        extra.update(population.to_tensors())
+    ood["test_flagged"] = float(flagged.mean())
+    save_model(model, weights, half=True, extra=extra)
 
     plots = {"roc": plot_roc(tl.targets, test_probs, tl.mask, taxonomy.labels, prefix.parent / f"{name}_roc.png",
                              title=f"{name}: ROC on test ({len(test)} images)").name}
@@ -224,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="training config (YAML); default: the one stored in the existing card")
     parser.add_argument("--cv", help="cross-validation folder of that config (calibration, operating points, OOD)")
     parser.add_argument("--alias", action="append", default=[], help="another name of this model (repeatable)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value of the config, e.g. --set eval.n_boot=200 (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     prefix = resolve_path(args.prefix)
@@ -231,9 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         old = ModelCard.read(Path(f"{prefix}.json")) if Path(f"{prefix}.json").is_file() else None
         if args.config:
-            config = load_config(resolve_path(args.config))
+            config = load_config(resolve_path(args.config), args.overrides)
         elif old is not None and old.training.get("config"):
-            config = config_from_dict(old.training["config"], f"{prefix}.json: training.config")
+            data = apply_overrides(old.training["config"], args.overrides)
+            config = config_from_dict(data, f"{prefix}.json: training.config")
         else:
             raise ConfigError("no --config given and no existing card with a training config")
         model = load_model(source)

@@ -32,7 +32,7 @@ from core.evaluate import predict_outputs
 from core.labels import LabelSet
 from core.metrics import expected_calibration_error
 from core.model import HiCXRNet, constraint_matrix, load_model, output_probabilities
-from core.ood import FeatureReference, transfer_quantile
+from core.ood import FeatureReference, PopulationClassifier, transfer_quantile
 from core.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,58 @@ def measure_operating_points(points: dict[str, OperatingPoint], probs: np.ndarra
     return out
 
 
+def fit_population(model: HiCXRNet, train_features: np.ndarray, config: Config
+                   ) -> tuple[PopulationClassifier | None, dict[str, Any]]:
+    """The population classifier (see :mod:`core.ood`) from ``eval.ood_outliers_*``, or ``None`` when unset.
+
+    The outlier table's patients are split in two by a hash of their id: up to ``ood_outliers_max`` images of
+    one half fit the classifier, up to 300 of the other half measure it.
+    """
+    e = config.eval
+    if not e.ood_outliers_csv:
+        return None, {}
+    import hashlib
+
+    import pandas as pd
+
+    table = pd.read_csv(resolve_path(e.ood_outliers_csv), dtype=str, keep_default_na=False)
+    for column in (e.ood_outliers_path_column, e.ood_outliers_patient_column):
+        if column not in table.columns:
+            raise ValueError(f"{e.ood_outliers_csv}: no column {column!r} (eval.ood_outliers_*)")
+    half = table[e.ood_outliers_patient_column].map(
+        lambda p: int(hashlib.sha256(f"hicxr-ood:{p}".encode()).hexdigest(), 16) % 2)
+    fit_rows = table[half == 0].sample(min(e.ood_outliers_max, int((half == 0).sum())), random_state=0)
+    held_rows = table[half == 1].sample(min(300, int((half == 1).sum())), random_state=0)
+    root = resolve_path(e.ood_outliers_images)
+
+    def features(rows: pd.DataFrame) -> np.ndarray:
+        labels = LabelSet(paths=rows[e.ood_outliers_path_column].tolist(),
+                          targets=np.zeros((len(rows), 1), np.float32), mask=np.zeros((len(rows), 1), bool),
+                          labels=("none",), metadata=rows.reset_index(drop=True))
+        dataset = XrayDataset(labels, root, config.model.input_size, cache=True, progress=False)
+        return predict_outputs(model, dataset)[1]
+
+    classifier, cv_flagged = PopulationClassifier.fit(train_features, features(fit_rows),
+                                                      e.ood_population_false_alarm)
+    held_flagged = float((classifier.score(features(held_rows)) > classifier.threshold).mean())
+    facts = {
+        "population_classifier": "logistic regression on standardised pooled features: the model's training "
+                                 f"images vs {len(fit_rows)} pediatric radiographs of half the patients of "
+                                 f"{e.ood_outliers_csv}",
+        "population_threshold": classifier.threshold,
+        "population_target_false_alarm": e.ood_population_false_alarm,
+        "population_flagged_heldout_outliers": held_flagged,
+        "population_heldout_outliers": len(held_rows),
+        "population_flagged_outliers_cv": cv_flagged,
+    }
+    return classifier, facts
+
+
 def fit_ood(model: HiCXRNet, train: XrayDataset, config: Config, cv_dir: str | Path | None,
-            held: HeldOut | None, taxonomy: Taxonomy) -> tuple[FeatureReference, dict[str, Any]]:
-    """The feature reference of ``model`` on its (un-augmented) training images, with a held-out threshold.
+            held: HeldOut | None, taxonomy: Taxonomy
+            ) -> tuple[FeatureReference, PopulationClassifier | None, dict[str, Any]]:
+    """The feature reference of ``model`` on its (un-augmented) training images, with a held-out threshold, and the
+    population classifier (:func:`fit_population`).
 
     With a cross-validation folder, each fold model's reference is fitted on its own training rows and its
     held-out rows scored: the training-score quantile whose held-out exceedance is ``eval.ood_false_alarm`` is
@@ -145,6 +194,7 @@ def fit_ood(model: HiCXRNet, train: XrayDataset, config: Config, cv_dir: str | P
     k = config.eval.ood_components
     target = config.eval.ood_false_alarm
     _, features = predict_outputs(model, train)
+    population, population_facts = fit_population(model, features, config)
     reference = FeatureReference.fit(features, k)
     own_scores = reference.score(features)
     method = "quantile of the model's own training scores (no cross-validation given)"
@@ -173,5 +223,6 @@ def fit_ood(model: HiCXRNet, train: XrayDataset, config: Config, cv_dir: str | P
         "threshold": threshold, "threshold_rule": method, "training_quantile": quantile,
         "target_false_alarm": target, "reference_images": len(train),
         "header_rules": "DICOM ViewPosition lateral/decubitus, BodyPartExamined not CHEST, patient age under 18",
+        **population_facts,
     }
-    return reference.with_threshold(threshold), facts
+    return reference.with_threshold(threshold), population, facts

@@ -29,7 +29,7 @@ from core.card import ModelCard
 from core.head import head_outputs
 from core.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, XrayImage, read_image
 from core.model import HiCXRNet, ModelConfig, constraint_matrix, load_model, read_extra_tensors
-from core.ood import FeatureReference, feature_warning, header_warnings
+from core.ood import FeatureReference, PopulationClassifier, feature_warning, header_warnings, population_warning
 from core.preprocess import normalize, resize_square, to_model_input
 from core.registry import RegistryError, Variant, default_variant, get_variant, list_variants, resolve_weights_dir
 from core.taxonomy import Taxonomy, load_taxonomy
@@ -70,6 +70,7 @@ class LoadedVariant:
         descendants: The max-constraint matrix of a C-HMCNN model, or ``None``.
         variant: Its registry entry, when loaded from a weights folder.
         ood: The out-of-distribution feature reference stored with the weights, or ``None``.
+        population: The population (pediatric film) classifier stored with the weights, or ``None``.
     """
 
     name: str
@@ -79,6 +80,7 @@ class LoadedVariant:
     descendants: torch.Tensor | None = None
     variant: Variant | None = None
     ood: FeatureReference | None = None
+    population: PopulationClassifier | None = None
 
     @property
     def not_learnt(self) -> list[str]:
@@ -191,8 +193,9 @@ class Predictor:
                 return self._loaded[name]
         variant = get_variant(name, self.weights_dir)
         model = load_model(variant.weights_path, self.taxonomy, device=self.device)
-        ood = FeatureReference.from_tensors(read_extra_tensors(variant.weights_path))
-        return self._register(name, model, variant.card, variant, ood)
+        extra = read_extra_tensors(variant.weights_path)
+        return self._register(name, model, variant.card, variant, FeatureReference.from_tensors(extra),
+                              PopulationClassifier.from_tensors(extra))
 
     def add_model(self, name: str, model: HiCXRNet, card: ModelCard | None = None) -> LoadedVariant:
         """Serve an in-memory model under ``name``; its labels must follow the predictor's taxonomy."""
@@ -202,7 +205,8 @@ class Predictor:
         return self._register(name, model, card, None)
 
     def _register(self, name: str, model: HiCXRNet, card: ModelCard | None,
-                  variant: Variant | None, ood: FeatureReference | None = None) -> LoadedVariant:
+                  variant: Variant | None, ood: FeatureReference | None = None,
+                  population: PopulationClassifier | None = None) -> LoadedVariant:
         for p in model.parameters():
             p.requires_grad_(False)
         temperature = None
@@ -214,7 +218,7 @@ class Predictor:
         descendants = constraint_matrix(model.config, self.taxonomy)
         loaded = LoadedVariant(name=name, model=model, card=card, temperature=temperature,
                                descendants=None if descendants is None else descendants.to(self.device),
-                               variant=variant, ood=ood)
+                               variant=variant, ood=ood, population=population)
         with self._lock:
             self._loaded.setdefault(name, loaded)
             return self._loaded[name]
@@ -404,6 +408,8 @@ class Predictor:
             out = head_outputs(loaded.model, features, mc, seed, loaded.temperature, descendants=loaded.descendants)
             n = len(images)
             scores = loaded.ood.score(out.pooled) if loaded.ood is not None and out.pooled is not None else None
+            kids = (loaded.population.score(out.pooled) if loaded.population is not None and out.pooled is not None
+                    else None)
             for i, image in enumerate(images):
                 timings = {
                     "decode": decode_s[i],
@@ -425,7 +431,8 @@ class Predictor:
                     relative_cams=None if out.relative_cams is None else out.relative_cams[i],
                     image=image.pixels,
                     image_metadata=image.metadata.to_dict(),
-                    warnings=self._warnings(image, loaded, None if scores is None else float(scores[i])),
+                    warnings=self._warnings(image, loaded, None if scores is None else float(scores[i]),
+                                            None if kids is None else float(kids[i])),
                     operating_points=loaded.operating_points,
                     not_learnt=loaded.not_learnt,
                     ood_score=None if scores is None else float(scores[i]),
@@ -444,12 +451,14 @@ class Predictor:
         return results
 
     @staticmethod
-    def _warnings(image: XrayImage, loaded: LoadedVariant, score: float | None) -> list[str]:
-        """The reader's warnings: the decoder's notes, what the header says, and the feature-distance check."""
+    def _warnings(image: XrayImage, loaded: LoadedVariant, score: float | None,
+                  population: float | None) -> list[str]:
+        """The reader's warnings: the decoder's notes, what the header says, and the two feature checks."""
         out = list(image.metadata.warnings)
         out += [w for w in header_warnings(image.metadata.to_dict()) if w not in out]
+        checks = []
+        if population is not None and loaded.population is not None:
+            checks.append(population_warning(population, loaded.population))
         if score is not None and loaded.ood is not None:
-            flagged = feature_warning(score, loaded.ood)
-            if flagged:
-                out.append(flagged)
-        return out
+            checks.append(feature_warning(score, loaded.ood))
+        return out + [w for w in checks if w]

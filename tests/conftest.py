@@ -10,9 +10,10 @@ from core.taxonomy import Taxonomy, load_taxonomy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-#: Every key a model card must have (the schema written by core/export.py).
+#: Every key an exported model card has (the schema of core/card.py, written by core/export.py).
 CARD_KEYS = ("variant", "created", "model", "taxonomy", "preprocessing", "loss", "penalty_table", "calibration",
-             "training", "data", "metrics", "reproduce", "intended_use", "limitations")
+             "training", "data", "metrics", "reproduce", "intended_use", "limitations", "training_positives",
+             "labels_not_learnt", "labels_not_learnt_rule", "operating_points", "ood", "tensor_sha256")
 
 
 def write_tiny_nih_csv(shared_data: Path, path: Path, thumbnails: int, larger: int, val: int, test: int) -> Path:

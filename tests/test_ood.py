@@ -44,3 +44,19 @@ def test_header_warnings_and_feature_warning():
     assert header_warnings({"view_position": "PA", "age_group": "adult", "body_part": "CHEST"}) == []
     ref = FeatureReference(np.zeros(2), np.eye(2), np.ones(2), 1.0, np.ones(2), threshold=3.0)
     assert feature_warning(2.0, ref) is None and "unlike" in feature_warning(5.0, ref)
+
+
+def test_population_classifier_flags_the_other_population_at_the_stated_false_alarm(tmp_path):
+    from core.ood import PopulationClassifier, population_warning
+
+    rng = np.random.default_rng(2)
+    adults = rng.normal(0, 1, (600, 32))
+    children = rng.normal(0, 1, (400, 32))
+    children[:, :4] += 1.5  # a few features differ between the populations
+    clf, cv_flagged = PopulationClassifier.fit(adults, children[:200], false_alarm=0.05)
+    assert cv_flagged > 0.8
+    assert (clf.score(children[200:]) > clf.threshold).mean() > 0.8
+    assert (clf.score(rng.normal(0, 1, (500, 32))) > clf.threshold).mean() < 0.12
+    back = PopulationClassifier.from_tensors(clf.to_tensors())
+    np.testing.assert_allclose(back.score(children[:5]), clf.score(children[:5]), rtol=1e-4, atol=1e-4)
+    assert population_warning(clf.threshold + 1, clf) and population_warning(clf.threshold - 1, clf) is None

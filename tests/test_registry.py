@@ -134,3 +134,22 @@ def test_applied_temperature_exposed(tmp_path: Path) -> None:
     temps = [1.0 + 0.1 * i for i in range(21)]
     folder = make_weights_dir(tmp_path, variants=("bce",), temperatures={"bce": temps})
     assert get_variant("bce", folder).card.temperature() == pytest.approx(temps)
+
+
+def test_identical_tensors_and_aliases_are_one_model(tmp_path: Path) -> None:
+    folder = make_weights_dir(tmp_path, variants=("bce", "hbce_soft_data"))
+    # A copy under another name (what the paper's hard-penalty training produces) holds the same tensors.
+    shutil.copy(folder / "bce.safetensors", folder / "hbce_fixed.safetensors")
+    card = json.loads((folder / "bce.json").read_text())
+    (folder / "hbce_fixed.json").write_text(json.dumps({**card, "variant": "hbce_fixed"}))
+    card["aliases"] = ["hbce_data"]
+    (folder / "bce.json").write_text(json.dumps(card))
+    scan = scan_weights(folder)
+    assert scan.identical_groups() == [["bce", "hbce_fixed"]]
+    assert scan.distinct_names() == ["bce", "hbce_soft_data"]
+    assert scan.same_as("bce") == ["hbce_data", "hbce_fixed"]
+    assert "bce ≡ hbce_data" in get_variant("bce", folder).description
+    # An alias resolves to its model; a missing name still names the usable ones.
+    assert get_variant("hbce_data", folder).name == "bce"
+    with pytest.raises(RegistryError, match="usable variants"):
+        get_variant("nope", folder)

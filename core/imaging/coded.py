@@ -18,6 +18,7 @@ __all__ = [
     "OTHER",
     "PHOTOMETRIC_INTERPRETATIONS",
     "VIEW_POSITIONS",
+    "age_group",
     "coded",
     "uid_text",
 ]
@@ -69,6 +70,20 @@ PHOTOMETRIC_INTERPRETATIONS = frozenset({
 })  # fmt: skip
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+# PatientAge is an Age String: three digits and a unit, D(ays), W(eeks), M(onths) or Y(ears).
+_AGE = re.compile(r"([0-9]{3})([DWMY])")
+
+
+def age_group(value: object) -> str | None:
+    """``"child"`` (under 18) or ``"adult"`` from a DICOM PatientAge, ``None`` if absent or malformed.
+
+    Only the band is kept: the age itself identifies more than HiCXR needs and is never stored or shown.
+    """
+    match = _AGE.fullmatch(str(value).strip().upper()) if value is not None else None
+    if match is None:
+        return None
+    years = int(match.group(1)) / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[match.group(2)]
+    return "child" if years < 18 else "adult"
 
 
 def coded(value: object, terms: frozenset[str]) -> str | None:

@@ -38,6 +38,7 @@ from core.imaging.coded import (
     OTHER,
     PHOTOMETRIC_INTERPRETATIONS,
     VIEW_POSITIONS,
+    age_group,
     coded,
     uid_text,
 )
@@ -196,6 +197,7 @@ def read_dicom(data: bytes, ds: Any, max_pixels: int, keep_raw: bool) -> XrayIma
         window=window_applied,
         inverted=inverted,
         warnings=tuple(notes),
+        age_group=age_group(get(ds, "PatientAge")),
     )
     return XrayImage(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),

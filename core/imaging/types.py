@@ -20,6 +20,7 @@ class ImageMetadata:
     ``modality``, ``view_position``, ``body_part`` and ``photometric`` (DICOM) hold only DICOM defined terms, or
     ``"other"`` when the file says something else (see :mod:`core.imaging.coded`): these header fields are free
     text in practice, and a site may have written a name or a record number there. The manufacturer is not kept.
+    ``age_group`` is ``"child"`` or ``"adult"`` from the DICOM PatientAge; the age itself is never kept.
     """
 
     format: str
@@ -34,6 +35,7 @@ class ImageMetadata:
     window: tuple[float, float] | None = None
     inverted: bool = False
     warnings: tuple[str, ...] = ()
+    age_group: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the metadata as JSON-serialisable builtins (tuples become lists)."""

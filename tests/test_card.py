@@ -1,0 +1,64 @@
+"""The model card: one typed schema, validated in one place, round-tripped without loss."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from core.card import CardError, ModelCard
+from core.model import ModelConfig
+
+
+def _card(**extra) -> dict:
+    return {"variant": "v", "model": {"input_size": 64}, "preprocessing": {"input_size": 64, "mean": 0.5},
+            "calibration": {"temperature": [1.5] * 21, "applied": True, "method": "shared", "fitted_on": "oof",
+                            "shared_temperature": 1.5, "test_ece_calibrated": 0.03},
+            "operating_points": {"Cardiomegaly": {"threshold": 0.2, "target_sensitivity": 0.8, "sensitivity": 0.81,
+                                                  "specificity": 0.6, "positives": 90, "negatives": 1300}},
+            "labels_not_learnt": ["Fracture"], "training_positives": {"Fracture": 0, "Cardiomegaly": 105},
+            "metrics": {"test": {"macro_auroc": 0.7, "per_label": {"Cardiomegaly": {"auroc": 0.8}}}},
+            "future_key": {"kept": True}, **extra}
+
+
+def test_round_trip_keeps_everything(tmp_path):
+    card = ModelCard.from_dict(_card())
+    path = card.write(tmp_path / "v.json")
+    again = ModelCard.read(path)
+    assert again.to_dict() == card.to_dict()
+    assert json.loads(path.read_text())["future_key"] == {"kept": True}
+    assert again.temperature() == pytest.approx(np.full(21, 1.5))
+    assert again.operating_points["Cardiomegaly"].threshold == 0.2
+    assert not again.learnt("Fracture") and again.learnt("Cardiomegaly")
+    assert again.per_label_auroc(["Cardiomegaly", "Edema"]) == {"Cardiomegaly": 0.8, "Edema": None}
+    assert again.macro_auroc() == 0.7 and again.macro_auroc("val") is None
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"variant": None}, None),
+    ({"metrics": [1]}, "'metrics' must be an object"),
+    ({"calibration": {"temperature": [1.0, -1.0]}}, "positive numbers"),
+    ({"calibration": "yes"}, "must be an object or null"),
+    ({"operating_points": {"Edema": {"threshold": 2.0}}}, r"operating_points\['Edema'\].threshold"),
+    ({"labels_not_learnt": "Fracture"}, "must be a list"),
+])
+def test_malformed_cards_are_refused_with_the_key_named(edit, message):
+    data = _card(**edit)
+    if message is None:
+        data.pop("variant")
+        message = "lacks 'variant'"
+    with pytest.raises(CardError, match=message):
+        ModelCard.from_dict(data, "v.json")
+
+
+def test_check_against_the_weights_config():
+    config = ModelConfig.for_taxonomy(input_size=64)
+    ModelCard.from_dict(_card()).check_against(config, "v.json")
+    with pytest.raises(CardError, match="file is named 'w'"):
+        ModelCard.from_dict(_card()).check_against(config, "w.json")
+    with pytest.raises(CardError, match="must list 21"):
+        ModelCard.from_dict(_card(calibration={"temperature": [1.0] * 3, "applied": True})).check_against(
+            config, "v.json")
+    with pytest.raises(CardError, match="preprocessing.input_size"):
+        ModelCard.from_dict(_card(preprocessing={"input_size": 320})).check_against(config, "v.json")
