@@ -62,8 +62,12 @@ NIH_SOURCE = {
 
 
 def make_model_card(model, variant: str, *, test_macro_auroc: float | None = None,
-                    temperature: list[float] | None = None) -> dict:
-    """A model card following the project schema for ``model`` (metrics are placeholders unless given)."""
+                    temperature: list[float] | None = None, not_learnt: tuple[str, ...] = (),
+                    operating_points: dict[str, float] | None = None) -> dict:
+    """A model card following the project schema for ``model`` (metrics are placeholders unless given).
+
+    ``not_learnt`` labels get 0 training positives; ``operating_points`` maps labels to thresholds.
+    """
     from datetime import date
 
     from core.taxonomy import load_taxonomy
@@ -95,6 +99,12 @@ def make_model_card(model, variant: str, *, test_macro_auroc: float | None = Non
                  "attribution": "NIH Clinical Center"},
         "metrics": metrics,
         "reproduce": "random-init test model",
+        "training_positives": {label: 0 if label in not_learnt else 50 for label in config.labels},
+        "labels_not_learnt": list(not_learnt),
+        "labels_not_learnt_rule": "fewer than 10 known positive training images",
+        "operating_points": {label: {"threshold": t, "target_sensitivity": 0.8, "sensitivity": 0.8,
+                                     "specificity": 0.5, "positives": 20, "negatives": 100}
+                             for label, t in (operating_points or {}).items()},
         "intended_use": "tests only",
         "limitations": "random weights: the outputs mean nothing",
     }
@@ -122,7 +132,8 @@ def make_test_model(seed: int = 0, input_size: int = 64, dropout: float = 0.5):
 
 def make_weights_dir(tmp_path: Path, variants: tuple[str, ...] = ("bce", "hbce_soft"), input_size: int = 64,
                      dropout: float = 0.5, temperatures: dict[str, list[float]] | None = None,
-                     default: str | None = None) -> Path:
+                     default: str | None = None, not_learnt: tuple[str, ...] = (),
+                     operating_points: dict[str, float] | None = None) -> Path:
     """Write small random-init variants (``<name>.safetensors`` + ``<name>.json``) into ``tmp_path/weights``.
 
     Variant ``i`` gets seed ``i`` and a placeholder test macro AUROC of ``0.7 + 0.01 * i`` (so the last one is the
@@ -138,7 +149,8 @@ def make_weights_dir(tmp_path: Path, variants: tuple[str, ...] = ("bce", "hbce_s
         model = make_test_model(seed=i, input_size=input_size, dropout=dropout)
         save_model(model, folder / f"{name}.safetensors")
         card = make_model_card(model, name, test_macro_auroc=0.7 + 0.01 * i,
-                               temperature=(temperatures or {}).get(name))
+                               temperature=(temperatures or {}).get(name), not_learnt=not_learnt,
+                               operating_points=operating_points)
         (folder / f"{name}.json").write_text(json.dumps(card, indent=1))
     if default is not None:
         (folder / "default.json").write_text(json.dumps({"default": default}))

@@ -22,7 +22,7 @@ from core.card import ModelCard
 from core.imaging import ImageError, read_image
 from core.inference import Predictor
 from core.registry import scan_weights
-from dashboard.components.cam import cam_map, cam_overlay, gallery_labels, shows_relative_map
+from dashboard.components.cam import cam_caption, cam_map, cam_overlay, gallery_labels, shows_relative_map
 from dashboard.components.compare import comparison_frame, grouped_bar_figure, violations_frame
 from dashboard.components.image_view import (
     display_pixels,
@@ -36,7 +36,6 @@ from dashboard.components.tree import (
     REFERENCE_STDS,
     halo_size,
     label_from_selection,
-    outranking_edges,
     taxonomy_figure,
     tree_positions,
 )
@@ -130,38 +129,48 @@ def test_tree_layout_is_layered_and_uncluttered(taxonomy):
         assert all(b - a >= 1.0 - 1e-9 for a, b in zip(xs, xs[1:], strict=False))  # nothing overlaps in a row
 
 
-def test_tree_figure_encodes_mean_std_outranking_and_selection(taxonomy):
+def test_tree_figure_encodes_mean_std_operating_points_not_learnt_and_violations(taxonomy):
     rng = np.random.default_rng(3)
     mean = rng.uniform(0, 1, taxonomy.num_labels)
-    std = rng.uniform(0, 0.2, taxonomy.num_labels)
+    std = rng.uniform(0, 0.15, taxonomy.num_labels)
     analysis = _analysis(taxonomy, mean, std)
-    auroc = {"Cardiomegaly": 0.8123}
-    fig = taxonomy_figure(analysis, taxonomy, auroc=auroc, selected="Cardiomegaly")
-    nodes = next(t for t in fig.data if t.name == "labels")
-    halo = next(t for t in fig.data if t.name == "uncertainty halo")
     labels = list(taxonomy.labels)
-    assert list(nodes.customdata) == labels
-    np.testing.assert_allclose(nodes.marker.color, mean, rtol=1e-6)
+    analysis.not_learnt = ["Fracture", "Support Devices", "Other"]
+    analysis.operating_points = {"Cardiomegaly": float(mean[labels.index("Cardiomegaly")]) - 0.01,
+                                 "Edema": float(mean[labels.index("Edema")]) + 0.01}
+    analysis.violations = [Violation("Opacity", "Lung Opacity", 0.3, 0.7)]
+    fig = taxonomy_figure(analysis, taxonomy, auroc={"Cardiomegaly": 0.812}, selected="Cardiomegaly",
+                          training_positives={"Fracture": 0, "Support Devices": 0, "Other": 0})
+    nodes = next(t for t in fig.data if t.name == "labels")
+    hidden = next(t for t in fig.data if t.name == "not learnt")
+    halo = next(t for t in fig.data if t.name == "uncertainty halo")
+    learnt = [lab for lab in labels if lab not in analysis.not_learnt]
+    assert list(nodes.customdata) == learnt and list(hidden.customdata) == analysis.not_learnt
+    np.testing.assert_allclose(nodes.marker.color, [mean[labels.index(lab)] for lab in learnt], rtol=1e-6)
     assert (nodes.marker.cmin, nodes.marker.cmax) == (0.0, 1.0)
-    np.testing.assert_allclose(halo.marker.size, halo_size(std))
-    # Halo grows with the std; the key shows the same mapping at the reference values.
-    order = np.argsort(std)
-    assert np.all(np.diff(np.asarray(halo.marker.size)[order]) >= 0)
+    # Not-learnt nodes: hollow grey, no probability in the caption, the reason on hover.
+    assert hidden.marker.symbol == "circle-open-dot" and all("not learnt" in t for t in hidden.text)
+    assert not any(f"{mean[labels.index(lab)]:.2f}" in t for lab, t in zip(analysis.not_learnt, hidden.text,
+                                                                           strict=True))
+    assert "no positive training images" in hidden.hovertext[0]
+    # Halo grows with the std (learnt labels); the key shows the same mapping at the reference values.
+    sizes = np.asarray(halo.marker.size)
+    for lab in learnt:
+        assert sizes[labels.index(lab)] == pytest.approx(halo_size(std[labels.index(lab)]))
     key = next(t for t in fig.data if t.name == "uncertainty key")
     np.testing.assert_allclose(key.marker.size, halo_size(np.array(REFERENCE_STDS)))
-    # Hover: mean ± std and the card's AUROC.
-    i = labels.index("Cardiomegaly")
-    assert f"{mean[i]:.3f} ± {std[i]:.3f}" in nodes.hovertext[i] and "0.812" in nodes.hovertext[i]
-    assert "not reported" in nodes.hovertext[labels.index("Edema")]
-    # Selected node outlined.
-    assert nodes.marker.line.width[i] > nodes.marker.line.width[(i + 1) % len(labels)]
-    # Red dashed edges: exactly the edges whose child outranks the parent (one None-separated segment each).
-    expected = [(p, c) for p, c in taxonomy.edges if mean[labels.index(c)] > mean[labels.index(p)]]
-    assert outranking_edges(taxonomy, dict(zip(labels, mean, strict=True))) == expected
-    bad = next(t for t in fig.data if t.name == "child outranks parent")
-    assert bad.line.dash == "dash" and list(bad.x).count(None) == len(expected)
+    # Operating points: the caption marks a positive call with ▲; hover says which side and the card's AUROC.
+    i = learnt.index("Cardiomegaly")
+    assert "▲" in nodes.text[i] and "▲" not in nodes.text[learnt.index("Edema")]
+    assert "operating point" in nodes.hovertext[i] and "at or above" in nodes.hovertext[i]
+    assert "0.812" in nodes.hovertext[i] and "not reported" in nodes.hovertext[learnt.index("Edema")]
+    # Selected node outlined heavier than any other.
+    assert nodes.marker.line.width[i] == max(nodes.marker.line.width)
+    # Red dashed edges: exactly the record's violations (the one rule), one None-separated segment each.
+    bad = next(t for t in fig.data if t.name and t.name.startswith("violation"))
+    assert bad.line.dash == "dash" and list(bad.x).count(None) == 1
     normal = next(t for t in fig.data if t.name == "parent → child")
-    assert list(normal.x).count(None) == len(taxonomy.edges) - len(expected)
+    assert list(normal.x).count(None) == len(taxonomy.edges) - 1
 
 
 def test_tree_refuses_other_labels(taxonomy):
@@ -235,8 +244,15 @@ def test_empty_grad_cam_falls_back_to_the_relative_map(taxonomy):
     assert shows_relative_map(analysis, empty) and not shows_relative_map(analysis, full)
     np.testing.assert_array_equal(cam_map(analysis, empty), analysis.relative_cams[analysis.index(empty)])
     np.testing.assert_array_equal(cam_map(analysis, full), analysis.cams[analysis.index(full)])
-    plain = cam_overlay(analysis, empty, opacity=0.0)
-    assert np.abs(cam_overlay(analysis, empty, opacity=0.8).astype(int) - plain.astype(int)).mean() > 10
+    # The relative map is a different kind of picture: dashed contours, not a heat map, and captioned as such.
+    gray = np.rint(np.clip(analysis.image, 0, 1) * 255).astype(int)
+    contours = cam_overlay(analysis, empty).astype(int)
+    assert contours.shape == (*analysis.image.shape, 3)
+    changed = np.abs(contours - gray[..., None]).max(axis=2) > 30
+    assert 0.005 < changed.mean() < 0.5  # thin lines over the image, not a wash of colour
+    heat = cam_overlay(analysis, full, opacity=0.8).astype(int)
+    assert (np.abs(heat - gray[..., None]).max(axis=2) > 30).mean() > 0.5
+    assert "Not evidence" in cam_caption(analysis, empty) and "Grad-CAM" in cam_caption(analysis, full)
 
 
 def test_image_view_windowing_and_metadata(shared_data):
@@ -386,12 +402,12 @@ def test_app_display_controls_never_rerun_the_network(weights_dir, monkeypatch):
     at.session_state["gallery"] = True
     at.run()
     at.slider(key="gallery_min_p").set_value(0.1).run()
-    tiles = [c for image in at.image for c in image.captions if not c.startswith("Grad-CAM")]
+    tiles = [c for image in at.image for c in image.captions if "P = " not in c]
     assert len(tiles) == int((_findings(at)["P (MC mean)"] >= 0.1).sum())
     at.selectbox(key="label_pick").set_value("Edema").run()
     _no_failure(at)
     assert at.session_state["analysis_cache"].network_runs == runs
-    assert any("Grad-CAM · Edema" in c for image in at.image for c in image.captions)
+    assert any(c.startswith("Edema · P = ") for image in at.image for c in image.captions)
     # ...but a new MC setting is a new analysis.
     at.slider(key="mc_samples").set_value(3).run()
     assert at.session_state["analysis_cache"].network_runs == runs + 1
