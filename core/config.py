@@ -95,9 +95,10 @@ class DataConfig:
 
 @dataclass
 class ModelSection:
-    """Architecture and input contract (becomes :class:`core.model.ModelConfig`)."""
+    """Architecture and input contract (becomes :class:`core.model.ModelConfig`, whose defaults these repeat so
+    that this module stays free of torch; ``tests/test_train_cli.py`` checks they agree)."""
 
-    input_size: int = 128
+    input_size: int = 320
     in_channels: int = 1
     dropout: float = 0.5
     mean: float = 0.5

@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader
 
 from core.card import CardError, ModelCard, write_json
 from core.config import DataConfig, resolve_path
-from core.data import DataError, XrayDataset, split_assignments
+from core.data import DataError, XrayDataset, split_table
 from core.distributed import DistInfo, autocast_context, gather_rows, unwrap
-from core.labels import LabelError, read_label_csv
+from core.labels import LabelError
 from core.metrics import evaluate_predictions
 from core.model import HiCXRNet, ModelLoadError, constraint_matrix, load_model, output_probabilities
 from core.plots import plot_calibration, plot_roc
@@ -168,9 +168,8 @@ def evaluate_variants(
     taxonomy = taxonomy or load_taxonomy()
     data = data or DataConfig(csv=str(csv), images=str(images))
     csv, images = resolve_path(csv), resolve_path(images)
-    labels = read_label_csv(csv, taxonomy=taxonomy)
+    labels, assignment = split_table(data, taxonomy)  # each release's own layout and official split
     if split != "all":
-        assignment = split_assignments(labels, data, str(csv))
         labels = labels.subset(assignment == split)
         if len(labels) == 0:
             raise DataError(f"{csv}: no rows in split {split!r}")

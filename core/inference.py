@@ -456,6 +456,10 @@ class Predictor:
         """The reader's warnings: the decoder's notes, what the header says, and the two feature checks."""
         out = list(image.metadata.warnings)
         out += [w for w in header_warnings(image.metadata.to_dict()) if w not in out]
+        side = loaded.config.input_size
+        if min(image.pixels.shape) < side:
+            out.append(f"The image ({image.pixels.shape[1]} x {image.pixels.shape[0]} px) is smaller than this "
+                       f"model's {side} px input and was enlarged: fine detail the model expects is missing.")
         checks = []
         if population is not None and loaded.population is not None:
             checks.append(population_warning(population, loaded.population))

@@ -326,11 +326,10 @@ def read_label_csv(
     taxonomy: Taxonomy | None = None,
     **kwargs,
 ) -> LabelSet:
-    """Read a CheXpert-, NIH- or MIMIC-format CSV into a :class:`LabelSet` (format detected from the columns).
+    """Read a CheXpert- or NIH-format CSV into a :class:`LabelSet` (format detected from the columns).
 
-    Extra keyword arguments go to :func:`chexpert_labels` or :func:`nih_labels` (for MIMIC, to
-    :func:`core.datasets.mimic.read_mimic`, which also reads the metadata file beside the CSV, and the official
-    split into metadata column ``split`` where the split file is there too; images of every view are returned).
+    Extra keyword arguments go to :func:`chexpert_labels` or :func:`nih_labels`. A MIMIC-CXR-JPG table is refused
+    with a message pointing to :func:`core.datasets.read_table`, which joins the files it needs.
     A ``.csv.gz`` beside a missing ``.csv`` is read instead.
 
     Raises:
@@ -340,11 +339,10 @@ def read_label_csv(
     if not path.exists() and Path(f"{path}.gz").is_file():
         path = Path(f"{path}.gz")
     if fmt == "mimic" or (fmt == "auto" and sniff_format(path) == "mimic"):
-        from core.datasets.files import beside  # the MIMIC reader builds on this module
-        from core.datasets.mimic import SPLIT_FILE, read_mimic
-
-        official = beside(path, SPLIT_FILE, "", required=False) is not None  # then metadata["split"] is official
-        return read_mimic(path, taxonomy=taxonomy, views="all", official_split=official, **kwargs).labels
+        # MIMIC's labels are per study and its images come from the metadata file beside the table: one CSV is
+        # not enough, and the reader that joins them lives above this module (core.datasets builds on it).
+        raise LabelError(f"{path}: a MIMIC-CXR-JPG label table; read it with core.datasets.read_table (a config's "
+                         "data section), which joins the metadata and split files beside it")
     df = read_csv_table(path)
     if fmt == "auto":
         try:

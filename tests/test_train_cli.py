@@ -127,3 +127,16 @@ def test_base_inheritance_and_saved_config_round_trip(tmp_path):
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="loops"):
         load_config(tmp_path / "loop.yaml")
+
+
+def test_model_section_defaults_are_the_model_configs():
+    import dataclasses
+
+    from core.config import ModelSection
+    from core.model import ModelConfig
+
+    section = {f.name: f.default for f in dataclasses.fields(ModelSection)}
+    config = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
+    shared = set(section) & set(config)
+    assert shared >= {"input_size", "in_channels", "dropout", "mean", "std", "output_stride", "constraint"}
+    assert {k: section[k] for k in shared} == {k: config[k] for k in shared}
