@@ -158,7 +158,8 @@ def test_json_default_variant_and_cams(image_dir: Path, weights: Path, tmp_path:
     records = json.loads(out.read_text())
     assert [r["file"] for r in records] == files
     assert all(r["model_id"] == "hbce_soft" and r["mc_samples"] == 3 for r in records)  # the default variant
-    assert set(records[1]["labels"]["Cardiomegaly"]) == {"probability", "mc_mean", "mc_std"}
+    assert set(records[1]["labels"]["Cardiomegaly"]) == {"learnt", "probability", "mc_mean", "mc_std",
+                                                         "operating_point", "call", "map_of"}
     assert records[1]["image_metadata"]["format"] == "DICOM"
     sheets = sorted(p.name for p in cams.iterdir())
     assert sheets == ["0000_a_hbce_soft.png", "0001_c_hbce_soft.png"]
