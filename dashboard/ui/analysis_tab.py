@@ -166,7 +166,7 @@ def _findings_table(ctx: Context) -> None:
             "label": analysis.labels,
             "P (MC mean)": shown(analysis.mc_mean, learnt),
             "± std": shown(analysis.mc_std, learnt),
-            "operating point": [analysis.operating_points.get(label) for label in analysis.labels],
+            "operating point": [analysis.operating_points.get(label, float("nan")) for label in analysis.labels],
             "call": [analysis.call(label) for label in analysis.labels],
             "test AUROC": [auroc_text(label) for label in analysis.labels],
             "parents": [", ".join(ctx.taxonomy.parents(label)) for label in analysis.labels],
