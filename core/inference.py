@@ -29,7 +29,7 @@ from core.card import ModelCard
 from core.head import head_outputs
 from core.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, XrayImage, read_image
 from core.model import HiCXRNet, ModelConfig, constraint_matrix, load_model, read_extra_tensors
-from core.ood import FeatureReference, PopulationClassifier, feature_warning, header_warnings, population_warning
+from core.ood import FeatureReference, PopulationClassifier, image_warnings
 from core.preprocess import normalize, resize_square, to_model_input
 from core.registry import RegistryError, Variant, default_variant, get_variant, list_variants, resolve_weights_dir
 from core.taxonomy import Taxonomy, load_taxonomy
@@ -407,9 +407,8 @@ class Predictor:
             backbone_s = time.perf_counter() - t0
             out = head_outputs(loaded.model, features, mc, seed, loaded.temperature, descendants=loaded.descendants)
             n = len(images)
-            scores = loaded.ood.score(out.pooled) if loaded.ood is not None and out.pooled is not None else None
-            kids = (loaded.population.score(out.pooled) if loaded.population is not None and out.pooled is not None
-                    else None)
+            scores = loaded.ood.score(out.pooled) if loaded.ood is not None else None
+            kids = loaded.population.score(out.pooled) if loaded.population is not None else None
             for i, image in enumerate(images):
                 timings = {
                     "decode": decode_s[i],
@@ -431,8 +430,10 @@ class Predictor:
                     relative_cams=None if out.relative_cams is None else out.relative_cams[i],
                     image=image.pixels,
                     image_metadata=image.metadata.to_dict(),
-                    warnings=self._warnings(image, loaded, None if scores is None else float(scores[i]),
-                                            None if kids is None else float(kids[i])),
+                    warnings=image_warnings(
+                        image.metadata, image.pixels.shape, config.input_size,
+                        None if scores is None else (float(scores[i]), loaded.ood),
+                        None if kids is None else (float(kids[i]), loaded.population)),
                     operating_points=loaded.operating_points,
                     not_learnt=loaded.not_learnt,
                     ood_score=None if scores is None else float(scores[i]),
@@ -449,20 +450,3 @@ class Predictor:
                     },
                 )
         return results
-
-    @staticmethod
-    def _warnings(image: XrayImage, loaded: LoadedVariant, score: float | None,
-                  population: float | None) -> list[str]:
-        """The reader's warnings: the decoder's notes, what the header says, and the two feature checks."""
-        out = list(image.metadata.warnings)
-        out += [w for w in header_warnings(image.metadata.to_dict()) if w not in out]
-        side = loaded.config.input_size
-        if min(image.pixels.shape) < side:
-            out.append(f"The image ({image.pixels.shape[1]} x {image.pixels.shape[0]} px) is smaller than this "
-                       f"model's {side} px input and was enlarged: fine detail the model expects is missing.")
-        checks = []
-        if population is not None and loaded.population is not None:
-            checks.append(population_warning(population, loaded.population))
-        if score is not None and loaded.ood is not None:
-            checks.append(feature_warning(score, loaded.ood))
-        return out + [w for w in checks if w]

@@ -222,3 +222,20 @@ def feature_warning(score: float, reference: FeatureReference) -> str | None:
     return ("This image is unlike the adult frontal chest radiographs the model was trained on (its features lie "
             f"far from theirs: score {score:.1f}, flagged above {reference.threshold:.1f}); treat every output "
             "with extra caution.")
+
+
+def image_warnings(metadata: Any, shape: tuple[int, ...], input_size: int,
+                   distance: tuple[float, FeatureReference] | None = None,
+                   population: tuple[float, PopulationClassifier] | None = None) -> list[str]:
+    """Every warning the reader sees for one analysed image, in order: the decoder's notes, what the header says,
+    an image smaller than the model's input, then the two feature checks (score and its reference, if any)."""
+    out = list(metadata.warnings)
+    out += [w for w in header_warnings(metadata.to_dict()) if w not in out]
+    if min(shape) < input_size:
+        out.append(f"The image ({shape[1]} x {shape[0]} px) is smaller than this model's {input_size} px input and "
+                   "was enlarged: fine detail the model expects is missing.")
+    if population is not None:
+        out.append(population_warning(*population))
+    if distance is not None:
+        out.append(feature_warning(*distance))
+    return [w for w in out if w]
