@@ -20,7 +20,6 @@ sources are read from label tables (``csv`` + ``path_column``, optional ``label_
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
@@ -59,7 +58,7 @@ from core.pretrain_data import (
     load_sources,
     simclr_view,
 )
-from core.progress import progress
+from core.progress import append_row, progress
 from core.taxonomy import load_taxonomy
 
 log = logging.getLogger(__name__)
@@ -301,7 +300,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> Path:
         save_model(net.backbone, run_dir / "backbone.safetensors")
         _save_net(net, ckpt / "last.safetensors")
         save_training_state(ckpt, optimizer, scheduler, loop)
-        _append(run_dir / "metrics.csv", row)
+        append_row(run_dir / "metrics.csv", row, METRIC_COLUMNS)
         log.info("epoch %d/%d  loss %.4f (ce %.4f, nt-xent %.4f)  held-out accuracy %s  held-out nt-xent %s  %.0fs",
                  epoch, config.train.epochs, row["loss"], row["ce"], row["ntxent"],
                  _fmt(row["holdout_accuracy"]), _fmt(row["holdout_ntxent"]), row["seconds"])
@@ -340,15 +339,6 @@ def _save_net(net: nn.Module, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(path))
-
-
-def _append(path: Path, row: dict[str, float]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row[k] for k in METRIC_COLUMNS})
 
 
 def _fmt(x: float) -> str:

@@ -1,9 +1,11 @@
-"""Progress display: a tqdm bar on a terminal, plain log lines elsewhere (CI logs, nohup)."""
+"""Progress display (a tqdm bar on a terminal, plain log lines elsewhere: CI logs, nohup) and per-epoch CSV logs."""
 
 from __future__ import annotations
 
+import csv
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -14,3 +16,13 @@ def progress(iterable: Iterable, enabled: bool = True, **kwargs: Any) -> Iterabl
     if enabled and sys.stderr.isatty():
         return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
     return iterable
+
+
+def append_row(path: Path, row: Mapping[str, Any], columns: Sequence[str]) -> None:
+    """Append one row of ``columns`` to the CSV log at ``path`` (writing the header first if the file is new)."""
+    new = not path.exists()
+    with path.open("a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row[k] for k in columns})

@@ -23,7 +23,6 @@ schedules in :mod:`core.optim`.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import sys
@@ -59,7 +58,7 @@ from core.model import HiCXRNet, ModelConfig, build_model, constraint_matrix, lo
 from core.optim import build_optimizer, build_scheduler
 from core.penalties import EdgePenalty, data_driven_penalties, fixed_penalties, penalty_table
 from core.preprocess import normalize
-from core.progress import progress
+from core.progress import append_row, progress
 from core.taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
@@ -248,15 +247,6 @@ class TrainResult:
     last_model: HiCXRNet
 
 
-def _append_metrics(path: Path, row: dict[str, float]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row[k] for k in METRIC_COLUMNS})
-
-
 def _save_val_logits(folder: Path, epoch: int, logits: np.ndarray, labels: LabelSet) -> None:
     """``<folder>/epoch_NNN.npy`` (rows in the val set's order) and, once, ``<folder>/rows.txt`` (paths)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -403,7 +393,7 @@ def train(config: Config, resume: bool = False, taxonomy: Taxonomy | None = None
             state.epochs_since_best += 1
         history.append(row)
         if info.is_main:
-            _append_metrics(run_dir / "metrics.csv", row)
+            append_row(run_dir / "metrics.csv", row, METRIC_COLUMNS)
             save_checkpoint(run_dir, model, optimizer, scheduler, state, best=improved, ema=ema)
             if writer is not None:
                 for key, value in row.items():

@@ -257,55 +257,27 @@ def taxonomy_figure(
                   for lab, up in zip(labels, above, strict=True)]
     shown = [i for i, ok in enumerate(learnt) if ok]
     hidden = [i for i, ok in enumerate(learnt) if not ok]
-    fig.add_trace(
-        go.Scatter(
-            x=[xs[i] for i in shown],
-            y=[ys[i] for i in shown],
-            mode="markers+text",
-            text=[node_text(analysis, labels[i]) for i in shown],
-            textposition="bottom center",
-            textfont=dict(size=10, color="#1a202c"),
-            customdata=[labels[i] for i in shown],
-            hovertext=[hover[i] for i in shown],
-            hoverinfo="text",
-            marker=dict(
-                size=NODE_SIZE,
-                color=[mean[labels[i]] for i in shown],
-                colorscale=COLORSCALE,
-                cmin=0.0,
-                cmax=1.0,
-                line=dict(width=[line_width[i] for i in shown], color=[line_color[i] for i in shown]),
-                colorbar=dict(title=dict(text="P (MC mean)", side="right"), thickness=10, len=0.7, x=1.0, xpad=0),
-            ),
-            name="labels",
-            showlegend=False,
+
+    def nodes(rows: list[int], name: str, text_color: str, marker: dict) -> go.Scatter:
+        return go.Scatter(
+            x=[xs[i] for i in rows], y=[ys[i] for i in rows], mode="markers+text",
+            text=[node_text(analysis, labels[i]) for i in rows], textposition="bottom center",
+            textfont=dict(size=10, color=text_color), customdata=[labels[i] for i in rows],
+            hovertext=[hover[i] for i in rows], hoverinfo="text", marker=marker, name=name, showlegend=False,
             # A click selects a point; plotly would otherwise fade every other node.
             selected=dict(marker=dict(opacity=1.0)),
-            unselected=dict(marker=dict(opacity=1.0), textfont=dict(color="#1a202c")),
+            unselected=dict(marker=dict(opacity=1.0), textfont=dict(color=text_color)),
         )
-    )
+
+    fig.add_trace(nodes(shown, "labels", "#1a202c", dict(
+        size=NODE_SIZE, color=[mean[labels[i]] for i in shown], colorscale=COLORSCALE, cmin=0.0, cmax=1.0,
+        line=dict(width=[line_width[i] for i in shown], color=[line_color[i] for i in shown]),
+        colorbar=dict(title=dict(text="P (MC mean)", side="right"), thickness=10, len=0.7, x=1.0, xpad=0))))
     # Not-learnt outputs: hollow grey, no number; their output is not a probability worth reading.
-    fig.add_trace(
-        go.Scatter(
-            x=[xs[i] for i in hidden],
-            y=[ys[i] for i in hidden],
-            mode="markers+text",
-            text=[node_text(analysis, labels[i]) for i in hidden],
-            textposition="bottom center",
-            textfont=dict(size=10, color="#6b7280"),
-            customdata=[labels[i] for i in hidden],
-            hovertext=[hover[i] for i in hidden],
-            hoverinfo="text",
-            marker=dict(size=NODE_SIZE, color=NOT_LEARNT_COLOR, symbol="circle-open-dot",
-                        line=dict(width=[line_width[i] if labels[i] == selected else 2.0 for i in hidden],
-                                  color=[SELECTED_COLOR if labels[i] == selected else NOT_LEARNT_COLOR
-                                         for i in hidden])),
-            name="not learnt",
-            showlegend=False,
-            selected=dict(marker=dict(opacity=1.0)),
-            unselected=dict(marker=dict(opacity=1.0), textfont=dict(color="#6b7280")),
-        )
-    )
+    fig.add_trace(nodes(hidden, "not learnt", "#6b7280", dict(
+        size=NODE_SIZE, color=NOT_LEARNT_COLOR, symbol="circle-open-dot",
+        line=dict(width=[line_width[i] if labels[i] == selected else 2.0 for i in hidden],
+                  color=[SELECTED_COLOR if labels[i] == selected else NOT_LEARNT_COLOR for i in hidden]))))
     # Legend entries for the marks (dummy points outside the view).
     for name, marker in (
         ("▲ at/above operating point (called positive)", dict(size=12, color="#ffffff",
