@@ -60,7 +60,10 @@ def pdf_report(
     fig = report_figure(analysis, display_image=display_image, test_auroc=test_auroc, top_k=top_k,
                         attribution=attribution, label=label)
     buf = io.BytesIO()
-    fig.savefig(buf, format="pdf", metadata={"Title": "HiCXR analysis report", "Creator": "HiCXR dashboard"})
+    shown = _shown_label(analysis, label, top_k)
+    subject = f"model {analysis.model_id}; map of {shown}" if shown else f"model {analysis.model_id}"
+    fig.savefig(buf, format="pdf", metadata={"Title": "HiCXR analysis report", "Creator": "HiCXR dashboard",
+                                             "Subject": subject})
     return buf.getvalue()
 
 
@@ -107,7 +110,7 @@ def report_figure(
     ax_img.set_title("Radiograph", fontsize=10)
     ax_img.axis("off")
     ax_cam = fig.add_axes((0.52, 0.53, 0.43, 0.31))
-    shown = label if label is not None and analysis.learnt(label) else (top[0] if top else None)
+    shown = _shown_label(analysis, label, top_k)
     if shown is not None:
         ax_cam.imshow(cam_overlay(analysis, shown, base=image, max_side=768))
         i = analysis.index(shown)
@@ -169,3 +172,11 @@ def report_figure(
     if attribution:
         ax_txt.text(0, -0.08, textwrap.fill(attribution, 150), fontsize=6.5, color="#555555", va="top")
     return fig
+
+
+def _shown_label(analysis: Analysis, label: str | None, top_k: int) -> str | None:
+    """The label whose map the report shows: the reader's choice if it is learnt, else the top finding."""
+    if label is not None and analysis.learnt(label):
+        return label
+    top = analysis.top_findings(top_k, exclude=_REPORT_EXCLUDE)
+    return top[0] if top else None

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from streamlit.testing.v1 import AppTest
 
 from core.inference import Predictor
-from dashboard.report import analysis_csv, analysis_json, report_figure
+from dashboard.report import analysis_csv, analysis_json, pdf_report, report_figure
 from dashboard.ui.state import ENV_WEIGHTS_DIR, SAMPLES, SAMPLES_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +98,6 @@ def test_exports_and_pdf_follow_the_reader(weights_dir):
     assert any("Edema" in t for t in titles)
     assert fig.axes[1].images[0].get_array().max() == 0  # the reader's window/level, not the file's
     assert not any(label in " ".join(t.get_text() for t in fig.axes[-1].texts) for label in ("Fracture:",))
+    pdf = pdf_report(analysis, label="Edema")
+    assert pdf.startswith(b"%PDF") and b"map of Edema" in pdf  # the PDF's Subject names the map it shows
+    assert b"map of " + analysis.top_findings(1)[0].encode() in pdf_report(analysis, label="Fracture")
