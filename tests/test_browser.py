@@ -33,7 +33,8 @@ CHROMIUM_ARGS = [
 ]
 RENDER_TIMEOUT_MS = 120_000
 TREE = ".st-key-tree .js-plotly-plot"
-NODE_TRACE = 3  # edges, outranking edges, halos, then the label nodes (see dashboard.components.tree)
+NODE_TRACE = 3  # edges, violation edges, halos, then the learnt label nodes (see dashboard.components.tree)
+NOT_LEARNT_TRACE = 4  # then the not-learnt nodes
 
 
 def _free_port() -> int:
@@ -147,43 +148,60 @@ def _nih_test_png(shared_data: Path) -> Path:
     return shared_data / "nih" / "images" / row["Image Index"]
 
 
+def _learnt_labels(scan_default) -> list[str]:
+    variant = scan_default
+    return [label for label in variant.labels if variant.card.learnt(label)]
+
+
 def test_upload_png_click_node_and_see_its_cam(page, shared_data):
+    from core.registry import default_variant, get_variant
+
+    default = get_variant(default_variant(REPO_ROOT / "weights"), REPO_ROOT / "weights")
+    learnt = _learnt_labels(default)
     seconds = _upload(page, _nih_test_png(shared_data))
     print(f"\nupload_to_tree_seconds={seconds:.2f} (NIH PNG 512 px, shipped default variant, fresh session)")
     assert seconds < 60
-    assert page.locator(f"{TREE} .scatterlayer .trace").nth(NODE_TRACE).locator("path.point").count() == 21
+    traces = page.locator(f"{TREE} .scatterlayer .trace")
+    assert traces.nth(NODE_TRACE).locator("path.point").count() == len(learnt)
+    # Not-learnt outputs are drawn as such: hollow nodes captioned "not learnt", no probability.
+    not_learnt = default.card.labels_not_learnt
+    assert not_learnt and traces.nth(NOT_LEARNT_TRACE).locator("path.point").count() == len(not_learnt)
+    assert _tree_text(page).count("not learnt") >= len(not_learnt)
     _images_loaded(page)
     _shot(page, "01_png_uploaded")
 
-    nodes = page.locator(f"{TREE} .scatterlayer .trace").nth(NODE_TRACE).locator("path.point")
+    nodes = traces.nth(NODE_TRACE).locator("path.point")
     shown = _cam_caption(page)
-    targets = [(label, i) for label, i in (("Cardiomegaly", 1), ("Edema", 3), ("Pleural Effusion", 9))
-               if f"Grad-CAM · {label}" not in shown][:2]  # clicking the label already shown would deselect it
-    for label, index in targets:
+    targets = [label for label in ("Cardiomegaly", "Edema", "Pleural Effusion")
+               if not shown.startswith(f"{label} ·")][:2]  # clicking the label already shown would deselect it
+    for label in targets:
         src_before = page.locator("[data-testid='stImage'] img").first.get_attribute("src")
-        box = nodes.nth(index).bounding_box()
+        box = nodes.nth(learnt.index(label)).bounding_box()
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.wait_for_function(
             """label => {
                 const caption = document.querySelector("[data-testid='stImageCaption']");
-                return caption !== null && caption.innerText.includes(label);
+                return caption !== null && caption.innerText.startsWith(label + " ·");
             }""",
             arg=label,
         )
         caption = _cam_caption(page)
-        assert f"Grad-CAM · {label}" in caption
-        # A new map is drawn (the relative CAM where the label's Grad-CAM is empty, flagged in the caption).
+        assert "operating point" in caption or "not learnt" not in caption
+        # A new map is drawn, and the text under it says what kind of picture it is.
         assert page.locator("[data-testid='stImage'] img").first.get_attribute("src") != src_before
+        kind = page.get_by_text("Grad-CAM: regions that raise").or_(page.get_by_text("not evidence for the label"))
+        assert kind.count() >= 1
     _images_loaded(page)
     _shot(page, "02_node_clicked")
 
-    # The gallery is lazy: opening it draws one tile per label above the probability slider (0.5 by default).
+    # The gallery is lazy: opening it draws one tile per learnt label above the probability slider (0.5).
     page.get_by_text("Gallery: every label above a probability").click()
     page.get_by_text("Probability at least").wait_for()
-    page.wait_for_function("() => document.querySelectorAll(\"[data-testid='stImage'] img\").length > 1")
+    page.locator(".st-key-gallery_min_p").wait_for()
     _images_loaded(page)
-    tiles = [c for c in page.locator("[data-testid='stImageCaption']").all_inner_texts() if "Grad-CAM" not in c]
-    assert tiles and all(float(t.split(" · ")[1].split(" ±")[0]) >= 0.5 for t in tiles)
+    tiles = [c for c in page.locator("[data-testid='stImageCaption']").all_inner_texts() if "P = " not in c]
+    assert all(float(t.split(" · ")[1].split(" ±")[0]) >= 0.5 for t in tiles)
+    assert not any(t.split(" · ")[0] in not_learnt for t in tiles)
     _shot(page, "03_gallery")
 
 
@@ -219,20 +237,29 @@ def test_bad_file_shows_its_message(page, tmp_path):
 
 
 def test_compare_variants_and_downloads(page):
+    from core.registry import default_variant, scan_weights
+
+    scan = scan_weights(REPO_ROOT / "weights")
+    distinct = scan.distinct_names()
+    default = default_variant(REPO_ROOT / "weights")
     page.get_by_role("tab", name="Compare variants").click()
     page.locator(".st-key-compare_bars .js-plotly-plot").wait_for()
     page.get_by_text("Where the variants disagree most").wait_for()
-    # One CAM per variant, captioned "<variant> · <label> · mean ± std".
+    # Identical models are one entry: the paper's hard-penalty variants are named as bce.
+    page.get_by_text("bce ≡ hbce_data ≡ hbce_fixed").first.wait_for()
+    compared = [default] + [n for n in distinct if n != default]
+    compared = compared[:4]
     page.wait_for_function(
-        """() => {
-            const names = [...document.querySelectorAll("[data-testid='stImageCaption']")]
+        """names => {
+            const shown = [...document.querySelectorAll("[data-testid='stImageCaption']")]
                 .map(c => c.innerText.split(" ·")[0]);
-            return ["bce", "hbce_data", "hbce_fixed", "hbce_soft"].every(v => names.includes(v));
-        }"""
+            return names.every(v => shown.includes(v));
+        }""",
+        arg=compared,
     )
     captions = page.locator("[data-testid='stImageCaption']").all_inner_texts()
-    shipped = ["bce", "hbce_data", "hbce_fixed", "hbce_soft"]  # up to 4 variants are compared by default
-    assert sorted(c.split(" ·")[0] for c in captions if not c.startswith("Grad-CAM")) == shipped
+    assert sorted({c.split(" ·")[0] for c in captions}) == sorted(compared)
+    assert "hbce_fixed ·" not in " ".join(captions) and "hbce_data ·" not in " ".join(captions)
     assert page.locator(".st-key-compare_bars .js-plotly-plot .bars").count() >= 2
     _images_loaded(page)
     _shot(page, "06_compare")
@@ -241,17 +268,34 @@ def test_compare_variants_and_downloads(page):
     page.locator(".st-key-card_auroc .js-plotly-plot").wait_for()
     _shot(page, "07_model_card")
 
+    page.get_by_role("tab", name="Analysis").click()
+    page.locator(TREE).wait_for()
+    page.locator(".st-key-label_pick").click()
+    page.get_by_role("option", name="Pleural Effusion", exact=True).click()
+    page.wait_for_function(
+        "() => document.querySelector(\"[data-testid='stImageCaption']\").innerText.startsWith('Pleural Effusion')")
     page.get_by_role("tab", name="Export").click()
+    page.get_by_text("Pleural Effusion").first.wait_for()  # the export tab names the label the PDF will show
     with page.expect_download() as info:
         page.get_by_role("button", name="Download JSON").click()
     payload = json.loads(Path(info.value.path()).read_text())
-    assert payload["model_id"] == "hbce_soft" and len(payload["labels"]) == 21
-    assert set(payload["labels"]["Cardiomegaly"]) == {"probability", "mc_mean", "mc_std"}
+    assert payload["model_id"] == default and len(payload["labels"]) == 21
+    assert payload["labels"]["Fracture"]["call"] == "not learnt" and "warnings" in payload
     with page.expect_download() as info:
         page.get_by_role("button", name="Download PDF report").click()
     pdf = Path(info.value.path()).read_bytes()
     assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
+    assert b"map of Pleural Effusion" in pdf  # the PDF shows the label selected in the Analysis tab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "report.pdf").write_bytes(pdf)
     assert info.value.suggested_filename.endswith(".pdf")
     _shot(page, "08_export")
+
+
+def test_out_of_population_image_is_warned_next_to_the_tree(page, shared_data):
+    _upload(page, shared_data / "dicom" / "highdicom_dx_image_DX_MONO1_canine_thorax.dcm")
+    warning = page.locator("[data-testid='stAlertContentWarning']")
+    warning.first.wait_for()
+    text = " ".join(warning.all_inner_texts())
+    assert "under 18" in text or "unlike the adult" in text
+    _shot(page, "09_out_of_population")
