@@ -92,7 +92,7 @@ class Variant:
     def description(self) -> str:
         """One line for pickers: name, loss, and test macro AUROC when known."""
         loss = self.card.loss
-        parts = [" ≡ ".join([self.name, *self.aliases])]
+        parts = [" ≡ ".join([self.name, *sorted(self.aliases)])]
         if self.card.loss_name == "mcloss":
             parts.append("C-HMCNN max constraint")
         elif loss:
@@ -135,7 +135,7 @@ class RegistryScan:
         for group in self.identical_groups():
             if name in group:
                 names += [n for n in group if n != name]
-        return list(dict.fromkeys(names))
+        return sorted(set(names))
 
 
 def resolve_weights_dir(weights_dir: str | Path = "weights") -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, make_weights_dir
-from test_browser import CHROMIUM, CHROMIUM_ARGS, NODE_TRACE, RENDER_TIMEOUT_MS, TREE, server  # noqa: F401
+from test_browser import CHROMIUM, CHROMIUM_ARGS, RENDER_TIMEOUT_MS, TREE, server  # noqa: F401
 
 from bench import hostile
 from core.imaging import read_image
@@ -121,8 +121,12 @@ async def _browser_session(browser, url: str, path: Path, labels: list[str]) -> 
             " return el !== null && el.textContent.includes('Pneumonia') && el.textContent !== before; }",
             arg=[TREE, before],
         )
-        nodes = page.locator(f"{TREE} .scatterlayer .trace").nth(NODE_TRACE).locator(".textpoint")
-        return _tree_means(await nodes.all_text_contents(), labels)
+        traces = page.locator(f"{TREE} .scatterlayer .trace")
+        for i in range(await traces.count()):  # the learnt labels' trace: one caption per learnt label
+            texts = await traces.nth(i).locator(".textpoint").all_text_contents()
+            if len(texts) == len(labels):
+                return _tree_means(texts, labels)
+        raise AssertionError("no tree trace with one caption per learnt label")
     finally:
         await context.close()
 

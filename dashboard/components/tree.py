@@ -232,8 +232,8 @@ def taxonomy_figure(
     edge.update(name="parent → child", showlegend=True)
     fig.add_trace(edge)
     bad = _edge_trace(violating, pos, color=VIOLATION_COLOR, width=2.5, dash="dash")
-    bad.update(name=f"violation: child > {analysis.threshold:.1f} > parent", showlegend=True,
-               visible=True if violating else "legendonly")
+    # Always drawn (possibly empty), so the key lists what a red edge would mean and trace order stays fixed.
+    bad.update(name=f"violation: child > {analysis.threshold:.1f} > parent", showlegend=True)
     fig.add_trace(bad)
 
     fig.add_trace(
