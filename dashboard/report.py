@@ -121,7 +121,7 @@ def report_figure(
                     fontsize=6.5, va="top", color="#333333")
     ax_cam.axis("off")
 
-    ax_bar = fig.add_axes((0.3, 0.25, 0.64, 0.25))
+    ax_bar = fig.add_axes((0.3, 0.235, 0.64, 0.225))
     order = [i for i in np.argsort(-np.asarray(analysis.mc_mean, dtype=float), kind="stable")
              if analysis.learnt(analysis.labels[i])]
     names = [analysis.labels[i] for i in order]
@@ -140,14 +140,13 @@ def report_figure(
     ax_bar.set_xlabel("Probability (MC mean ± std); black tick: the label's operating point; dark red: at or "
                       "above it (called positive)", fontsize=7.5)
     ax_bar.tick_params(axis="x", labelsize=7)
-    title = "All learnt outputs"
-    if analysis.not_learnt:
-        title += f" (not learnt, not shown: {', '.join(analysis.not_learnt)})"
-    ax_bar.set_title(textwrap.fill(title, 90), fontsize=8.5)
+    ax_bar.set_title("All learnt outputs", fontsize=9)
 
     ax_txt = fig.add_axes((0.06, 0.03, 0.9, 0.16))
     ax_txt.axis("off")
     lines = [f"Warning: {w}" for w in analysis.warnings]
+    if analysis.not_learnt:
+        lines.append(f"Not learnt, so not shown (too few positive training images): {', '.join(analysis.not_learnt)}.")
     lines.append("Top findings (MC mean ± std; against the label's operating point; model's test AUROC):")
     for finding in top:
         i = analysis.index(finding)
@@ -166,7 +165,9 @@ def report_figure(
         lines.append(f"Taxonomy violations (child above {analysis.threshold:.2f}, parent below): {pairs}")
     else:
         lines.append(f"No taxonomy violation (child above {analysis.threshold:.2f} while its parent is below).")
-    ax_txt.text(0, 1.0, "\n".join(textwrap.fill(x, 112, subsequent_indent="    ") for x in lines), fontsize=8, va="top")
+    text = "\n".join(textwrap.fill(x, 112, subsequent_indent="    ") for x in lines)
+    # Keep the block clear of the disclaimer below it, however many warnings there are.
+    ax_txt.text(0, 1.0, text, fontsize=8 if text.count("\n") < 10 else 6.5, va="top")
     ax_txt.text(0, 0.12, textwrap.fill(DISCLAIMER + " Probabilities are model outputs, not diagnoses.", 100),
                 fontsize=8.5, fontweight="bold", color="#9b2c2c", va="top")
     if attribution:
