@@ -71,17 +71,27 @@ def test_weights_reproduce_their_cards_test_figures(scan, shared_data):
 
 @pytest.mark.slow
 def test_calibration_cannot_flatten_a_learnt_label(scan, test_rows):
+    """A temperature of 20 turned No Finding and Opacity into 0.48-0.51 on every film (probability std 0.007,
+    log-odds std ~0.03). Spread is judged on the log-odds scale for every learnt label, because a rare label's
+    probabilities are honestly small and close together (Pleural Other: mean 0.10, std 0.025, log-odds std 0.3);
+    the headline labels the issue named must also spread on the probability scale."""
+    headline = {"No Finding", "Abnormal", "Opacity"}
     for variant in scan.variants:
         calibration = variant.card.calibration
         assert calibration is not None
         temps = np.asarray(calibration.temperature)
         assert np.all((temps > 0.021) & (temps < 49.9)), variant.name  # no parameter on a search bound
+        assert np.all(temps < 5.0), variant.name  # no label's log-odds shrunk five-fold or more
         predictor = Predictor(WEIGHTS, variants=[variant.name])  # MC means of 10 samples, as displayed
         means = np.stack([next(iter(item.analyses.values())).mc_mean
                           for item in predictor.iter_analyses(test_rows, batch_size=32)])
+        clipped = np.clip(means.astype(np.float64), 1e-6, 1 - 1e-6)
+        log_odds = np.log(clipped / (1 - clipped))
         for j, label in enumerate(variant.labels):
             if variant.card.learnt(label):
-                assert means[:, j].std() >= 0.03, (variant.name, label, means[:, j].std())
+                assert log_odds[:, j].std() >= 0.15, (variant.name, label, log_odds[:, j].std())
+            if label in headline:
+                assert means[:, j].std() >= 0.05, (variant.name, label, means[:, j].std())
 
 
 @pytest.mark.slow
