@@ -326,6 +326,16 @@ class ModelCard:
             out[label] = finite(entry.get("auroc")) if isinstance(entry, dict) else None
         return out
 
+    def per_label_positives(self, labels: list[str], split: str = "test") -> dict[str, int | None]:
+        """Known positives of every label on ``split`` (``None`` where not reported): how much an AUROC rests on."""
+        per_label = self.split_metrics(split).get("per_label") or {}
+        out: dict[str, int | None] = {}
+        for label in labels:
+            entry = per_label.get(label)
+            count = finite(entry.get("positives")) if isinstance(entry, dict) else None
+            out[label] = int(count) if count is not None else None
+        return out
+
     def learnt(self, label: str) -> bool:
         """False for a label the card lists under ``labels_not_learnt``."""
         return label not in self.labels_not_learnt

@@ -83,6 +83,10 @@ class Variant:
         """AUROC of every label on ``split`` (``None`` where undefined or not reported), in label order."""
         return self.card.per_label_auroc(self.labels, split)
 
+    def per_label_positives(self, split: str = "test") -> dict[str, int | None]:
+        """Known positives of every label on ``split`` (``None`` where not reported), in label order."""
+        return self.card.per_label_positives(self.labels, split)
+
     @property
     def aliases(self) -> list[str]:
         """Other names this variant answers to (e.g. the paper's hard-penalty variants, which equal ``bce``)."""

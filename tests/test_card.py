@@ -62,3 +62,19 @@ def test_check_against_the_weights_config():
             config, "v.json")
     with pytest.raises(CardError, match="preprocessing.input_size"):
         ModelCard.from_dict(_card(preprocessing={"input_size": 320})).check_against(config, "v.json")
+
+
+def test_each_test_auroc_is_quoted_with_the_positives_it_rests_on():
+    from dashboard.components.model_card import auroc_text
+
+    card = ModelCard.from_dict(_card(metrics={"test": {"per_label": {
+        "Cardiomegaly": {"auroc": 0.8, "positives": 24}, "Edema": {"auroc": 1.0, "positives": 1},
+        "Fracture": {"auroc": None, "positives": 0}}}}))
+    labels = ["Cardiomegaly", "Edema", "Fracture", "Hernia"]
+    positives = card.per_label_positives(labels)
+    assert positives == {"Cardiomegaly": 24, "Edema": 1, "Fracture": 0, "Hernia": None}
+    auroc = card.per_label_auroc(labels)
+    assert auroc_text(auroc["Cardiomegaly"], positives["Cardiomegaly"]) == "0.800 (24 test positives)"
+    assert auroc_text(auroc["Edema"], positives["Edema"]) == "1.000 from only 1 test positive: unreliable"
+    assert auroc_text(auroc["Fracture"], positives["Fracture"]) == "n/a: no test positives"
+    assert auroc_text(auroc["Hernia"], positives["Hernia"]) == "n/a: not reported"

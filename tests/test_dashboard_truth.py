@@ -32,6 +32,12 @@ def weights_dir(tmp_path_factory) -> Path:
     card = json.loads((folder / "bce.json").read_text())
     (folder / "hbce_fixed.json").write_text(json.dumps({**card, "variant": "hbce_fixed"}))
     (folder / "bce.json").write_text(json.dumps({**card, "aliases": ["hbce_data"]}))
+    for path in folder.glob("*.json"):  # how many test positives each AUROC rests on
+        data = json.loads(path.read_text())
+        if "metrics" in data:
+            data["metrics"]["test"]["per_label"]["Edema"]["positives"] = 1
+            data["metrics"]["test"]["per_label"]["Cardiomegaly"]["positives"] = 30
+            path.write_text(json.dumps(data))
     return folder
 
 
@@ -61,6 +67,11 @@ def test_not_learnt_labels_and_operating_points_on_the_page(weights_dir, monkeyp
         assert np.isnan(table.loc[label, "P (MC mean)"]) and table.loc[label, "call"] == "not learnt"
         assert "not learnt" in table.loc[label, "test AUROC"]
     assert table.loc["Edema", "call"] == "below"  # operating point 0.99
+    # An AUROC from one test positive is 0 or 1 by luck: it is quoted as such, and every AUROC with its count.
+    assert "only 1 test positive: unreliable" in table.loc["Edema", "test AUROC"]
+    assert table.loc["Cardiomegaly", "test AUROC"].endswith("(30 test positives)")
+    hover = dict(zip(nodes["customdata"], nodes["hovertext"], strict=True))
+    assert "only 1 test positive" in hover["Edema"] and "30 test positives" in hover["Cardiomegaly"]
     assert table.loc["Cardiomegaly", "operating point"] == pytest.approx(0.3)
     assert any("operating point" in c.value for c in at.caption)
     # The label shown first is a learnt one, and the map's caption says what kind of picture it is.

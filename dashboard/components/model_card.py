@@ -19,6 +19,21 @@ DISCLAIMER = "Research use only. Not a medical device: not for diagnosis, triage
 
 _number = finite
 
+#: Below this many test positives an AUROC is quoted with a warning: one positive gives 0 or 1 by luck.
+FEW_TEST_POSITIVES = 5
+
+
+def auroc_text(auroc: float | None, positives: int | None) -> str:
+    """A test AUROC as the reader should weigh it: with the number of test positives it rests on."""
+    if auroc is None:
+        return "n/a: no test positives" if positives == 0 else "n/a: not reported"
+    if positives is None:
+        return f"{auroc:.3f}"
+    if positives < FEW_TEST_POSITIVES:
+        plural = "" if positives == 1 else "s"
+        return f"{auroc:.3f} from only {positives} test positive{plural}: unreliable"
+    return f"{auroc:.3f} ({positives} test positives)"
+
 
 def _ci(value: Any) -> tuple[float | None, float | None]:
     if isinstance(value, (list, tuple)) and len(value) == 2:

@@ -20,6 +20,7 @@ from dashboard.components.image_view import (
     metadata_table,
     window_range,
 )
+from dashboard.components.model_card import auroc_text
 from dashboard.components.tree import label_from_selection, taxonomy_figure
 from dashboard.ui.state import SELECTED_LABEL, Context
 
@@ -120,7 +121,7 @@ def _tree(ctx: Context) -> None:
     card = ctx.get_variant(ctx.variant).card
     st.plotly_chart(
         taxonomy_figure(analysis, ctx.taxonomy, auroc=auroc, selected=selected,
-                        training_positives=card.training_positives),
+                        training_positives=card.training_positives, test_positives=ctx.test_positives()),
         key="tree", on_select=partial(_on_tree_click, list(analysis.labels)), selection_mode="points",
         config=TREE_CONFIG,
     )
@@ -148,18 +149,18 @@ def _target_sensitivity(card) -> str:
 def _findings_table(ctx: Context) -> None:
     analysis = ctx.analysis
     auroc = ctx.test_auroc()
+    positives = ctx.test_positives()
     card = ctx.get_variant(ctx.variant).card
     learnt = [analysis.learnt(label) for label in analysis.labels]
 
     def shown(values, ok):
         return [float(v) if k else None for v, k in zip(values, ok, strict=True)]
 
-    def auroc_text(label: str) -> str:
+    def auroc_cell(label: str) -> str:
         if not analysis.learnt(label):
             n = card.training_positives.get(label)
             return f"n/a: not learnt ({n or 0} positive training images)"
-        value = auroc.get(label)
-        return f"{value:.3f}" if value is not None else "n/a: no test positives"
+        return auroc_text(auroc.get(label), positives.get(label))
 
     table = pd.DataFrame(
         {
@@ -168,7 +169,7 @@ def _findings_table(ctx: Context) -> None:
             "± std": shown(analysis.mc_std, learnt),
             "operating point": [analysis.operating_points.get(label, float("nan")) for label in analysis.labels],
             "call": [analysis.call(label) for label in analysis.labels],
-            "test AUROC": [auroc_text(label) for label in analysis.labels],
+            "test AUROC": [auroc_cell(label) for label in analysis.labels],
             "parents": [", ".join(ctx.taxonomy.parents(label)) for label in analysis.labels],
         }
     ).sort_values("P (MC mean)", ascending=False, na_position="last")

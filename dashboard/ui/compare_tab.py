@@ -91,6 +91,7 @@ def render_compare(ctx: Context) -> None:
                     st.plotly_chart(
                         taxonomy_figure(analyses[name], ctx.taxonomy, auroc=ctx.test_auroc(name), selected=label,
                                         height=480, title=name,
-                                        training_positives=ctx.get_variant(name).card.training_positives),
+                                        training_positives=ctx.get_variant(name).card.training_positives,
+                                        test_positives=ctx.test_positives(name)),
                         key=f"compare_tree_{name}", config={"displaylogo": False, "displayModeBar": False},
                     )

@@ -111,6 +111,10 @@ class Context:
         """Per-label test AUROC from a variant's model card (the sidebar's variant by default)."""
         return self.get_variant(name or self.variant).per_label_auroc("test")
 
+    def test_positives(self, name: str | None = None) -> dict[str, int | None]:
+        """Per-label test positives from a variant's model card: what each test AUROC rests on."""
+        return self.get_variant(name or self.variant).per_label_positives("test")
+
     def display_image(self):
         """The image as the reader displays it (window/level and invert of the Analysis tab's controls)."""
         from dashboard.components.image_view import display_pixels
