@@ -157,7 +157,8 @@ def report_figure(
         threshold = analysis.operating_points.get(finding)
         call = (f"{analysis.call(finding)} operating point {threshold:.2f}" if threshold is not None
                 else "no operating point")
-        lines.append(f"  {finding}: {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f}  ({call}; AUROC {auroc_txt})")
+        mean, std = analysis.mc_mean[i], analysis.mc_std[i]
+        lines.append(f"  {finding}: {mean:.2f} ± {std:.2f}; {call}; test AUROC {auroc_txt}")
     if analysis.violations:
         shown = analysis.violations[:_MAX_VIOLATIONS_LISTED]
         pairs = "; ".join(f"{v.parent} {v.parent_probability:.2f} < {v.child} {v.child_probability:.2f}"
