@@ -22,7 +22,7 @@ from core.card import strict_json
 from core.serialize import LONG_FIELDS, long_rows, record, write_csv
 from dashboard.components.cam import cam_caption, cam_overlay
 from dashboard.components.image_view import downsample
-from dashboard.components.model_card import DISCLAIMER, auroc_text
+from dashboard.components.model_card import DISCLAIMER
 
 _REPORT_EXCLUDE = ("No Finding", "Uncertain", "Abnormal")
 # Keeps the text block on one page; the JSON/CSV exports list every violation.
@@ -51,15 +51,14 @@ def pdf_report(
     analysis: Analysis,
     *,
     display_image: np.ndarray | None = None,
-    test_auroc: Mapping[str, float | None] | None = None,
-    test_positives: Mapping[str, int | None] | None = None,
+    auroc_notes: Mapping[str, str] | None = None,
     top_k: int = 5,
     attribution: str = "",
     label: str | None = None,
 ) -> bytes:
     """A one-page A4 PDF of :func:`report_figure` (same arguments)."""
-    fig = report_figure(analysis, display_image=display_image, test_auroc=test_auroc, test_positives=test_positives,
-                        top_k=top_k, attribution=attribution, label=label)
+    fig = report_figure(analysis, display_image=display_image, auroc_notes=auroc_notes, top_k=top_k,
+                        attribution=attribution, label=label)
     buf = io.BytesIO()
     shown = _shown_label(analysis, label, top_k)
     subject = f"model {analysis.model_id}; map of {shown}" if shown else f"model {analysis.model_id}"
@@ -72,8 +71,7 @@ def report_figure(
     analysis: Analysis,
     *,
     display_image: np.ndarray | None = None,
-    test_auroc: Mapping[str, float | None] | None = None,
-    test_positives: Mapping[str, int | None] | None = None,
+    auroc_notes: Mapping[str, str] | None = None,
     top_k: int = 5,
     attribution: str = "",
     label: str | None = None,
@@ -83,8 +81,8 @@ def report_figure(
     Args:
         analysis: The analysis to report.
         display_image: The image as the user viewed it (e.g. re-windowed); the analysed image otherwise.
-        test_auroc: Per-label test AUROC from the model card, quoted next to the top findings.
-        test_positives: Per-label test positives from the model card, quoted with each AUROC.
+        auroc_notes: Per-label test AUROC from the model card as quoted text (with its test positives), next to the
+            top findings.
         top_k: How many findings to list.
         attribution: The training data's attribution, from the model card.
         label: The label whose map is shown (the one the reader selected); the top finding if ``None``.
@@ -153,7 +151,7 @@ def report_figure(
     lines.append("Top findings (MC mean ± std; against the label's operating point; model's test AUROC):")
     for finding in top:
         i = analysis.index(finding)
-        auroc_txt = auroc_text((test_auroc or {}).get(finding), (test_positives or {}).get(finding))
+        auroc_txt = (auroc_notes or {}).get(finding, "not reported")
         threshold = analysis.operating_points.get(finding)
         call = (f"{analysis.call(finding)} operating point {threshold:.2f}" if threshold is not None
                 else "no operating point")

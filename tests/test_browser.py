@@ -198,6 +198,17 @@ def test_upload_png_click_node_and_see_its_cam(page, shared_data):
         assert page.locator("[data-testid='stImage'] img").first.get_attribute("src") != src_before
         kind = page.get_by_text("Grad-CAM: regions that raise").or_(page.get_by_text("not evidence for the label"))
         assert kind.count() >= 1
+    # Hovering a node quotes the label's test AUROC with the test positives it rests on; few positives: unreliable.
+    positives = default.per_label_positives("test")
+    few = min((label for label in learnt if positives.get(label)), key=lambda label: positives[label])
+    box = nodes.nth(learnt.index(few)).bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    hover = page.locator(".hoverlayer .hovertext").first
+    hover.wait_for()
+    text = hover.text_content() or ""
+    assert text.startswith(few) and f"{positives[few]} test positive" in text
+    assert ("unreliable" in text) == (positives[few] < 5)
+    page.mouse.move(0, 0)
     _images_loaded(page)
     _shot(page, "02_node_clicked")
 

@@ -139,7 +139,8 @@ def test_tree_figure_encodes_mean_std_operating_points_not_learnt_and_violations
     analysis.operating_points = {"Cardiomegaly": float(mean[labels.index("Cardiomegaly")]) - 0.01,
                                  "Edema": float(mean[labels.index("Edema")]) + 0.01}
     analysis.violations = [Violation("Opacity", "Lung Opacity", 0.3, 0.7)]
-    fig = taxonomy_figure(analysis, taxonomy, auroc={"Cardiomegaly": 0.812}, selected="Cardiomegaly",
+    fig = taxonomy_figure(analysis, taxonomy, auroc_notes={"Cardiomegaly": "0.812 (30 test positives)"},
+                          selected="Cardiomegaly",
                           training_positives={"Fracture": 0, "Support Devices": 0, "Other": 0})
     nodes = next(t for t in fig.data if t.name == "labels")
     hidden = next(t for t in fig.data if t.name == "not learnt")
@@ -355,7 +356,7 @@ def test_exports(predictor, nih_test_png):
     np.testing.assert_allclose(csv["mc_std"], analysis.mc_std, atol=1e-6)
     assert csv["violates_parent"].sum() == len({v.child for v in analysis.violations})
 
-    pdf = pdf_report(analysis, test_auroc={label: 0.7 for label in analysis.labels})
+    pdf = pdf_report(analysis, auroc_notes={label: "0.700 (20 test positives)" for label in analysis.labels})
     assert pdf.startswith(b"%PDF") and pdf.rstrip().endswith(b"%%EOF")
     assert pdf.count(b"/Type /Page\n") + pdf.count(b"/Type /Page ") + pdf.count(b"/Type /Page>") == 1
     assert b"HiCXR analysis report" in pdf and nih_test_png.stem.encode() not in pdf

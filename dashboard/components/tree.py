@@ -22,7 +22,6 @@ import plotly.graph_objects as go
 
 from core.analysis import Analysis
 from core.taxonomy import Taxonomy
-from dashboard.components.model_card import auroc_text
 
 COLORSCALE = "Viridis"
 NODE_SIZE = 22
@@ -123,10 +122,8 @@ def node_text(analysis: Analysis, label: str) -> str:
     return f"{_wrap(label)}<br><b>{mean:.2f}</b>{mark}"
 
 
-def node_hover(analysis: Analysis, label: str, auroc: float | None, training_positives: int | None,
-               test_positives: int | None = None) -> str:
-    """Hover text: the numbers, the operating point and what it means, the label's test AUROC (with the number of
-    test positives it rests on)."""
+def node_hover(analysis: Analysis, label: str, auroc_note: str | None, training_positives: int | None) -> str:
+    """Hover text: the numbers, the operating point and what it means, the label's test AUROC note."""
     i = analysis.index(label)
     if not analysis.learnt(label):
         count = "no" if not training_positives else f"only {training_positives}"
@@ -146,7 +143,7 @@ def node_hover(analysis: Analysis, label: str, auroc: float | None, training_pos
         lines.append(f"operating point {threshold:.3f} ({verdict})")
     if analysis.cam_labels and analysis.cam_labels[i] != label:
         lines.append(f"probability (and map) from its descendant {analysis.cam_labels[i]} (max constraint)")
-    lines.append(f"test AUROC {auroc_text(auroc, test_positives)}")
+    lines.append(f"test AUROC {auroc_note}" if auroc_note else "test AUROC: not reported")
     return "<br>".join(lines)
 
 
@@ -198,12 +195,11 @@ def _edge_trace(edges: list[tuple[str, str]], pos: Mapping[str, tuple[float, flo
 def taxonomy_figure(
     analysis: Analysis,
     taxonomy: Taxonomy,
-    auroc: Mapping[str, float | None] | None = None,
+    auroc_notes: Mapping[str, str] | None = None,
     selected: str | None = None,
     height: int = 560,
     title: str | None = None,
     training_positives: Mapping[str, int] | None = None,
-    test_positives: Mapping[str, int | None] | None = None,
 ) -> go.Figure:
     """Plotly figure of the taxonomy for one analysis (see the module docstring for what each mark means).
 
@@ -211,9 +207,9 @@ def taxonomy_figure(
         analysis: Supplies ``mc_mean`` (node colour), ``mc_std`` (halo), operating points, not-learnt labels and
             violations.
         taxonomy: The DAG; its labels must be the analysis labels.
-        auroc: Optional per-label test AUROC from the model card, shown on hover.
+        auroc_notes: Optional per-label test AUROC from the model card, as quoted text (with its test positives),
+            shown on hover.
         training_positives: Optional per-label training positives from the card (explains "not learnt").
-        test_positives: Optional per-label test positives from the card (how much each test AUROC rests on).
         selected: Label drawn with a heavy outline (the one whose Grad-CAM is shown).
         height: Figure height in px.
         title: Optional title (e.g. the variant name in the comparison view).
@@ -255,8 +251,8 @@ def taxonomy_figure(
         )
     )
 
-    hover = [node_hover(analysis, lab, (auroc or {}).get(lab), (training_positives or {}).get(lab),
-                        (test_positives or {}).get(lab)) for lab in labels]
+    hover = [node_hover(analysis, lab, (auroc_notes or {}).get(lab), (training_positives or {}).get(lab))
+             for lab in labels]
     above = [analysis.call(lab) == "above" for lab in labels]
     line_width = [4.0 if lab == selected else 3.0 if up else 1.0 for lab, up in zip(labels, above, strict=True)]
     line_color = [SELECTED_COLOR if lab == selected else POSITIVE_COLOR if up else "#ffffff"

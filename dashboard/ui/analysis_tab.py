@@ -20,7 +20,6 @@ from dashboard.components.image_view import (
     metadata_table,
     window_range,
 )
-from dashboard.components.model_card import auroc_text
 from dashboard.components.tree import label_from_selection, taxonomy_figure
 from dashboard.ui.state import SELECTED_LABEL, Context
 
@@ -115,13 +114,12 @@ def _on_label_pick() -> None:
 def _tree(ctx: Context) -> None:
     analysis = ctx.analysis
     selected = ctx.selected_label()
-    auroc = ctx.test_auroc()
     for warning in analysis.warnings:
         st.warning(warning, icon=":material/warning:")
     card = ctx.get_variant(ctx.variant).card
     st.plotly_chart(
-        taxonomy_figure(analysis, ctx.taxonomy, auroc=auroc, selected=selected,
-                        training_positives=card.training_positives, test_positives=ctx.test_positives()),
+        taxonomy_figure(analysis, ctx.taxonomy, auroc_notes=ctx.auroc_notes(), selected=selected,
+                        training_positives=card.training_positives),
         key="tree", on_select=partial(_on_tree_click, list(analysis.labels)), selection_mode="points",
         config=TREE_CONFIG,
     )
@@ -148,8 +146,7 @@ def _target_sensitivity(card) -> str:
 
 def _findings_table(ctx: Context) -> None:
     analysis = ctx.analysis
-    auroc = ctx.test_auroc()
-    positives = ctx.test_positives()
+    auroc = ctx.auroc_notes()
     card = ctx.get_variant(ctx.variant).card
     learnt = [analysis.learnt(label) for label in analysis.labels]
 
@@ -160,7 +157,7 @@ def _findings_table(ctx: Context) -> None:
         if not analysis.learnt(label):
             n = card.training_positives.get(label)
             return f"n/a: not learnt ({n or 0} positive training images)"
-        return auroc_text(auroc.get(label), positives.get(label))
+        return auroc.get(label, "n/a: not reported")
 
     table = pd.DataFrame(
         {

@@ -89,9 +89,8 @@ def render_compare(ctx: Context) -> None:
             for column, name in zip(row, chosen[start:start + per_row], strict=False):
                 with column:
                     st.plotly_chart(
-                        taxonomy_figure(analyses[name], ctx.taxonomy, auroc=ctx.test_auroc(name), selected=label,
+                        taxonomy_figure(analyses[name], ctx.taxonomy, auroc_notes=ctx.auroc_notes(name), selected=label,
                                         height=480, title=name,
-                                        training_positives=ctx.get_variant(name).card.training_positives,
-                                        test_positives=ctx.test_positives(name)),
+                                        training_positives=ctx.get_variant(name).card.training_positives),
                         key=f"compare_tree_{name}", config={"displaylogo": False, "displayModeBar": False},
                     )

@@ -32,8 +32,7 @@ def render_export(ctx: Context) -> None:
     )
     row.download_button(
         "Download PDF report",
-        partial(pdf_report, analysis, test_auroc=ctx.test_auroc(), test_positives=ctx.test_positives(),
-                attribution=variant.card.attribution,
+        partial(pdf_report, analysis, auroc_notes=ctx.auroc_notes(), attribution=variant.card.attribution,
                 label=ctx.selected_label(), display_image=ctx.display_image()),
         file_name=f"{stem}.pdf", mime="application/pdf", key="download_pdf", on_click="ignore",
         icon=":material/picture_as_pdf:", type="primary",

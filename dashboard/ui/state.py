@@ -15,6 +15,7 @@ from core.imaging import XrayImage
 from core.inference import Predictor
 from core.registry import RegistryScan, Variant, resolve_weights_dir, scan_weights
 from core.taxonomy import Taxonomy, load_taxonomy
+from dashboard.components.model_card import auroc_text
 from dashboard.pipeline import AnalysisCache
 
 ENV_WEIGHTS_DIR = "HICXR_WEIGHTS_DIR"
@@ -107,13 +108,12 @@ class Context:
         """The registry entry of a usable variant."""
         return next(v for v in self.scan.variants if v.name == name)
 
-    def test_auroc(self, name: str | None = None) -> dict[str, float | None]:
-        """Per-label test AUROC from a variant's model card (the sidebar's variant by default)."""
-        return self.get_variant(name or self.variant).per_label_auroc("test")
-
-    def test_positives(self, name: str | None = None) -> dict[str, int | None]:
-        """Per-label test positives from a variant's model card: what each test AUROC rests on."""
-        return self.get_variant(name or self.variant).per_label_positives("test")
+    def auroc_notes(self, name: str | None = None) -> dict[str, str]:
+        """Per-label test AUROC from a variant's model card (the sidebar's variant by default), as every view quotes
+        it: with the number of test positives it rests on."""
+        variant = self.get_variant(name or self.variant)
+        auroc, positives = variant.per_label_auroc("test"), variant.per_label_positives("test")
+        return {label: auroc_text(auroc[label], positives[label]) for label in variant.labels}
 
     def display_image(self):
         """The image as the reader displays it (window/level and invert of the Analysis tab's controls)."""
