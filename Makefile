@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup dashboard test test-fast lint bench browser-deps clean
+.PHONY: setup dashboard test test-fast lint bench system-deps clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,17 @@ setup: $(STAMP)
 dashboard: $(STAMP)
 	$(VENV)/bin/streamlit run dashboard/app.py
 
-# Debian's chromium drives the browser tests (Playwright's own browser download does not work here).
-browser-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
+# Debian packages the tests need: chromium drives the browser tests (Playwright's own browser download does not
+# work here), Orthanc + its DICOMweb plugin is the real PACS of the PACS tests, dicom3tools' dciodvfy validates the
+# DICOM results. Installed only when one of them is missing.
+SYSTEM_PACKAGES := chromium orthanc orthanc-dicomweb dicom3tools
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v Orthanc >/dev/null 2>&1 \
+		|| ! command -v dciodvfy >/dev/null 2>&1 || ! test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; fi
 
-test: $(STAMP) browser-deps
+test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

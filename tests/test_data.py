@@ -33,7 +33,7 @@ def few_rows(nih) -> pd.DataFrame:
 def test_split_column_gives_the_fixed_patient_split(nih):
     cfg = config_from_dict({"data": {"csv": str(nih[0]), "images": str(nih[1])}})
     splits = load_splits(cfg)
-    assert {k: len(v) for k, v in splits.items()} == {"train": 1368, "val": 81, "test": 122}
+    assert {k: len(v) for k, v in splits.items()} == {"train": 2079, "val": 155, "test": 122}
     patients = {k: set(v.metadata["Patient ID"]) for k, v in splits.items()}
     assert not patients["train"] & patients["val"] and not patients["train"] & patients["test"]
 
