@@ -92,7 +92,7 @@ def server(tmp_path_factory) -> Iterator[str]:
 def browser():
     """Debian Chromium through Playwright (Playwright's own browser download is not available here)."""
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: run `make browser-deps` (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

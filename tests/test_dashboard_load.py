@@ -137,7 +137,7 @@ async def _browser_session(browser, url: str, path: Path, labels: list[str]) -> 
 def test_eight_browser_sessions_in_parallel(server: str, shared_data: Path, tmp_path: Path) -> None:  # noqa: F811
     """Eight tabs on one real ``streamlit run`` server upload different images at once; each shows its own tree."""
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: run `make browser-deps` (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium)")
     from playwright.async_api import async_playwright
 
     paths = []
