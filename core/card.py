@@ -19,7 +19,8 @@ Schema (keys of the JSON object):
   images), ``labels_not_learnt`` (labels with too few training positives to learn, with
   ``labels_not_learnt_rule``), ``operating_points`` (label -> threshold, target and achieved sensitivity and
   specificity on held-out data), ``ood`` (the out-of-distribution rule and its threshold), ``tensor_sha256`` (hash
-  of the model tensors: two variants with the same hash are the same model), ``cross_validation`` (summary).
+  of the model tensors: two variants with the same hash are the same model), ``cross_validation`` (summary),
+  ``call_rule`` and ``call_evidence`` (the rule that decides calls and its per-label inputs, :mod:`core.calls`).
 
 Unknown keys are kept (``extra``) and written back, so a newer card survives a round trip through older code.
 """
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from core.calls import CallEvidence, CallRule
 
 INTENDED_USE = (
     "Research use only; not a medical device. For studying hierarchical multi-label chest X-ray classification "
@@ -192,6 +195,8 @@ class ModelCard:
     ood: dict[str, Any] | None = None
     tensor_sha256: str | None = None
     cross_validation: dict[str, Any] | None = None
+    call_rule: CallRule | None = None
+    call_evidence: CallEvidence | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------ parsing
@@ -221,6 +226,12 @@ class ModelCard:
                 raise CardError(f"{source}: {key!r} must be {'a list' if kind is list else 'an object'}")
         points = {label: OperatingPoint.from_dict(p, f"{source}: operating_points[{label!r}]")
                   for label, p in (data.get("operating_points") or {}).items()}
+        try:  # the call rule and its per-label inputs (core.calls)
+            call_rule = CallRule.from_dict(data["call_rule"]) if data.get("call_rule") is not None else None
+            call_evidence = (CallEvidence.from_dict(data["call_evidence"])
+                             if data.get("call_evidence") is not None else None)
+        except ValueError as exc:
+            raise CardError(f"{source}: {exc}") from None
         known = set(cls.__dataclass_fields__) - {"extra"}
         return cls(
             variant=str(data["variant"]), model=data.get("model") or {}, taxonomy=data.get("taxonomy") or {},
@@ -236,7 +247,7 @@ class ModelCard:
             labels_not_learnt=[str(x) for x in data.get("labels_not_learnt") or []],
             labels_not_learnt_rule=str(data.get("labels_not_learnt_rule") or ""),
             operating_points=points, ood=data.get("ood"), tensor_sha256=data.get("tensor_sha256"),
-            cross_validation=data.get("cross_validation"),
+            cross_validation=data.get("cross_validation"), call_rule=call_rule, call_evidence=call_evidence,
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -269,6 +280,10 @@ class ModelCard:
             "operating_points": {k: p.to_dict() for k, p in self.operating_points.items()},
             "ood": self.ood, "tensor_sha256": self.tensor_sha256, "cross_validation": self.cross_validation,
         }
+        if self.call_rule is not None:
+            out["call_rule"] = self.call_rule.to_dict()
+        if self.call_evidence is not None:
+            out["call_evidence"] = self.call_evidence.to_dict()
         if self.plots:
             out["plots"] = self.plots
         out.update(self.extra)

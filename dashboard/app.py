@@ -7,6 +7,7 @@ no ML logic of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -75,7 +76,8 @@ def main() -> None:
 
     choice = render_sidebar(scan)
     if choice.data is None:
-        st.info("Upload a chest radiograph in the sidebar, or pick one of the bundled samples.")
+        st.info("Upload a chest radiograph in the sidebar, or pick one of the bundled samples. Nothing is analysed "
+                "until you do.", icon=":material/upload_file:")
         _footer(scan)
         return
 
@@ -89,11 +91,17 @@ def main() -> None:
         _footer(scan)
         return
 
+    analysis = outcome.analyses[choice.variant]
+    if choice.sample is not None:  # a copy: the cached record stays as the engine made it
+        analysis = dataclasses.replace(analysis, sample=choice.sample)
     ctx = Context(
         weights_dir=weights_dir, scan=scan, predictor=predictor, cache=cache, data=choice.data, digest=digest,
-        variant=choice.variant, mc_samples=choice.mc_samples, analysis=outcome.analyses[choice.variant],
+        variant=choice.variant, mc_samples=choice.mc_samples, analysis=analysis,
         image=outcome.image, taxonomy=get_taxonomy(),
     )
+    if analysis.sample:
+        st.info(f"**Sample image** ({analysis.sample}): a bundled public radiograph, not a patient's film. Results "
+                "and exports are labelled as a sample.", icon=":material/science:")
     renderers = (render_analysis, render_compare, render_card, render_export)
     # Lazy tabs: only the open tab runs, so the comparison's extra analyses happen only when it is opened.
     for tab, render in zip(st.tabs(TABS, key="tab", on_change="rerun"), renderers, strict=True):

@@ -11,6 +11,7 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
+from core.calls import card_rule
 from core.imaging import XrayImage
 from dashboard.components.cam import COLORMAPS, cam_caption, cam_overlay, gallery_labels
 from dashboard.components.image_view import (
@@ -27,24 +28,43 @@ PLOT_CONFIG = {"displaylogo": False, "scrollZoom": True, "modeBarButtonsToRemove
 TREE_CONFIG = {"displaylogo": False, "displayModeBar": False}
 
 def _value(analysis, label: str) -> str:
-    """``P = mean ± std`` with its operating-point verdict, or "not learnt"."""
+    """``P = mean ± std`` with the record's call on it, or "not learnt"."""
     if not analysis.learnt(label):
         return "not learnt (no meaningful output)"
     i = analysis.index(label)
     text = f"P = {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f}"
-    threshold = analysis.operating_points.get(label)
-    if threshold is not None:
-        text += f" ({'at/above' if analysis.call(label) == 'above' else 'below'} operating point {threshold:.2f})"
+    decision, threshold = analysis.call(label), analysis.operating_points.get(label)
+    if decision in ("above", "below"):
+        text += f" ({'called: at/above' if decision == 'above' else 'below'} operating point {threshold:.2f})"
+    elif decision == "no call":
+        text += " (no call)"
+    else:
+        text += " (does not apply: out of population)"
     return text
+
+
+def population_banner(analysis) -> None:
+    """The banner at the top of the page when the image is outside the training population: the outputs do not
+    apply, which check fired, and that nothing is called."""
+    if not analysis.out_of_population:
+        return
+    checks = "; ".join(c.message for c in analysis.population_checks)
+    st.error(f"**The outputs do not apply to this image.** It is outside the population the model was trained on "
+             f"(adult frontal chest radiographs): {checks} No finding is called; the probabilities below are "
+             "greyed and shown for reference only.", icon=":material/block:")
 
 
 def render_analysis(ctx: Context) -> None:
     """Draw the Analysis tab for the current image and variant."""
+    population_banner(ctx.analysis)
     _explain_panel(ctx)
     st.divider()
     left, right = st.columns([1.0, 1.2], gap="medium")
     with left:
-        st.subheader("Radiograph")
+        st.subheader("Radiograph" + (" · SAMPLE" if ctx.analysis.sample else ""))
+        if ctx.analysis.sample:
+            st.caption(f":orange-badge[SAMPLE IMAGE] {ctx.analysis.sample}: a bundled public image, not a patient's "
+                       "film.")
         _image_panel(ctx.image, ctx.digest)
         _metadata_panel(ctx.image)
     with right:
@@ -114,8 +134,10 @@ def _on_label_pick() -> None:
 def _tree(ctx: Context) -> None:
     analysis = ctx.analysis
     selected = ctx.selected_label()
+    in_banner = {c.message for c in analysis.population_checks}
     for warning in analysis.warnings:
-        st.warning(warning, icon=":material/warning:")
+        if warning not in in_banner:  # the banner already says it
+            st.warning(warning, icon=":material/warning:")
     card = ctx.get_variant(ctx.variant).card
     st.plotly_chart(
         taxonomy_figure(analysis, ctx.taxonomy, auroc_notes=ctx.auroc_notes(), selected=selected,
@@ -126,22 +148,17 @@ def _tree(ctx: Context) -> None:
     # The fallback picker shares the fragment with the tree, so the highlighted node follows it.
     st.session_state["label_pick"] = selected
     st.selectbox("Label shown in Grad-CAM", analysis.labels, key="label_pick", on_change=_on_label_pick)
-    target = _target_sensitivity(card)
+    rule = card_rule(ctx.get_variant(ctx.variant).card)
     st.caption(
         "Node colour: probability (mean of the MC dropout samples). Halo: uncertainty (their standard deviation). "
-        f"▲ and a dark outline: at or above the label's operating point, the probability at which the model reaches "
-        f"{target} sensitivity on held-out images, so the model calls it positive. Hollow grey: not learnt (too few "
-        f"positive training images). Red dashed edge: a violation, the child above {analysis.threshold:.1f} while "
-        f"its parent is below {analysis.threshold:.1f}. Click a node to see its map."
+        f"▲ and a dark outline: the model calls the label positive. {rule.describe()} Hover a node for its call "
+        "or the reason it has none. Hollow grey: not learnt (too few positive training images). Red dashed edge: "
+        f"a violation, the child above {analysis.threshold:.1f} while its parent is below "
+        f"{analysis.threshold:.1f}. Click a node to see its map."
     )
     if analysis.violations:
         pairs = ", ".join(f"{v.parent} → {v.child}" for v in analysis.violations)
         st.warning(f"Taxonomy violations (child above {analysis.threshold:.2f}, parent below): {pairs}")
-
-
-def _target_sensitivity(card) -> str:
-    targets = {p.target_sensitivity for p in card.operating_points.values()}
-    return f"{targets.pop():.0%}" if len(targets) == 1 else "the card's target"
 
 
 def _findings_table(ctx: Context) -> None:
@@ -166,6 +183,7 @@ def _findings_table(ctx: Context) -> None:
             "± std": shown(analysis.mc_std, learnt),
             "operating point": [analysis.operating_points.get(label, float("nan")) for label in analysis.labels],
             "call": [analysis.call(label) for label in analysis.labels],
+            "why": [analysis.call_reason(label) for label in analysis.labels],
             "test AUROC": [auroc_cell(label) for label in analysis.labels],
             "parents": [", ".join(ctx.taxonomy.parents(label)) for label in analysis.labels],
         }
@@ -179,14 +197,20 @@ def _findings_table(ctx: Context) -> None:
             "P (MC mean)": st.column_config.ProgressColumn(format="%.3f", min_value=0.0, max_value=1.0),
             "± std": st.column_config.NumberColumn(format="%.3f"),
             "operating point": st.column_config.NumberColumn(
-                format="%.3f", help=f"Probability at which the model reaches {_target_sensitivity(card)} "
-                "sensitivity on held-out images: at or above it, the model calls the label positive."),
-            "call": st.column_config.TextColumn(help="The MC mean against the operating point."),
+                format="%.3f", help="Only for labels the model separates on held-out images: at or above it, "
+                "the model calls the label positive (see the model card's call rule)."),
+            "call": st.column_config.TextColumn(
+                help="above / below the operating point; 'no call' where the model cannot separate the finding; "
+                "empty when not learnt or out of population."),
+            "why": st.column_config.TextColumn(help="Why a label has no call, or how a group came to be called."),
         },
         key="findings_table",
     )
-    st.caption("Empty probability: the label was not learnt, so its output is not shown. 'call' compares the MC "
-               "mean with the label's operating point; a probability below 0.5 can still be a positive call.")
+    st.caption("Empty probability: the label was not learnt, so its output is not shown. "
+               + ("The image is outside the training population: no label is called and the probabilities do not "
+                  "apply. " if analysis.out_of_population else "")
+               + f"{card_rule(ctx.get_variant(ctx.variant).card).describe()} The model saw a "
+               f"{analysis.extra.get('input_size', '?')} px copy of the image.")
 
 
 def _cam(ctx: Context) -> None:

@@ -22,6 +22,8 @@ class Choice:
     Attributes:
         data: File bytes to analyse, or ``None`` if nothing is chosen.
         source: ``"upload"`` or the sample's display name (never the uploaded file's name).
+        sample: The bundled sample's display name when the image is one (labelled as a sample everywhere), else
+            ``None``.
         variant: Chosen model variant.
         mc_samples: Monte-Carlo dropout samples.
     """
@@ -30,6 +32,7 @@ class Choice:
     source: str
     variant: str
     mc_samples: int
+    sample: str | None = None
 
 
 def render_sidebar(scan: RegistryScan) -> Choice:
@@ -39,8 +42,10 @@ def render_sidebar(scan: RegistryScan) -> Choice:
         # No type filter: DICOM files often have no extension, and core.imaging names the problem with any
         # other file better than the uploader's generic refusal would.
         upload = st.file_uploader("Upload a chest radiograph", type=None, key="upload", help=UPLOAD_HELP)
+        # No sample is preselected: nothing is analysed until the user uploads an image or picks a sample.
         sample = st.selectbox(
-            "…or try a bundled sample", list(SAMPLES), key="sample", disabled=upload is not None,
+            "…or try a bundled sample", list(SAMPLES), index=None, key="sample", disabled=upload is not None,
+            placeholder="Choose a sample image",
             help="Real, public, de-identified images; see dashboard/samples/ATTRIBUTION.md.",
         )
         st.header("Model")
@@ -64,5 +69,7 @@ def render_sidebar(scan: RegistryScan) -> Choice:
                     st.caption(str(problem))
     if upload is not None:
         return Choice(data=upload.getvalue(), source="upload", variant=variant, mc_samples=int(mc))
+    if sample is None:
+        return Choice(data=None, source="", variant=variant, mc_samples=int(mc))
     return Choice(data=(SAMPLES_DIR / SAMPLES[sample]).read_bytes(), source=sample, variant=variant,
-                  mc_samples=int(mc))
+                  mc_samples=int(mc), sample=sample)
