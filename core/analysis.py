@@ -84,6 +84,8 @@ class Analysis:
         population_checks: The checks that found the image outside the training population
             (:class:`core.ood.PopulationCheck`: ``name``, ``message``); when any fired, no label is called and the
             outputs do not apply.
+        notes: Technical notes about the file (how it was decoded: old ACR-NEMA file, MONOCHROME1 polarity, ...),
+            kept apart from the clinical :attr:`warnings` and shown once.
         sample: The name of the bundled sample image when the input is one (not a patient's film): every view and
             export labels it as a sample; ``None`` for the user's own image.
     """
@@ -111,6 +113,7 @@ class Analysis:
     calls: Calls | None = None
     population_checks: list[PopulationCheck] = field(default_factory=list)
     sample: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def index(self, label: str) -> int:
         """Position of ``label`` in :attr:`labels`."""
@@ -197,6 +200,7 @@ class Analysis:
             "ood_score": self.ood_score,
             "violations": [v.__dict__ for v in self.violations],
             "warnings": list(self.warnings),
+            "file_notes": list(self.notes),
             "image_metadata": self.image_metadata,
             "timings": self.timings,
             "extra": self.extra,

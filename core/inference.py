@@ -30,7 +30,7 @@ from core.card import ModelCard
 from core.head import head_outputs
 from core.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, XrayImage, read_image
 from core.model import HiCXRNet, ModelConfig, constraint_matrix, load_model, read_extra_tensors
-from core.ood import FeatureReference, PopulationClassifier, image_warnings, population_checks
+from core.ood import FeatureReference, PopulationClassifier, image_warnings, is_technical_note, population_checks
 from core.preprocess import normalize, resize_square, to_model_input
 from core.registry import RegistryError, Variant, default_variant, get_variant, list_variants, resolve_weights_dir
 from core.taxonomy import Taxonomy, load_taxonomy
@@ -442,6 +442,7 @@ class Predictor:
                     image_metadata=image.metadata.to_dict(),
                     warnings=image_warnings(image.metadata, image.pixels.shape, config.input_size, checks=checks),
                     population_checks=checks,
+                    notes=[n for n in image.metadata.warnings if is_technical_note(n)],
                     calls=decide_calls(out.mc_mean[i], config.labels, loaded.call_evidence, self.taxonomy,
                                        loaded.not_learnt, [c.name for c in checks], loaded.call_rule),
                     operating_points=loaded.operating_points,

@@ -226,6 +226,17 @@ def feature_warning(score: float, reference: FeatureReference) -> str | None:
             "with extra caution.")
 
 
+#: Starts of the decoder's notes that are about the file, not the patient's image (how it was decoded): shown once,
+#: as technical file notes, apart from the clinical warnings.
+TECHNICAL_NOTE_STARTS = ("old ACR-NEMA file", "the file says MONOCHROME", "colour DICOM", "multi-frame",
+                         "VOI LUT in the file", "window in the file", "transparency ignored")
+
+
+def is_technical_note(note: str) -> bool:
+    """True for a decoder note about the file itself (see :data:`TECHNICAL_NOTE_STARTS`)."""
+    return note.startswith(TECHNICAL_NOTE_STARTS)
+
+
 @dataclass(frozen=True)
 class PopulationCheck:
     """A check that found the image outside the training population (adult frontal chest radiographs).
@@ -265,14 +276,15 @@ def image_warnings(metadata: Any, shape: tuple[int, ...], input_size: int,
                    distance: tuple[float, FeatureReference] | None = None,
                    population: tuple[float, PopulationClassifier] | None = None,
                    checks: list[PopulationCheck] | None = None) -> list[str]:
-    """Every warning the reader sees for one analysed image, in order: the decoder's notes, what the header says,
+    """Every clinical warning for one analysed image, in order: the decoder's notes (technical file notes left out:
+    see :func:`is_technical_note`), what the header says,
     an image smaller than the model's input, then the two feature checks (``checks``: from
     :func:`population_checks`, computed here when not given)."""
     if checks is None:
         checks = population_checks(metadata, distance, population)
     header = [c.message for c in checks if c.name in ("view", "patient age")]
     features = [c.message for c in checks if c.name in ("looks like a child's film", "feature distance")]
-    out = list(metadata.warnings)
+    out = [w for w in metadata.warnings if not is_technical_note(w)]
     out += [w for w in header if w not in out]
     if min(shape) < input_size:
         out.append(f"The image ({shape[1]} x {shape[0]} px) is smaller than this model's {input_size} px input and "

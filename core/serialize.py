@@ -36,9 +36,10 @@ def write_csv(f: TextIO, fields: Sequence[str], rows: Iterable[dict[str, Any]], 
 
 
 def wide_fields(labels: Sequence[str]) -> list[str]:
-    """Columns of the batch CLI's CSV: ``file, variant, error, warnings, out_of_population, input_size``, then per
+    """Columns of the batch CLI's CSV: ``file, variant, error, warnings, file_notes, out_of_population, input_size``
+    (``file_notes``: technical notes about the file, apart from the clinical warnings), then per
     label ``<label>, <label>_std, <label>_call``."""
-    return ["file", "variant", "error", "warnings", "out_of_population", "input_size"] + [
+    return ["file", "variant", "error", "warnings", "file_notes", "out_of_population", "input_size"] + [
         c for label in labels for c in (label, f"{label}_std", f"{label}_call")]
 
 
@@ -50,6 +51,7 @@ def wide_row(analysis: Analysis, file: str) -> dict[str, Any]:
     the label is not learnt or the image is out of population."""
     row: dict[str, Any] = {"file": file, "variant": analysis.model_id, "error": "",
                            "warnings": WARNING_SEPARATOR.join(analysis.warnings),
+                           "file_notes": WARNING_SEPARATOR.join(analysis.notes),
                            "out_of_population": WARNING_SEPARATOR.join(c.name for c in analysis.population_checks),
                            "input_size": analysis.extra.get("input_size", "")}
     for i, label in enumerate(analysis.labels):
@@ -73,7 +75,8 @@ def record(analysis: Analysis, include_cams: bool = False) -> dict[str, Any]:
 
 #: Columns of the per-label (long) CSV of one analysis, as the dashboard exports it.
 LONG_FIELDS = ["model_id", "sample", "label", "learnt", "probability", "mc_mean", "mc_std", "operating_point", "call",
-               "call_reason", "violates_parent", "map_of", "out_of_population", "input_size", "warnings"]
+               "call_reason", "violates_parent", "map_of", "out_of_population", "input_size", "warnings",
+               "file_notes"]
 
 
 def long_rows(analysis: Analysis) -> list[dict[str, Any]]:
@@ -95,5 +98,6 @@ def long_rows(analysis: Analysis) -> list[dict[str, Any]]:
             "out_of_population": WARNING_SEPARATOR.join(c.name for c in analysis.population_checks),
             "input_size": analysis.extra.get("input_size", ""),
             "warnings": WARNING_SEPARATOR.join(analysis.warnings),
+            "file_notes": WARNING_SEPARATOR.join(analysis.notes),
         })
     return rows

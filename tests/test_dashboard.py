@@ -91,6 +91,10 @@ def _app(weights_dir: Path, monkeypatch) -> AppTest:
     monkeypatch.setenv(ENV_WEIGHTS_DIR, str(weights_dir))
     at = AppTest.from_file(str(APP), default_timeout=APP_TIMEOUT)
     at.run()
+    # The first screen analyses nothing: no tree, no table, only the invitation to upload or pick a sample.
+    assert not at.exception and not at.dataframe and at.selectbox(key="sample").value is None
+    assert any("Nothing is analysed until you do" in i.value for i in at.info)
+    at.selectbox(key="sample").set_value(PNG_SAMPLE).run()
     return at
 
 

@@ -13,6 +13,7 @@ import streamlit as st
 
 from core.calls import card_rule
 from core.imaging import XrayImage
+from core.ood import is_technical_note
 from dashboard.components.cam import COLORMAPS, cam_caption, cam_overlay, gallery_labels
 from dashboard.components.image_view import (
     display_pixels,
@@ -113,8 +114,10 @@ def _image_panel(image: XrayImage, digest: str) -> None:
 
 def _metadata_panel(image: XrayImage) -> None:
     meta = image.metadata.to_dict()
-    for warning in meta.get("warnings") or []:
-        st.warning(warning)
+    # Technical notes about the file, once and in grey; clinical warnings are shown above the tree.
+    for note in meta.get("warnings") or []:
+        if is_technical_note(note):
+            st.caption(f":material/description: File note: {note}")
     # DICOM headers say more (modality, view, bits, photometric), so their details start open.
     with st.expander("Image details", expanded=is_dicom_metadata(meta)):
         st.table(metadata_table(meta).set_index("field"))
