@@ -22,7 +22,8 @@ def render_export(ctx: Context) -> None:
         "name and no patient data. The PDF shows the label selected in the Analysis tab "
         f"(**{ctx.selected_label()}**) on the image as you windowed it there."
     )
-    summary = {"variant": variant.name, "test_macro_auroc": variant.test_macro_auroc, "loss": variant.card.loss}
+    summary = {"variant": variant.name, "test_macro_auroc": variant.test_macro_auroc,
+               "loss": variant.card.loss.to_dict()}
     # Each file is built when clicked, after its "export downloaded" audit entry is written (none, no file).
     writable = audit_writable()
     audited = partial(audited_download, subject=Subject.image(ctx.digest),
