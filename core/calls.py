@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.record import RecordError
+
 if TYPE_CHECKING:  # pragma: no cover
     from core.labels import LabelSet
     from core.taxonomy import Taxonomy
@@ -81,19 +83,19 @@ class CallRule:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "call_rule") -> CallRule:
-        """Parse the card's ``call_rule``; ``ValueError`` names a bad value."""
+        """Parse the card's ``call_rule``; :class:`~core.record.RecordError` names a bad value."""
         if not isinstance(data, Mapping):
-            raise ValueError(f"{where} must be an object")
+            raise RecordError(f"{where} must be an object")
         defaults = cls()
         values: dict[str, Any] = {}
         for name in ("auroc_floor", "confidence", "target_sensitivity", "specificity_floor"):
             value = data.get(name, getattr(defaults, name))
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{where}.{name} must be a number in [0, 1], got {value!r}")
+                raise RecordError(f"{where}.{name} must be a number in [0, 1], got {value!r}")
             values[name] = float(value)
         positives = data.get("min_positives", defaults.min_positives)
         if not isinstance(positives, int) or isinstance(positives, bool) or positives < 1:
-            raise ValueError(f"{where}.min_positives must be a positive integer, got {positives!r}")
+            raise RecordError(f"{where}.min_positives must be a positive integer, got {positives!r}")
         return cls(min_positives=positives, **values)
 
 
@@ -148,16 +150,16 @@ class LabelEvidence:
     def from_dict(cls, label: str, data: Any, where: str) -> LabelEvidence:
         """Parse one label's evidence; ``ValueError`` names a bad value."""
         if not isinstance(data, Mapping):
-            raise ValueError(f"{where} must be an object")
+            raise RecordError(f"{where} must be an object")
         ci = data.get("auroc_ci")
         if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(_number(v) for v in ci)):
-            raise ValueError(f"{where}.auroc_ci must be [low, high], got {ci!r}")
+            raise RecordError(f"{where}.auroc_ci must be [low, high], got {ci!r}")
         threshold = data.get("threshold")
         if threshold is not None and not (_number(threshold) and 0.0 <= threshold <= 1.0):
-            raise ValueError(f"{where}.threshold must be a probability, got {threshold!r}")
+            raise RecordError(f"{where}.threshold must be a probability, got {threshold!r}")
         callable_ = bool(data.get("callable"))
         if callable_ and threshold is None:
-            raise ValueError(f"{where}: a callable label needs a threshold")
+            raise RecordError(f"{where}: a callable label needs a threshold")
         return cls(label=label, auroc=_opt(data.get("auroc")), auroc_ci=None if ci is None else (float(ci[0]),
                    float(ci[1])), ci_method=str(data.get("ci_method") or ""),
                    positives=int(data.get("positives") or 0), negatives=int(data.get("negatives") or 0),
@@ -185,7 +187,7 @@ class CallEvidence:
     def from_dict(cls, data: Any, where: str = "call_evidence") -> CallEvidence:
         """Parse the card's ``call_evidence``; ``ValueError`` names a bad value."""
         if not isinstance(data, Mapping) or not isinstance(data.get("labels"), Mapping):
-            raise ValueError(f"{where} must be an object with 'labels'")
+            raise RecordError(f"{where} must be an object with 'labels'")
         return cls(source=str(data.get("source") or ""),
                    labels={str(k): LabelEvidence.from_dict(str(k), v, f"{where}.labels[{k!r}]")
                            for k, v in data["labels"].items()})
@@ -329,16 +331,14 @@ def card_evidence(card: Any) -> tuple[CallRule, CallEvidence | None]:
         return rule, evidence
     points = {k: (p.threshold, p.sensitivity, p.specificity) for k, p in card.operating_points.items()}
     counts = {k: (p.positives, p.negatives) for k, p in card.operating_points.items()}
-    cv = card.cross_validation or {}
-    oof = cv.get("oof_per_label_auroc")
-    if isinstance(oof, Mapping) and counts:
-        return rule, analytic_evidence({k: _opt(v) for k, v in oof.items()}, counts, points, rule,
-                                       card.labels_not_learnt, "cross-validation out-of-fold AUROC (summary only)")
-    val = card.split_metrics("val").get("per_label")
-    if isinstance(val, Mapping):
-        aurocs = {k: _opt(v.get("auroc")) for k, v in val.items() if isinstance(v, Mapping)}
-        counts = {k: (int(v.get("positives") or 0), int(v.get("known") or 0) - int(v.get("positives") or 0))
-                  for k, v in val.items() if isinstance(v, Mapping)}
+    cv = card.cross_validation
+    if cv is not None and cv.oof_per_label_auroc and counts:
+        return rule, analytic_evidence(dict(cv.oof_per_label_auroc), counts, points, rule, card.labels_not_learnt,
+                                       "cross-validation out-of-fold AUROC (summary only)")
+    val = card.split_metrics("val").per_label
+    if val:
+        aurocs = {k: _opt(m.auroc) for k, m in val.items()}
+        counts = {k: (int(m.positives or 0), int(m.known or 0) - int(m.positives or 0)) for k, m in val.items()}
         return rule, analytic_evidence(aurocs, counts, points, rule, card.labels_not_learnt,
                                        "validation split (summary only)")
     return rule, None

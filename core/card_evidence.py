@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.calls import CallRule, fit_call_evidence
+from core.card_sections import OODInfo
 from core.head import head_outputs
 from core.imaging import ImageError
 from core.inference import Predictor
@@ -168,7 +170,6 @@ def heldout_labels(table: pd.DataFrame, rows: np.ndarray, taxonomy_labels: list[
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point (see the module docstring)."""
-    from core.calls import CallRule, fit_call_evidence
 
     parser = argparse.ArgumentParser(prog="python -m core.card_evidence", description=__doc__.split("\n")[0])
     parser.add_argument("--weights", default="weights", help="folder of the variants (all are measured)")
@@ -194,17 +195,18 @@ def main(argv: list[str] | None = None) -> int:
         loaded = predictor.get(name)
         card = loaded.card
         assert card is not None and loaded.variant is not None
-        rows = unseen_rows(unseen, str(card.data.get("trained_on") or "train"), seen_in=nih)
+        rows = unseen_rows(unseen, str(card.data.trained_on or "train"), seen_in=nih)
         held = heldout_labels(unseen, rows, labels)
         rule = card.call_rule or CallRule()
         evidence = fit_call_evidence(nih_scores[name].mc_mean[rows], held, labels, rule, set(card.labels_not_learnt),
                                      source=f"NIH images of {unseen.loc[rows, 'Patient ID'].nunique()} patients the "
                                             f"model never trained on, outside the test split ({int(rows.sum())} "
                                             "images; displayed Monte-Carlo mean probabilities)")
-        ood = dict(card.ood or {})
-        measured = measure_ood({k: v[name] for k, v in sets.items()}, float(ood.get("threshold", np.inf)),
-                               float(ood.get("population_threshold", np.inf)))
-        ood["measured"] = measured
+        ood = card.ood or OODInfo()
+        measured = measure_ood({k: v[name] for k, v in sets.items()},
+                               np.inf if ood.threshold is None else ood.threshold,
+                               np.inf if ood.population_threshold is None else ood.population_threshold)
+        ood.measured = measured
         callable_ = [e.label for e in evidence.labels.values() if e.callable]
         print(f"{name}: callable {callable_}")
         for key, m in measured.items():
