@@ -20,7 +20,8 @@ def render_export(ctx: Context) -> None:
         "name and no patient data. The PDF shows the label selected in the Analysis tab "
         f"(**{ctx.selected_label()}**) on the image as you windowed it there."
     )
-    summary = {"variant": variant.name, "test_macro_auroc": variant.test_macro_auroc, "loss": variant.card.loss}
+    summary = {"variant": variant.name, "test_macro_auroc": variant.test_macro_auroc,
+               "loss": variant.card.loss.to_dict()}
     row = st.container(horizontal=True, gap="medium")
     row.download_button(
         "Download JSON", analysis_json(analysis, summary), file_name=f"{stem}.json", mime="application/json",
