@@ -270,7 +270,8 @@ def map_picture(analysis: Analysis, label: str) -> tuple[np.ndarray, str]:
     map_of = (analysis.cam_labels or analysis.labels)[i]
     of = f" (map of {map_of})" if map_of != label else ""
     if analysis.cams[i].any():
-        return overlay(image, analysis.cams[i], opacity=0.45, threshold=0.2), f"Grad-CAM{of}: regions that raise {label}"
+        heat = overlay(image, analysis.cams[i], opacity=0.45, threshold=0.2)
+        return heat, f"Grad-CAM{of}: regions that raise {label}"
     if analysis.relative_cams is not None:
         return (contour_overlay(image, analysis.relative_cams[i]),
                 f"relative map{of}, dashed: where {label} is least unlikely - not evidence")
@@ -344,7 +345,8 @@ def build_sc(analysis: Analysis, source: Dataset, model: ModelIdentity, label: s
         warnings.simplefilter("ignore", UserWarning)
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
-            coordinate_system="PATIENT", patient_orientation=_orientation(source), series_instance_uid=series_uid or generate_uid(),
+            coordinate_system="PATIENT", patient_orientation=_orientation(source),
+            series_instance_uid=series_uid or generate_uid(),
             series_number=SC_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=instance_number,
             manufacturer=MANUFACTURER, transfer_syntax_uid="1.2.840.10008.1.2.1",
             series_description=f"{RESULT_PREFIX} map {model.name} {label}"[:64])
