@@ -108,7 +108,7 @@ def refuse_unsafe_start(argv: Sequence[str] | None = None) -> None:
     """Exit the process (status 2) with the operator's message if :func:`current_plan` is unsafe."""
     try:
         check_start(current_plan(argv))
-    except UnsafeStartError as err:
+    except (UnsafeStartError, ValueError) as err:  # ValueError: a malformed [access] section, named in the text
         print(err, file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 
