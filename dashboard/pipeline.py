@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from core.analysis import Analysis
+from core.finite import invalid_analysis_message
 from core.imaging import ImageError, XrayImage
 from core.inference import Predictor, image_sha256
 from core.model import ModelLoadError
@@ -78,6 +79,9 @@ def analyse_bytes(
         for name in variants:
             predictor.load(name)
         analyses = predictor.analyse_all(image, list(variants), mc_samples=mc_samples, seed=seed, sha256=digest)
+        invalid = invalid_analysis_message(analyses)  # no view may render a NaN (plotly refuses NaN sizes)
+        if invalid is not None:
+            return Outcome(image=image, error=invalid, kind="image")
         return Outcome(analyses=analyses, image=image)
     except ImageError as exc:
         return Outcome(image=image, error=str(exc), kind="image")
