@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -360,19 +360,23 @@ def dicom_rescale_overflow(slope: str = "1e38") -> bytes:
 
 
 def dicom_float_pixels(values: np.ndarray, double: bool = False) -> bytes:
-    """A DX DICOM with Float (or Double Float) Pixel Data holding ``values``."""
-    dtype, bits, tag = (np.float64, 64, (0x7FE0, 0x0009, b"OD")) if double else (np.float32, 32, (0x7FE0, 0x0008, b"OF"))
-    attrs = {(0x0028, 0x0100): (b"US", struct.pack("<H", bits))}
-    # Float images carry no Bits Stored, High Bit or Pixel Representation (PS3.3 C.7.6.3.1); left in, pydicom
-    # ignores them. Written without them to be faithful.
-    body = np.ascontiguousarray(values, dtype=dtype).tobytes()
+    """A DX DICOM with Float (or Double Float) Pixel Data holding ``values``.
+
+    Float images carry no Bits Stored, High Bit or Pixel Representation (PS3.3 C.7.6.3.1), so those are left out.
+    """
+    if double:
+        dtype, bits, tag = np.float64, 64, (0x7FE0, 0x0009, b"OD")
+    else:
+        dtype, bits, tag = np.float32, 32, (0x7FE0, 0x0008, b"OF")
     rows, cols = values.shape
-    elements = {k: v for k, v in {
+    elements = {
         (0x0008, 0x0016): (b"UI", DX_SOP_CLASS.encode()), (0x0008, 0x0018): (b"UI", INSTANCE_UID.encode()),
         (0x0008, 0x0060): (b"CS", b"DX"), (0x0028, 0x0002): (b"US", struct.pack("<H", 1)),
         (0x0028, 0x0004): (b"CS", b"MONOCHROME2"), (0x0028, 0x0010): (b"US", struct.pack("<H", rows)),
-        (0x0028, 0x0011): (b"US", struct.pack("<H", cols)), **attrs}.items()}
+        (0x0028, 0x0011): (b"US", struct.pack("<H", cols)), (0x0028, 0x0100): (b"US", struct.pack("<H", bits)),
+    }
     dataset = b"".join(_element(g, e, vr, v) for (g, e), (vr, v) in sorted(elements.items()))
+    body = np.ascontiguousarray(values, dtype=dtype).tobytes()
     return _file_meta(EXPLICIT_LE) + dataset + _element(tag[0], tag[1], tag[2], body)
 
 
@@ -505,15 +509,16 @@ def dicom_slope_underflow(slope: str = "1e-50") -> bytes:
 
 def dicom_voi_lut_to_black() -> bytes:
     """A DX DICOM whose VOI LUT maps every stored value but the top few to 0."""
+    chest = chest_like()
     lut = np.zeros(256, dtype=np.uint16)
-    lut[200:] = 255
+    lut[int(np.percentile(chest, 99)) :] = 255  # the brightest 1% visible, everything else black
     descriptor = struct.pack("<HHH", 256, 0, 8)
     item = (_element(0x0028, 0x3002, b"US", descriptor) + _element(0x0028, 0x3006, b"OW", lut.tobytes()))
     sequence = (struct.pack("<HH2sHI", 0x0028, 0x3010, b"SQ", 0, 0xFFFFFFFF)
                 + struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
     rows, cols = 256, 256
     head = _image_elements(rows, cols, {})
-    return _file_meta(EXPLICIT_LE) + head + sequence + _element(0x7FE0, 0x0010, b"OB", chest_like().tobytes())
+    return _file_meta(EXPLICIT_LE) + head + sequence + _element(0x7FE0, 0x0010, b"OB", chest.tobytes())
 
 
 # ---- class 7: large images in small files
@@ -529,3 +534,43 @@ def png_large(side: int = 7_040) -> bytes:
     """A ``side`` x ``side`` 8-bit grayscale PNG (49.6 MP at 7,040) in a small file."""
     small = Image.fromarray(chest_like(128, 128))
     return encode(small.resize((side, side), Image.Resampling.NEAREST), "PNG", compress_level=9)
+
+
+# ---- every case above with what reading it must give: "refused" (the error holds the phrase), "warned" (a
+# warning holds it) or "read" (analysable, no phrase). The tests and bench/robustness.py iterate over this table.
+
+ODD_CASES: dict[str, tuple[str, Callable[[], bytes], str, str]] = {
+    # class 2: non-finite values
+    "dicom_window_overflow": ("dcm", dicom_window_overflow, "warned", "window in the file does not fit"),
+    "dicom_window_overflow_sigmoid": ("dcm", lambda: dicom_with(chest_like(), {
+        (0x0028, 0x1050): _ds("128"), (0x0028, 0x1051): _ds("3e38"), (0x0028, 0x1056): (b"CS", b"SIGMOID")}),
+        "warned", "window in the file does not fit"),
+    "dicom_rescale_overflow": ("dcm", dicom_rescale_overflow, "refused", "beyond the range of numbers"),
+    "dicom_float_all_nan": ("dcm", dicom_all_nan, "refused", "not numbers (infinite or NaN)"),
+    "dicom_double_all_inf": ("dcm", lambda: dicom_float_pixels(np.full((96, 96), np.inf), double=True), "refused",
+                             "not numbers (infinite or NaN)"),
+    "tiff_all_nan": ("tif", float_tiff_all, "refused", "not numbers (infinite or NaN)"),
+    # class 3: header text never quoted
+    "dicom_frames_leak": ("dcm", dicom_frames_leak, "warned", "Number of Frames (0028,0008)"),
+    "dicom_charset_leak": ("dcm", dicom_charset_leak, "warned", "Specific Character Set (0008,0005)"),
+    # class 4: signatures first
+    "png_dicm_at_128": ("png", png_with_dicm_at_128, "read", ""),
+    "jpeg_dicm_at_128": ("jpg", jpeg_with_dicm_at_128, "read", ""),
+    "png_big_text": ("png", png_big_text, "read", ""),
+    "dicom_no_preamble": ("dcm", dicom_no_preamble, "read", ""),
+    # class 5: colour and bi-level
+    **{f"colour_{name.replace('.', '_')}": (name.rsplit(".", 1)[1], (lambda n=name: colour_files()[n]), "warned",
+                                            "converted to grayscale") for name in
+       ("rgb.png", "cmyk.jpg", "cmyk.tif", "lab.tif", "planar.tif")},
+    "bilevel_png": ("png", bilevel_png, "refused", "only two grey levels"),
+    "bilevel_tiff": ("tif", lambda: encode(Image.fromarray(chest_like(128, 128) > 100), "TIFF"), "refused",
+                     "only two grey levels"),
+    "dicom_rgb_one_sample": ("dcm", dicom_rgb_one_sample, "warned", "holds one sample per pixel"),
+    # class 6: accurate reasons
+    "dicom_float_pixels": ("dcm", lambda: dicom_float_pixels(chest_like().astype(np.float32) / 7.0), "read", ""),
+    "dicom_double_float_pixels": ("dcm", lambda: dicom_float_pixels(chest_like() * 3.5 - 100.0, double=True),
+                                  "read", ""),
+    "dicom_big_endian_meta": ("dcm", dicom_big_endian_meta, "warned", "the data set is encoded as Explicit VR Little"),
+    "dicom_slope_underflow": ("dcm", dicom_slope_underflow, "refused", "Rescale Slope/Intercept"),
+    "dicom_voi_lut_to_black": ("dcm", dicom_voi_lut_to_black, "warned", "VOI LUT in the file leaves almost nothing"),
+}
