@@ -523,16 +523,21 @@ def dicom_voi_lut_to_black() -> bytes:
 
 # ---- class 7: large images in small files
 
-def dicom_jpeg_large(side: int = 7_040) -> bytes:
-    """A JPEG Baseline DICOM of ``side`` x ``side`` (7,040: 49.6 MP) holding a smooth chest-like image (~1 MB)."""
-    small = Image.fromarray(chest_like(256, 256))
+def dicom_jpeg_large(side: int = 7_040, colour: bool = False, seed: int = SEED) -> bytes:
+    """A JPEG Baseline DICOM of ``side`` x ``side`` (7,040: 49.6 MP) holding a smooth chest-like image (~1 MB);
+    ``colour``: three samples, YBR_FULL_422 (a colour secondary capture of a film)."""
+    small = Image.fromarray(chest_like(256, 256, seed=seed))
+    if colour:
+        small = Image.merge("RGB", (small, small.point(lambda v: v * 0.9), small.point(lambda v: v * 0.8)))
     frame = encode(small.resize((side, side), Image.Resampling.BILINEAR), "JPEG", quality=75)
-    return _file_meta(JPEG_BASELINE) + _image_elements(side, side, {}) + _encapsulated(frame)
+    attrs = {(0x0028, 0x0002): (b"US", struct.pack("<H", 3)), (0x0028, 0x0004): (b"CS", b"YBR_FULL_422"),
+             (0x0028, 0x0006): (b"US", struct.pack("<H", 0))} if colour else {}
+    return _file_meta(JPEG_BASELINE) + _image_elements(side, side, attrs) + _encapsulated(frame)
 
 
-def png_large(side: int = 7_040) -> bytes:
+def png_large(side: int = 7_040, seed: int = SEED) -> bytes:
     """A ``side`` x ``side`` 8-bit grayscale PNG (49.6 MP at 7,040) in a small file."""
-    small = Image.fromarray(chest_like(128, 128))
+    small = Image.fromarray(chest_like(128, 128, seed=seed))
     return encode(small.resize((side, side), Image.Resampling.NEAREST), "PNG", compress_level=9)
 
 

@@ -75,6 +75,7 @@ _JPEG_SYNTAXES = frozenset({f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70,
 _J2K_SYNTAXES = frozenset({f"1.2.840.10008.1.2.4.{n}" for n in (90, 91, 92, 93, 201, 202, 203)})
 _RLE_SYNTAX = "1.2.840.10008.1.2.5"
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_LUMA_PLANE_PHOTOMETRIC = frozenset({"YBR_FULL", "YBR_FULL_422"})
 _GREY_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2", OTHER})
 
 
@@ -274,7 +275,10 @@ def _read_dicom(ds: Any, max_pixels: int, keep_raw: bool, notes: list[str]) -> X
     ts_name, ts_uid = _ensure_transfer_syntax(ds, notes)
     n_frames = max(1, int(number(ds, "NumberOfFrames") or 1))
     _check_codestream(ds, ts_uid, ts_name, n_frames, (cols, rows, samples, allocated), max_pixels)
-    stored = _decode_first_frame(ds, ts_name, n_frames, notes)
+    # YBR_FULL(_422) is kept as decoded: its Y plane *is* the luma (ITU-R 601), so no RGB is ever made. pydicom's
+    # YBR -> RGB conversion works in float64 and took a 49.6 MP colour JPEG-in-DICOM to 1.2 GB.
+    luma_plane = samples == 3 and photometric in _LUMA_PLANE_PHOTOMETRIC
+    stored = _decode_first_frame(ds, ts_name, n_frames, notes, keep_ybr=luma_plane)
     if stored.shape[:2] != (rows, cols):
         raise CorruptImageError(
             f"This DICOM file is damaged: its image data decodes to {stored.shape[1]} x {stored.shape[0]} pixels "
@@ -287,7 +291,7 @@ def _read_dicom(ds: Any, max_pixels: int, keep_raw: bool, notes: list[str]) -> X
     if stored.ndim == 3:
         # Colour: no modality/VOI LUT applies; show the luma through the nominal range of the stored bits.
         notes.append(f"colour DICOM ({photometric}) converted to grayscale")
-        raw = luma(stored)
+        raw = stored[..., 0].astype(np.float32) if luma_plane else luma(stored)
         del stored
         check_not_uniform(raw)
         scale = float(2 ** (bits_stored or 8) - 1)
@@ -422,7 +426,7 @@ def _check_codestream(
         )
 
 
-def _decode_first_frame(ds: Any, ts_name: str, n_frames: int, notes: list[str]) -> np.ndarray:
+def _decode_first_frame(ds: Any, ts_name: str, n_frames: int, notes: list[str], keep_ybr: bool = False) -> np.ndarray:
     """Decode only frame 0: (rows, cols) for grayscale, (rows, cols, 3) RGB for colour."""
     from pydicom.pixels import get_decoder, pixel_array
 
@@ -438,7 +442,7 @@ def _decode_first_frame(ds: Any, ts_name: str, n_frames: int, notes: list[str]) 
     if n_frames > 1:
         notes.append(f"multi-frame DICOM: first of {n_frames} frames shown")
     try:
-        stored = pixel_array(ds, index=0)
+        stored = pixel_array(ds, index=0, raw=keep_ybr)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - codec plugins raise arbitrary types on bad data

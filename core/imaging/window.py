@@ -18,8 +18,9 @@ def apply_window(
 ) -> np.ndarray:
     """Map raw values to [0, 1] with a window (level ``center``, ``width``), as float32.
 
-    Computed in float64 (in row blocks), so any finite window gives finite grey levels; a non-finite or
-    non-positive window is a programming error (``ValueError``): readers validate header windows first.
+    Any finite window gives finite grey levels: in float32 when float32 holds the window, else (and for SIGMOID)
+    in float64 row blocks. A non-finite or non-positive window is a programming error (``ValueError``): readers
+    validate header windows first.
 
     ``LINEAR`` and ``LINEAR_EXACT`` both use the exact ramp ``(x - (center - width/2)) / width``: DICOM's LINEAR
     differs by half a stored unit, far below what a display shows, and using one formula lets any positive width
@@ -30,11 +31,21 @@ def apply_window(
     x = np.asarray(pixels_raw)
     if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
         raise ValueError(f"unknown VOI LUT function {function!r}")
+    low = float(center) - float(width) / 2.0
+    with np.errstate(over="ignore", under="ignore"):
+        low32, width32 = np.float32(low), np.float32(width)
+    if function != "SIGMOID" and np.isfinite(low32) and np.isfinite(width32) and width32 > 0:
+        # float32 holds the window itself, so the ramp cannot give NaN: a value far outside it overflows to +/-inf
+        # at worst, which the clip maps to 0 or 1. One output array, updated in place (one float32 copy at 50 MP).
+        with np.errstate(over="ignore"):
+            out = np.subtract(x, low32, dtype=np.float32)
+            out /= width32
+        np.clip(out, 0.0, 1.0, out=out)
+        return np.ascontiguousarray(out, dtype=np.float32)
+    # A window float32 cannot hold (a width of 1e39 would make every pixel inf/inf = NaN), or the sigmoid's
+    # exponent: float64, in row blocks so the float64 cost stays small, written out as float32.
     flat = x.reshape(x.shape[0] if x.ndim else 1, -1)
     out = np.empty(flat.shape, dtype=np.float32)
-    low = float(center) - float(width) / 2.0
-    # Each block in float64, written out as float32: a header's window (or a rescaled value) that float32 cannot
-    # hold (a width of 1e39) would turn every pixel into inf/inf = NaN. Row blocks keep the float64 cost small.
     with np.errstate(over="ignore", under="ignore"):
         for start in range(0, flat.shape[0], _ROWS_PER_BLOCK):
             block = flat[start : start + _ROWS_PER_BLOCK].astype(np.float64)
