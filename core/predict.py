@@ -26,6 +26,8 @@ from core.finite import invalid_analysis_message
 from core.imaging.errors import detail
 from core.inference import BatchItem, Predictor
 from core.model import ModelLoadError
+from core.pacs.cli import PacsUsageError
+from core.pacs.cli import add_arguments as add_pacs_arguments
 from core.registry import RegistryError
 from core.scan import Entry, MissingPathError, scan_paths
 from core.serialize import error_row, file_text, plain_text, wide_fields, wide_row, write_csv
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image files and/or folders")
     parser.add_argument("--weights-dir", default="weights",
                         help="folder of <variant>.safetensors + <variant>.json (relative: to the repository root)")
     parser.add_argument("--variant", action="append", dest="variants", metavar="NAME",
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, metavar="FILE", help="results file, .csv or .json (default: CSV to stdout)")
     parser.add_argument("--cams", type=Path, metavar="DIR", help="write a CAM contact sheet per file and variant")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_pacs_arguments(parser)  # --pacs URL [--since] [--until] [--accession] [--send]: core/pacs/batch.py
     return parser
 
 
@@ -188,6 +191,17 @@ def run(args: argparse.Namespace, stdout: TextIO) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.out is not None and args.out.suffix.lower() not in (".csv", ".json"):
         raise UsageError(f"--out must end in .csv or .json, got {args.out.name!r}")
+    if args.pacs is not None:
+        if args.paths:
+            raise UsageError("give image PATHs or --pacs, not both")
+        from core.pacs.batch import run_pacs  # the DICOMweb stack only when asked for
+
+        try:
+            return run_pacs(args, stdout)
+        except PacsUsageError as exc:
+            raise UsageError(str(exc)) from None
+    if not args.paths:
+        raise UsageError("give image files or folders, or --pacs URL")
     entries = collect_files(args.paths)
     if not entries:
         raise UsageError("nothing found in the given paths")
