@@ -108,9 +108,20 @@ def page(browser, server):
     pg = context.new_page()
     pg.set_default_timeout(RENDER_TIMEOUT_MS)
     pg.goto(server)
-    pg.wait_for_selector(TREE)
+    _pick_sample(pg, FIRST_SAMPLE)
     yield pg
     context.close()
+
+
+#: The sample the page fixture picks (nothing is analysed before a pick).
+FIRST_SAMPLE = "Cardiomegaly · NIH PNG"
+
+
+def _pick_sample(page, name: str) -> None:
+    """Pick a bundled sample in the sidebar and wait for its tree."""
+    page.locator(".st-key-sample").click()
+    page.get_by_role("option", name=name, exact=True).click()
+    page.wait_for_selector(TREE)
 
 
 def _shot(page, name: str) -> Path:
@@ -311,10 +322,49 @@ def test_compare_variants_and_downloads(page):
     _shot(page, "08_export")
 
 
-def test_out_of_population_image_is_warned_next_to_the_tree(page, shared_data):
+def test_first_screen_analyses_nothing(browser, server):
+    context = browser.new_context(viewport={"width": 1600, "height": 1200})
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(RENDER_TIMEOUT_MS)
+        pg.goto(server)
+        pg.get_by_text("Nothing is analysed until you do").wait_for()
+        assert pg.locator(TREE).count() == 0 and pg.locator("[data-testid='stDataFrame']").count() == 0
+        _shot(pg, "00_first_screen")
+    finally:
+        context.close()
+
+
+def _banner(page) -> str:
+    banner = page.locator("[data-testid='stAlertContentError']")
+    banner.first.wait_for()
+    return " ".join(banner.all_inner_texts())
+
+
+def test_out_of_population_dog_has_the_banner_and_no_calls(page, shared_data):
     _upload(page, shared_data / "dicom" / "highdicom_dx_image_DX_MONO1_canine_thorax.dcm")
-    warning = page.locator("[data-testid='stAlertContentWarning']")
-    warning.first.wait_for()
-    text = " ".join(warning.all_inner_texts())
-    assert "under 18" in text or "unlike the adult" in text
-    _shot(page, "09_out_of_population")
+    text = _banner(page)
+    assert "do not apply" in text and "under 18" in text and "No finding is called" in text
+    assert "▲" not in _tree_text(page)
+    _shot(page, "09_out_of_population_dog")
+
+
+def test_out_of_population_child_has_the_banner_and_no_calls(page, shared_data):
+    from core.card_evidence import kermany_heldout
+
+    # A film of a patient the population classifier never saw.
+    kermany = kermany_heldout(pd.read_csv(shared_data / "other" / "kermany" / "labels.csv"))
+    child = shared_data / "other" / "kermany" / "images" / kermany["file"].iloc[0]
+    _upload(page, child)
+    text = _banner(page)
+    assert "do not apply" in text and "child" in text
+    assert "▲" not in _tree_text(page)
+    _shot(page, "10_out_of_population_child")
+
+
+def test_normal_film_has_no_banner_and_few_calls(page):
+    _pick_sample(page, "No finding · NIH PNG")
+    page.get_by_text("Sample image").first.wait_for()
+    assert page.locator("[data-testid='stAlertContentError']").count() == 0
+    assert _tree_text(page).count("▲") <= 1
+    _shot(page, "11_normal_film")

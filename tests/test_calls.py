@@ -142,8 +142,7 @@ def test_fitted_evidence_gates_on_the_lower_bound() -> None:
 
 def test_card_round_trip_and_validation() -> None:
     evidence = _evidence(Cardiomegaly=0.4)
-    card = ModelCard(variant="x", model={}, taxonomy={}, preprocessing={}, loss={}, training={}, data={},
-                     metrics={}, call_rule=CallRule(auroc_floor=0.65), call_evidence=evidence)
+    card = ModelCard(variant="x", call_rule=CallRule(auroc_floor=0.65), call_evidence=evidence)
     again = ModelCard.from_dict(card.to_dict())
     assert again.call_rule == CallRule(auroc_floor=0.65)
     assert again.call_evidence.thresholds() == {"Cardiomegaly": 0.4}
