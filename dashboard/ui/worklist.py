@@ -111,8 +111,8 @@ def _sort_key(study: StudySummary, triage: dict) -> tuple:
     found = triage.get(study.study_uid)
     if found is None:
         return (2, 0.0, _negated(study.date + study.time))
-    call, probability = found["call"], found["probability"]
-    return (0 if call == "above" else 1, -probability, _negated(study.date + study.time))
+    rank = {"above": 0, "below": 1}.get(found["call"], 1)  # no call: ranked among the below, by probability
+    return (rank, -found["probability"], _negated(study.date + study.time))
 
 
 def _negated(text: str) -> str:
@@ -133,9 +133,12 @@ def _rows(studies: list[StudySummary], client: PacsClient, settings: PacsSetting
         }
         if settings.show_patient_identity:
             row = {"patient": study.patient_name, "patient ID": study.patient_id, **row}
-        if triage is not None:
+        if triage is not None and triage["call"] in ("above", "below") and triage["operating_point"] is not None:
             row["triage"] = (f"{TRIAGE_LABEL} {triage['probability']:.2f} "
                              f"{'≥' if triage['call'] == 'above' else '<'} {triage['operating_point']:.2f}")
+        elif triage is not None:
+            row["triage"] = (f"{TRIAGE_LABEL} {triage['probability']:.2f}, no call"
+                             + (f": {triage['reason']}" if triage["reason"] else ""))
         else:
             row["triage"] = "not analysed" if plan.analyse else f"not analysed: {plan.reason}"
         held = sorted({r.series_description for r in plan.results})
@@ -166,14 +169,14 @@ def _triage(ctx_predictor, cache, client: PacsClient, studies: list[StudySummary
 
 
 def _remember_triage(study_uid: str, analysis) -> None:
+    """The study's triage: the record's call on Abnormal (never re-derived here) and its probability."""
     if TRIAGE_LABEL not in analysis.labels or not analysis.learnt(TRIAGE_LABEL):
         return
-    threshold = analysis.operating_points.get(TRIAGE_LABEL)
-    if threshold is None:
-        return
+    reason = getattr(analysis, "call_reason", None)
     _state()["triage"][study_uid] = {
         "call": analysis.call(TRIAGE_LABEL), "probability": float(analysis.mc_mean[analysis.index(TRIAGE_LABEL)]),
-        "operating_point": float(threshold), "variant": analysis.model_id}
+        "operating_point": analysis.operating_points.get(TRIAGE_LABEL), "variant": analysis.model_id,
+        "reason": str(reason(TRIAGE_LABEL)) if callable(reason) else ""}
 
 
 def render_worklist(predictor, cache, variant: str, mc_samples: int) -> OpenStudy | None:
@@ -204,7 +207,11 @@ def render_worklist(predictor, cache, variant: str, mc_samples: int) -> OpenStud
     if not studies:
         st.info("No CR/DX study in this period.")
         return None
-    if st.button("Analyse the listed studies (triage)", key="triage", icon=":material/sort:"):
+    actions = st.container(horizontal=True)
+    if actions.button("Refresh", key="refresh_worklist", icon=":material/refresh:",
+                      help="Ask the PACS again (new studies, results stored since)."):
+        state["plans"] = {}
+    if actions.button("Analyse the listed studies (triage)", key="triage", icon=":material/sort:"):
         try:
             _triage(predictor, cache, client, studies, variant, mc_samples)
         except PacsError as exc:
