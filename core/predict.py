@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, TextIO
 from PIL import Image
 from tqdm import tqdm
 
+from core.finite import invalid_analysis_message
 from core.imaging.errors import detail
 from core.inference import BatchItem, Predictor
 from core.model import ModelLoadError
@@ -30,7 +30,7 @@ from core.pacs.cli import PacsUsageError
 from core.pacs.cli import add_arguments as add_pacs_arguments
 from core.registry import RegistryError
 from core.scan import Entry, MissingPathError, scan_paths
-from core.serialize import error_row, wide_fields, wide_row, write_csv
+from core.serialize import error_row, file_text, plain_text, wide_fields, wide_row, write_csv
 
 EXIT_OK, EXIT_REFUSED, EXIT_TOOL = 0, 1, 2
 
@@ -125,8 +125,10 @@ class ResultWriter:
         try:
             if out is not None:
                 out.parent.mkdir(parents=True, exist_ok=True)
-                self._f: TextIO = out.open("w", newline="", encoding="utf-8")
+                self._f: TextIO = out.open("w", newline="", encoding="utf-8", errors="backslashreplace")
             else:
+                if hasattr(stdout, "reconfigure"):
+                    stdout.reconfigure(errors="backslashreplace")  # a row must never fail on its text
                 self._f = stdout
             self._f.write("[" if self.json else "")
             if not self.json:
@@ -137,6 +139,7 @@ class ResultWriter:
 
     def error(self, file: str, variants: Sequence[str], message: str) -> None:
         """Rows of a file that was not analysed: one per variant, with the reason."""
+        file, message = file_text(file), plain_text(message)  # names whatever their bytes (core.serialize)
         if self.json:
             self._records_out({"file": file, "variant": v, "error": message} for v in variants)
         else:
@@ -144,6 +147,7 @@ class ResultWriter:
 
     def analyses(self, file: str, item: BatchItem) -> None:
         """Rows of an analysed file: one per variant."""
+        file = file_text(file)
         if self.json:
             self._records_out({"file": file, **a.to_dict()} for a in item.analyses.values())
         else:
@@ -173,12 +177,7 @@ def _write_cams(item: BatchItem, folder: Path, path: Path) -> None:
 
 def _invalid_output(item: BatchItem) -> str | None:
     """A message when a model produced non-finite numbers for this image (never scored as if valid)."""
-    for name, analysis in item.analyses.items():
-        values = [*analysis.mc_mean, *analysis.mc_std]
-        if not all(math.isfinite(float(v)) for v in values):
-            return (f"The analysis with {name} produced invalid numbers (not finite) for this image, so no result "
-                    "is reported. The image may hold values the model cannot handle; export it again.")
-    return None
+    return invalid_analysis_message(item.analyses)
 
 
 # ------------------------------------------------------------------------------------------------- run

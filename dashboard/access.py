@@ -39,6 +39,8 @@ DEFAULT_IDLE_MINUTES = 15.0
 #: How long a refused user sees the refusal before being logged out.
 REFUSAL_PAUSE_S = 4.0
 IDENTITY_KEY = "hicxr_identity"
+LOGIN_KEY = "hicxr_login"
+RUNS_KEY, SEEN_RUNS_KEY, INLINE_KEY = "hicxr_page_runs", "hicxr_idle_seen_runs", "hicxr_idle_inline"
 LOCAL_MODE_TEXT = "local mode: no login"
 
 
@@ -167,7 +169,13 @@ def record(action: Action, *, subject: Subject | None = None, model_version: str
 
 
 def record_once(key: tuple, action: Action, **fields: Any) -> bool:
-    """:func:`record` the first time ``key`` is seen in this session (reruns of the page are not new actions)."""
+    """:func:`record` the first time ``key`` is seen in this session (reruns of the page are not new actions).
+
+    Called after the page's long step (an analysis), it also marks the login active: waiting for a result is not
+    idleness."""
+    login = st.session_state.get(LOGIN_KEY)
+    if login is not None:
+        _activity().touch(login, time.time())
     done: set = st.session_state.setdefault("hicxr_audited", set())
     if key in done:
         return True
@@ -272,6 +280,7 @@ def _logout(key: tuple[str, float], reason: str) -> None:
     if record(Action.LOGOUT, detail=reason):
         _activity().forget(key)
         st.session_state.pop(IDENTITY_KEY, None)
+        st.session_state.pop(LOGIN_KEY, None)
         st.logout()
     st.stop()
 
@@ -315,21 +324,35 @@ def gate() -> str:
     if activity.last(key) is None and not record(Action.LOGIN):
         st.stop()  # fail closed: no entry, no entry into the app
     activity.touch(key, now)
+    st.session_state[LOGIN_KEY] = key
+    st.session_state[RUNS_KEY] = st.session_state.get(RUNS_KEY, 0) + 1
 
     with st.sidebar:
         who = claims.get("email") or claims.get("name") or sub
         st.caption(f":material/person: Logged in as **{who}**")
         if st.button("Log out", key="logout", icon=":material/logout:"):
             _logout(key, "user")
-        _watch_idle(key, rules.idle_timeout_s)
+        st.session_state[INLINE_KEY] = True
+        try:
+            _watch_idle(key, rules.idle_timeout_s)
+        finally:
+            st.session_state[INLINE_KEY] = False
     return sub
 
 
 def _watch_idle(key: tuple[str, float], timeout_s: float) -> None:
     """A timer fragment that reruns the whole page once the login has been idle too long, so the gate logs it out
-    even when nobody touches the page (its own runs do not count as activity)."""
+    even when nobody touches the page. Its own runs are not activity; but a page run that ended since its last
+    check was (a long analysis is not idleness), so the check counts from now then."""
     def check() -> None:
-        if idle_for(_activity().last(key), key[1], time.time()) > timeout_s:
+        state = st.session_state
+        if state.get(INLINE_KEY):  # the call from the page run itself: that run has not ended yet
+            return
+        runs = state.get(RUNS_KEY, 0)
+        if state.get(SEEN_RUNS_KEY) != runs:
+            state[SEEN_RUNS_KEY] = runs
+            _activity().touch(key, time.time())
+        elif idle_for(_activity().last(key), key[1], time.time()) > timeout_s:
             st.rerun(scope="app")
 
     interval = timedelta(seconds=max(1.0, min(30.0, timeout_s / 4)))
