@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from core.card_sections import PenaltyRow
 from core.checkpoints import CheckpointError, LoopState, load_checkpoint, save_checkpoint
 from core.config import Config
+from core.contract import contract_of
 from core.data import XrayDataset, build_datasets
 from core.distributed import (
     DeviceError,
@@ -102,10 +103,8 @@ def build_loss(config: Config, train_labels: LabelSet, taxonomy: Taxonomy) -> tu
 
 def model_config_for(config: Config, taxonomy: Taxonomy) -> ModelConfig:
     """The :class:`ModelConfig` stored with the weights."""
-    m = config.model
     return ModelConfig.for_taxonomy(
-        taxonomy, input_size=m.input_size, in_channels=m.in_channels, dropout=m.dropout, mean=m.mean, std=m.std,
-        output_stride=m.output_stride, constraint=m.constraint,
+        taxonomy, **contract_of(config.model),
         extra={"run": config.name, "loss": config.loss.penalty, "violation": config.loss.violation},
     )
 
