@@ -30,7 +30,6 @@ from core.card import CardError, ModelCard
 from core.card_sections import (
     CrossValidationInfo,
     DataInfo,
-    LossInfo,
     ModelInfo,
     OODInfo,
     PreprocessingInfo,
@@ -52,6 +51,7 @@ from core.heldout import (
     training_positives,
 )
 from core.labels import LabelError, LabelSet
+from core.loss import loss_info, penalty_rows
 from core.metrics import evaluate_predictions, expected_calibration_error
 from core.model import HiCXRNet, ModelLoadError, load_model, save_model
 from core.plots import plot_calibration, plot_roc
@@ -111,8 +111,6 @@ def export_model(
         aliases: Other names of this model (e.g. the paper's hard-penalty variants, equal to ``bce``).
         taxonomy: Output taxonomy (the packaged one by default).
     """
-    from core.trainer import build_loss  # the penalty table is the trainer's; imported late (torch-heavy)
-
     taxonomy = taxonomy or load_taxonomy()
     prefix = Path(prefix)
     name = prefix.name
@@ -184,18 +182,14 @@ def export_model(
             shutil.copyfile(curve, prefix.parent / f"{name}_cv.png")
             plots["cross_validation"] = f"{name}_cv.png"
 
-    loss_fn, table = build_loss(config, train.labels, taxonomy)
-    del loss_fn
+    table = penalty_rows(config, train.labels, taxonomy)
     m = model.config
     card = ModelCard(
         variant=name, model=ModelInfo.from_dict(json_model(m)), preprocessing=PreprocessingInfo(
             input_size=m.input_size, in_channels=m.in_channels, mean=m.mean, std=m.std,
             resize="squash, antialiased bilinear", input="grayscale in [0,1]"),
         taxonomy=TaxonomyInfo(name=taxonomy.name, hash=taxonomy.hash, edges=taxonomy.to_dict()["edges"]),
-        loss=LossInfo(name=config.loss.name, lam=0.0 if config.loss.penalty == "none" else config.loss.lam,
-                      penalty_source=config.loss.penalty, violation=config.loss.violation,
-                      fixed_value=config.loss.fixed_value if config.loss.penalty == "fixed" else None,
-                      constraint=m.constraint),
+        loss=loss_info(config.loss, m.constraint),
         penalty_table=table, calibration=calibration,
         training=TrainingInfo.from_dict({"config": config.to_dict(), **(training or {})}, "training"),
         data=DataInfo.from_dict({

@@ -3,8 +3,9 @@
 One call, :func:`train`, runs a whole experiment described by a :class:`core.config.Config`:
 
 * data from :mod:`core.data` (train split augmented, val/test not), penalties from the TRAIN labels;
-* loss :class:`core.loss.HierarchicalBCELoss` -- ``penalty: none`` (lam 0: plain masked BCE), ``fixed``,
-  ``data_driven``, with ``violation: hard`` (paper) or ``soft`` (differentiable);
+* the loss :func:`core.loss.build_loss` builds from ``config.loss`` (HBCE with ``penalty: none`` (plain masked
+  BCE), ``fixed`` or ``data_driven`` and ``violation: hard`` or ``soft``; or C-HMCNN's MCLoss), minimising its
+  :class:`core.loss.LossTerms` total and logging its terms;
 * early stopping on the validation macro AUROC over the labels with at least ``train.min_val_positives`` known
   positives (and one known negative) in val -- on small validation sets the others' AUROCs are noise;
 * files in ``<out_dir>/<name>/``: ``config.yaml`` (resolved), ``metrics.csv`` (one row per epoch),
@@ -54,11 +55,10 @@ from core.distributed import (
 )
 from core.evaluate import predict_logits
 from core.labels import LabelSet
-from core.loss import HierarchicalBCELoss, MaxConstraintLoss
+from core.loss import build_loss
 from core.metrics import per_label_auroc
 from core.model import HiCXRNet, ModelConfig, build_model, constraint_matrix, load_model, output_probabilities
 from core.optim import build_optimizer, build_scheduler
-from core.penalties import data_driven_penalties, fixed_penalties, penalty_table
 from core.preprocess import normalize
 from core.progress import append_row, progress
 from core.taxonomy import Taxonomy, load_taxonomy
@@ -79,26 +79,6 @@ def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA) and numpy; the same on every rank."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-
-
-def build_penalties(config: Config, train_labels: LabelSet, taxonomy: Taxonomy) -> tuple[np.ndarray, float]:
-    """Edge penalties and lambda for ``config.loss`` (data-driven ones from the TRAIN labels)."""
-    loss = config.loss
-    if loss.penalty == "none":
-        return fixed_penalties(taxonomy, 0.0), 0.0
-    if loss.penalty == "fixed":
-        return fixed_penalties(taxonomy, loss.fixed_value), loss.lam
-    return data_driven_penalties(train_labels.targets, train_labels.mask, taxonomy, alpha=loss.alpha), loss.lam
-
-
-def build_loss(config: Config, train_labels: LabelSet, taxonomy: Taxonomy) -> tuple[nn.Module, list]:
-    """The loss module and its penalty table (for the model card; empty for C-HMCNN's MCLoss)."""
-    if config.loss.name == "mcloss":
-        return MaxConstraintLoss(taxonomy), []
-    penalties, lam = build_penalties(config, train_labels, taxonomy)
-    loss = HierarchicalBCELoss(taxonomy, penalties, lam=lam, violation=config.loss.violation)
-    table = penalty_table(penalties, taxonomy, train_labels.targets, train_labels.mask)
-    return loss, table
 
 
 def model_config_for(config: Config, taxonomy: Taxonomy) -> ModelConfig:
@@ -139,8 +119,8 @@ def train_one_epoch(
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_context(info.device, config.train.amp):
             logits = model(x)
-        parts = loss_fn.components(logits.float(), y, m)
-        loss = parts["bce"] + loss_fn.lam * parts["penalty"]
+        terms = loss_fn.terms(logits.float(), y, m)
+        loss = terms.total
         if not torch.isfinite(loss):
             raise TrainError(f"loss became {loss.item()} at step {state.global_step}; lower optim.lr")
         optimizer.zero_grad(set_to_none=True)
@@ -162,7 +142,7 @@ def train_one_epoch(
             ema.update_parameters(unwrap(model))
         state.global_step += 1
         b = x.shape[0]
-        sums += b * np.array([loss.item(), parts["bce"].item(), parts["penalty"].item()])
+        sums += b * np.array([loss.item(), terms.data.item(), terms.penalty.item()])
         n += b
         if log_every and step % log_every == 0 and step < len(loader):
             log.info("epoch %d: batch %d/%d  loss %.4f  %.1f s/batch", state.epoch, step, len(loader),
