@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from core.contract import CONSTRAINTS, MIN_INPUT_SIZE, OUTPUT_STRIDES, Architecture
+from core.errors import HiCXRError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE_BUDGET_MB = 4096.0
 
 
-class ConfigError(ValueError):
+class ConfigError(HiCXRError, ValueError):
     """A config file or override is invalid: unknown key, wrong type, bad value or missing file."""
 
 

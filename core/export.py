@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.card import CardError, ModelCard
+from core.card import ModelCard
 from core.card_sections import (
     CrossValidationInfo,
     DataInfo,
@@ -38,8 +38,9 @@ from core.card_sections import (
     TrainingInfo,
 )
 from core.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, resolve_path
-from core.crossval import CVError, load_cv_summary
-from core.data import DataError, XrayDataset, load_splits
+from core.crossval import load_cv_summary
+from core.data import XrayDataset, load_splits
+from core.errors import HiCXRError
 from core.evaluate import predict_outputs
 from core.heldout import (
     fit_calibration,
@@ -50,10 +51,10 @@ from core.heldout import (
     output_probs,
     training_positives,
 )
-from core.labels import LabelError, LabelSet
+from core.labels import LabelSet
 from core.loss import loss_info, penalty_rows
 from core.metrics import evaluate_predictions, expected_calibration_error
-from core.model import HiCXRNet, ModelLoadError, load_model, save_model
+from core.model import HiCXRNet, load_model, save_model
 from core.plots import plot_calibration, plot_roc
 from core.taxonomy import Taxonomy, load_taxonomy
 
@@ -260,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                               *(argv or sys.argv[1:])])
         card = export_model(model, config, prefix, training=training, cv_dir=args.cv, reproduce=reproduce,
                             aliases=aliases)
-    except (CardError, ConfigError, CVError, DataError, LabelError, ModelLoadError) as exc:
+    except HiCXRError as exc:  # card, config, CV, data, labels, weights, images: a message, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {prefix}.safetensors and {prefix}.json: test macro AUROC {card.macro_auroc('test')}")

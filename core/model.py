@@ -30,12 +30,13 @@ from torch import nn
 from torchvision.models import densenet121
 
 from core.contract import CONSTRAINTS, MIN_INPUT_SIZE, OUTPUT_STRIDES, Architecture
+from core.errors import HiCXRError
 from core.taxonomy import Taxonomy, load_taxonomy
 
 CONFIG_KEY = "hicxr_config"
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(HiCXRError, ValueError):
     """A weights file cannot be loaded: not safetensors, no HiCXR config, or it does not match."""
 
 

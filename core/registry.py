@@ -23,6 +23,7 @@ from pathlib import Path
 
 from core.card import CardError, ModelCard
 from core.config import REPO_ROOT
+from core.errors import HiCXRError
 from core.model import ModelConfig, ModelLoadError, read_model_config
 
 DEFAULT_FILE = "default.json"
@@ -30,7 +31,7 @@ WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".json"
 
 
-class RegistryError(ValueError):
+class RegistryError(HiCXRError, ValueError):
     """A variant is missing, or its files are unusable; the message names the file and what is wrong."""
 
 

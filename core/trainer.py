@@ -53,6 +53,7 @@ from core.distributed import (
     setup_distributed,
     unwrap,
 )
+from core.errors import HiCXRError
 from core.evaluate import predict_logits
 from core.labels import LabelSet
 from core.loss import build_loss
@@ -68,7 +69,7 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ("epoch", "train_loss", "train_bce", "train_penalty", "val_loss", "val_macro_auroc", "lr", "seconds")
 
 
-class TrainError(RuntimeError):
+class TrainError(HiCXRError, RuntimeError):
     """Training cannot start or continue (e.g. ``--resume`` without a checkpoint, no usable validation label)."""
 
 
