@@ -163,6 +163,15 @@ def tiny_weights_dir(tmp_path: Path) -> Path:
     return make_weights_dir(tmp_path)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _audit_log_outside_repo(tmp_path_factory):
+    """Dashboards run by the tests (AppTest and servers) write their audit trail to a temporary file."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HICXR_AUDIT_LOG", str(tmp_path_factory.mktemp("audit") / "audit.jsonl"))
+    yield
+    mp.undo()
+
+
 # ------------------------------------------------------------------------------ the development PACS (Orthanc)
 
 
