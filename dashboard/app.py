@@ -119,6 +119,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-else:  # `streamlit run dashboard/app.py` serves this app: security headers, no external-address lookup
+else:  # `streamlit run dashboard/app.py` serves this app: security headers, no server name, no external lookup
     serving.disable_external_ip_lookup()
+    serving.drop_server_header()
     app = st.App(__file__, **serving.app_options())
