@@ -39,8 +39,8 @@ Source = bytes | bytearray | memoryview | str | os.PathLike | XrayImage
 
 DEFAULT_SEED = 0
 DEFAULT_THRESHOLD = 0.5
-# Decoded pixels a batch may hold before it is analysed (see Predictor.iter_analyses): about 2.5 images of 50 MP.
-DEFAULT_MAX_BATCH_BYTES = 512 * 2**20
+# Decoded pixels a batch may hold before it is analysed (see Predictor.iter_analyses): a 50 MP image takes 200 MB.
+DEFAULT_MAX_BATCH_BYTES = 256 * 2**20
 
 
 @dataclass

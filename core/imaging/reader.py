@@ -102,7 +102,17 @@ def _decode(data: bytes, name: str | None, max_bytes: int, max_pixels: int, keep
         data = bytes(128) + data
     marker = data[128:132] == b"DICM"
     if marker and headers.sniff(data) is None:
-        return dicom_reader.read_dicom(data, dicom_reader.parse(data, max_bytes), max_pixels, keep_raw)
+        try:
+            return dicom_reader.read_dicom(data, dicom_reader.parse(data, max_bytes), max_pixels, keep_raw)
+        except ImageError as dicom_error:
+            # A format without a signature headers.sniff knows (BMP, PNM) may hold DICM at 128 too.
+            try:
+                image = read_pillow(data, max_pixels, keep_raw)
+            except ImageError:
+                image = None
+            if image is None:
+                raise dicom_error from None
+            return image
     try:
         image = read_pillow(data, max_pixels, keep_raw)
     except ImageError:
@@ -115,9 +125,11 @@ def _decode(data: bytes, name: str | None, max_bytes: int, max_pixels: int, keep
         raise  # the image reader's reason: the file starts as that image
     if image is not None:
         return image
-    if marker:
-        return dicom_reader.read_dicom(data, dicom_reader.parse(data, max_bytes), max_pixels, keep_raw)
     ds = dicom_reader.parse_headerless(data, max_bytes)
+    if ds is None and len(data) > 136 and not any(data[:128]):
+        # A zero preamble without the DICM marker (a writer that forgot it): the data set starts at 128.
+        data = data[128:]
+        ds = dicom_reader.parse_headerless(data, max_bytes)
     if ds is not None:
         return dicom_reader.read_dicom(data, ds, max_pixels, keep_raw)
     raise UnsupportedFormatError(_not_an_image_message(data, name))
