@@ -74,7 +74,7 @@ def predict_outputs(model: HiCXRNet, dataset: XrayDataset, batch_size: int = 64)
         x = normalize(torch.stack([dataset.image(i) for i in rows]).to(device), model.config)
         features = model.forward_features(x)
         pooled_batch = torch.flatten(model.pool(features), 1)
-        logits.append(model.classifier(pooled_batch).float().cpu())
+        logits.append(model.label_logits(model.classifier(pooled_batch)).float().cpu())
         pooled.append(pooled_batch.float().cpu())
     k, n_labels = model.num_features, len(model.config.labels)
     return (torch.cat(logits).numpy() if logits else np.zeros((0, n_labels), np.float32),

@@ -43,6 +43,7 @@ from core.labels import LabelError, LabelSet
 from core.metrics import evaluate_predictions, expected_calibration_error
 from core.model import HiCXRNet, ModelLoadError, load_model, save_model
 from core.plots import plot_calibration, plot_roc
+from core.preprocess import Fit
 from core.taxonomy import Taxonomy, load_taxonomy
 
 if TYPE_CHECKING:
@@ -73,18 +74,19 @@ def data_limitations(train: LabelSet, test: LabelSet, not_learnt: Sequence[str],
     return " ".join(parts)
 
 
-def _datasets(config: Config, taxonomy: Taxonomy) -> dict[str, XrayDataset]:
-    """Un-augmented datasets of the config's splits (train = what the model trained on)."""
+def _datasets(config: Config, taxonomy: Taxonomy, fit: Fit = Fit()) -> dict[str, XrayDataset]:
+    """Un-augmented datasets of the config's splits (train = what the model trained on), fitted as ``fit``."""
     splits = load_splits(config, taxonomy)
     root = resolve_path(config.data.images)
-    return {s: XrayDataset(labels, root, config.model.input_size, cache=True, progress=sys.stderr.isatty())
+    return {s: XrayDataset(labels, root, config.model.input_size, cache=True, progress=sys.stderr.isatty(), fit=fit)
             for s, labels in splits.items() if len(labels)}
 
 
 def export_model(
     model: HiCXRNet, config: Config, prefix: str | Path, *, training: dict[str, Any] | None = None,
     cv_dir: str | Path | None = None, reproduce: str = "", aliases: Sequence[str] = (),
-    taxonomy: Taxonomy | None = None,
+    taxonomy: Taxonomy | None = None, not_learnt: Sequence[str] | None = None, not_learnt_rule: str | None = None,
+    card_updates: dict[str, Any] | None = None, card_extra: dict[str, Any] | None = None,
 ) -> ModelCard:
     """Write ``<prefix>.safetensors`` (fp16 + OOD reference), ``<prefix>.json`` and the plots; return the card.
 
@@ -98,6 +100,12 @@ def export_model(
         reproduce: The command that reproduces the weights.
         aliases: Other names of this model (e.g. the paper's hard-penalty variants, equal to ``bce``).
         taxonomy: Output taxonomy (the packaged one by default).
+        not_learnt: The labels not learnt, when the training data does not say (an imported model), with
+            ``not_learnt_rule`` saying why; default: labels with too few positive training images.
+        not_learnt_rule: Why ``not_learnt`` are not learnt (with ``not_learnt``).
+        card_updates: Card fields that replace what the training config would say (an imported model's data,
+            loss, limitations).
+        card_extra: Extra card sections (e.g. ``imported``).
     """
     from core.trainer import build_loss  # the penalty table is the trainer's; imported late (torch-heavy)
 
@@ -106,13 +114,16 @@ def export_model(
     name = prefix.name
     weights = save_model(model, Path(f"{prefix}.safetensors"), half=True)
     model = load_model(weights, taxonomy)
-    ds = _datasets(config, taxonomy)
+    ds = _datasets(config, taxonomy, Fit.of(model.config))
     train, test = ds["train"], ds["test"]
     val = ds.get("val") if config.data.fit_on == "train" else None
 
     positives = training_positives(train.labels, taxonomy)
-    rule = f"fewer than {config.eval.min_train_positives} known positive training images"
-    not_learnt = [label for label, n in positives.items() if n < config.eval.min_train_positives]
+    if not_learnt is None:
+        rule = f"fewer than {config.eval.min_train_positives} known positive training images"
+        not_learnt = [label for label, n in positives.items() if n < config.eval.min_train_positives]
+    else:
+        rule, not_learnt = not_learnt_rule or "", list(not_learnt)
     learnt = np.array([label not in not_learnt for label in taxonomy.labels])
     held = held_out_predictions(config, model, val, cv_dir, taxonomy)
 
@@ -178,7 +189,9 @@ def export_model(
     card = ModelCard(
         variant=name, model=json_model(m), preprocessing={
             "input_size": m.input_size, "in_channels": m.in_channels, "mean": m.mean, "std": m.std,
-            "resize": "squash, antialiased bilinear", "input": "grayscale in [0,1]"},
+            "crop": m.crop, "resize": m.resize, "input": "grayscale in [0,1]",
+            "fit": ("central square, " if m.crop == "center" else "squash, ")
+            + ("scikit-image anti-aliased resize" if m.resize == "skimage" else "antialiased bilinear")},
         taxonomy={"name": taxonomy.name, "hash": taxonomy.hash, "edges": taxonomy.to_dict()["edges"]},
         loss={"name": config.loss.name, "lambda": 0.0 if config.loss.penalty == "none" else config.loss.lam,
               "penalty_source": config.loss.penalty, "violation": config.loss.violation,
@@ -195,6 +208,9 @@ def export_model(
         operating_points=points, ood=ood, cross_validation=cross_validation,
         extra={"aliases": list(aliases)} if aliases else {},
     )
+    for key, value in (card_updates or {}).items():
+        setattr(card, key, value)
+    card.extra.update(card_extra or {})
     from core.registry import tensor_sha256
 
     card.tensor_sha256 = tensor_sha256(weights)
