@@ -351,6 +351,18 @@ class ModelCard:
         return str(self.data.get("attribution") or "")
 
     @property
+    def pointing(self) -> dict[str, Any] | None:
+        """The pointing game of the model's maps against NIH's boxes (:mod:`core.pointing`), or ``None``."""
+        value = self.extra.get("pointing")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def imported(self) -> dict[str, Any] | None:
+        """Where an imported model came from and how its outputs map (:mod:`core.import_model`), or ``None``."""
+        value = self.extra.get("imported")
+        return value if isinstance(value, dict) else None
+
+    @property
     def loss_name(self) -> str:
         """``hbce`` or ``mcloss`` (older cards: ``hbce``)."""
         return str(self.loss.get("name") or "hbce")

@@ -211,6 +211,11 @@ def export_model(
     for key, value in (card_updates or {}).items():
         setattr(card, key, value)
     card.extra.update(card_extra or {})
+    from core.pointing import measure_for_card
+
+    pointing = measure_for_card(model, card, resolve_path(config.data.csv), resolve_path(config.data.images))
+    if pointing is not None:
+        card.extra["pointing"] = pointing
     from core.registry import tensor_sha256
 
     card.tensor_sha256 = tensor_sha256(weights)

@@ -192,3 +192,44 @@ def plot_paths(card: ModelCard, weights_dir: str | Path) -> dict[str, Path]:
         if path.is_relative_to(folder) and path.is_file():
             found[str(name)] = path
     return found
+
+
+def pointing_frame(card: ModelCard) -> tuple[pd.DataFrame, str] | None:
+    """The pointing game as a table (the map, the centre and a random point) and a one-line verdict; ``None``
+    when the card has none."""
+    result = card.pointing
+    if not result or not result.get("pairs"):
+        return None
+    pairs = int(result["pairs"])
+    rows = [
+        {"pointer": "the model's map (its maximum)", "hits": result.get("hits"), "share": _number(result.get("rate"))},
+        {"pointer": "the image centre (baseline)", "hits": result.get("centre_hits"),
+         "share": _number(result.get("centre_rate"))},
+        {"pointer": "a random point (expected)", "hits": None, "share": _number(result.get("random_rate"))},
+    ]
+    for split, entry in sorted((result.get("by_split") or {}).items()):
+        n = int(entry.get("pairs") or 0)
+        if n:
+            rows.append({"pointer": f"the map, {split} images only ({n})", "hits": entry.get("hits"),
+                         "share": entry.get("hits", 0) / n})
+    rate, centre = _number(result.get("rate")), _number(result.get("centre_rate"))
+    if rate is None or centre is None:
+        verdict = "Not enough boxed images to judge."
+    elif rate > centre:
+        verdict = f"The maps point into the radiologist's box more often than the image centre does ({pairs} findings)."
+    else:
+        verdict = (f"The maps do no better than always pointing at the image centre ({pairs} findings): they are "
+                   "not evidence of where the finding is.")
+    return pd.DataFrame(rows), verdict
+
+
+def label_map_frame(card: ModelCard) -> pd.DataFrame | None:
+    """An imported model's label map (taxonomy label, how it is obtained, from which outputs), or ``None``."""
+    imported = card.imported
+    if not imported:
+        return None
+    kinds = {"direct": "its own output", "nih": "NIH class(es) standing in", "derived": "derived, not learnt (max)",
+             "none": "no output: not learnt"}
+    return pd.DataFrame([{"label": row.get("label"), "from": kinds.get(row.get("kind"), row.get("kind")),
+                          "outputs": ", ".join(row.get("outputs") or [])}
+                         for row in imported.get("label_map") or [] if isinstance(row, dict)])
