@@ -324,7 +324,7 @@ def import_txv(name: str, prefix: str | Path, *, weights_file: str | Path | None
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status (0 written, 2 refused with a message)."""
     parser = argparse.ArgumentParser(prog="python -m core.import_model", description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", help="txv:NAME, e.g. txv:densenet121-res224-all (see --list)")
+    parser.add_argument("source", nargs="?", help="txv:NAME, e.g. txv:densenet121-res224-all (see --list)")
     parser.add_argument("--export", required=False, metavar="PREFIX", help="write PREFIX.safetensors and PREFIX.json")
     parser.add_argument("--weights-file", help="a torchxrayvision weights file already downloaded (offline use)")
     parser.add_argument("--random-init", action="store_true",
@@ -345,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.model import ModelLoadError
 
     try:
-        name = parse_source(args.source)
+        name = parse_source(args.source or "")
         if not args.export:
             raise ImportModelError("say where to write the variant: --export weights/NAME")
         if args.random_init and args.weights_file:
