@@ -1,6 +1,7 @@
 """Screenshot the dashboard comparing an imported torchxrayvision model with ``bce`` on one image.
 
-Usage (after ``python -m core.import_model txv:densenet121-res224-all --random-init --export TMP/txv_all_random_init``)::
+Usage, after ``python -m core.import_model txv:densenet121-res224-all --random-init --export
+TMP/txv_all_random_init``::
 
     python bench/screenshot_import.py TMP OUT_DIR
 

@@ -310,14 +310,18 @@ def import_txv(name: str, prefix: str | Path, *, weights_file: str | Path | None
     config = load_config(resolve_path(config_path), [
         f"model.input_size={TXV_SIZE}", "model.output_stride=32", "model.dropout=0.0", f"model.mean={TXV_MEAN}",
         f"model.std={TXV_STD!r}", "data.fit_on=train", *overrides])
+    from core.card_sections import DataInfo, ImportedInfo, LossInfo
+
     return export_model(
         model, config, prefix, reproduce=reproduce, taxonomy=taxonomy,
         training={"imported": True, "note": "not trained here: weights converted from torchxrayvision"},
         not_learnt=facts["not_learnt"], not_learnt_rule=facts["not_learnt_rule"],
-        card_updates={"data": facts["data"], "limitations": facts["limitations"], "training_positives": {},
-                      "penalty_table": [],
-                      "loss": {"name": "torchxrayvision", "note": "trained by torchxrayvision's authors"}},
-        card_extra={"imported": facts["origin"]},
+        card_updates={
+            "data": DataInfo.from_dict(facts["data"], "data"), "limitations": facts["limitations"],
+            "training_positives": {}, "penalty_table": [],
+            "loss": LossInfo.from_dict({"name": "torchxrayvision", "note": "trained by torchxrayvision's authors"}),
+            "imported": ImportedInfo.from_dict(facts["origin"], "imported"),
+        },
     )
 
 

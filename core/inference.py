@@ -39,6 +39,8 @@ Source = bytes | bytearray | memoryview | str | os.PathLike | XrayImage
 DEFAULT_MC_SAMPLES = 10
 DEFAULT_SEED = 0
 DEFAULT_THRESHOLD = 0.5
+# Decoded pixels a batch may hold before it is analysed (see Predictor.iter_analyses): about 2.5 images of 50 MP.
+DEFAULT_MAX_BATCH_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -318,8 +320,12 @@ class Predictor:
         mc_samples: int | None = None,
         seed: int | None = None,
         threshold: float | None = None,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     ) -> Iterator[BatchItem]:
         """Analyse many inputs in batches, yielding one :class:`BatchItem` per input, in order.
+
+        A batch closes at ``batch_size`` images or once its decoded images hold ``max_batch_bytes`` (whichever
+        comes first): eight 50-megapixel images would otherwise sit in memory together (1.6 GB of float32).
 
         An input that cannot be decoded yields an item with ``error`` set, and the run goes on. Results equal
         :meth:`analyse_all` on each input (masks are seeded per image), whatever the batch size.
@@ -360,7 +366,7 @@ class Predictor:
                                               "the decoder (the file is probably damaged).")
                 continue
             pending.append((index, src, image, sha, time.perf_counter() - t0))
-            if len(pending) >= batch_size:
+            if len(pending) >= batch_size or sum(p[2].pixels.nbytes for p in pending) >= max_batch_bytes:
                 yield from flush()
         yield from flush()
 

@@ -22,6 +22,7 @@ result in each card's ``pointing`` section; :func:`core.export.export_model` mea
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.card_sections import PointingInfo
 from core.explain import upsample
 from core.labels import NIH_TO_CHEXPERT
 
@@ -143,8 +145,12 @@ class PointingResult:
         """Share of pairs hit by the image centre."""
         return self.centre_hits / self.pairs if self.pairs else None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_info(self) -> PointingInfo:
         """The card's ``pointing`` section."""
+        return PointingInfo.from_dict(self.to_dict(), "pointing")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card's ``pointing`` section as plain data."""
         def r(v: float | None) -> float | None:
             return None if v is None else round(float(v), 4)
 
@@ -203,7 +209,7 @@ def pointing_game(predictor: Any, variant: str, boxes: Sequence[Box], images: st
     return result
 
 
-def measure_for_card(model: Any, card: Any, csv: str | Path, images: str | Path) -> dict[str, Any] | None:
+def measure_for_card(model: Any, card: Any, csv: str | Path, images: str | Path) -> PointingInfo | None:
     """The ``pointing`` section for a model being exported, or ``None`` when no box file is beside ``csv``."""
     box_csv = Path(csv).parent / BOX_FILE
     if not box_csv.is_file():
@@ -211,12 +217,12 @@ def measure_for_card(model: Any, card: Any, csv: str | Path, images: str | Path)
     from core.inference import Predictor
 
     predictor = Predictor.from_model(model, card.variant, card=card)
-    return pointing_game(predictor, card.variant, read_boxes(box_csv, csv), images).to_dict()
+    return pointing_game(predictor, card.variant, read_boxes(box_csv, csv), images).to_info()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m core.pointing``: measure the variants of a weights folder; ``--write`` stores it in the cards."""
-    from core.card import ModelCard
+    from core.card import ModelCard, write_json
     from core.config import resolve_path
     from core.inference import Predictor
     from core.registry import list_variants
@@ -243,9 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.write:
             loaded = predictor.get(name)
             path = loaded.variant.card_path if loaded.variant is not None else weights / f"{name}.json"
-            card = ModelCard.read(path)
-            card.extra["pointing"] = res.to_dict()
-            card.write(path)
+            # Only the pointing section changes: the rest of the file is kept as written (key order included).
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data["pointing"] = res.to_info().to_dict()
+            write_json(data, path)
+            ModelCard.read(path)  # still a valid card
     return 0
 
 

@@ -8,7 +8,9 @@ import os
 import stat
 from pathlib import Path
 
-from core.imaging import dicom_reader
+import numpy as np
+
+from core.imaging import dicom_reader, headers
 from core.imaging.errors import (
     CorruptImageError,
     EmptyFileError,
@@ -34,10 +36,11 @@ _FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket
 def is_dicom(data: bytes) -> bool:
     """Return True if ``data`` is a DICOM image file.
 
-    True for the standard ``DICM`` marker at offset 128, and for old ACR-NEMA files without preamble that parse
-    and declare Rows, Columns and Pixel Data.
+    True for the standard ``DICM`` marker at offset 128 (or at byte 0: a file written without its preamble) in
+    a file that is not one of the image formats (see :func:`_decode`), and for old ACR-NEMA files without
+    preamble that parse and declare Rows, Columns and Pixel Data.
     """
-    if data[128:132] == b"DICM":
+    if data[:4] == b"DICM" or (data[128:132] == b"DICM" and headers.sniff(data) is None):
         return True
     try:
         return dicom_reader.parse_headerless(data, DEFAULT_MAX_BYTES) is not None
@@ -70,7 +73,7 @@ def read_image(
     else:
         raise TypeError(f"read_image() expects bytes or a path, not {type(source).__name__}")
     try:
-        return _decode(data, name, max_bytes, max_pixels, keep_raw)
+        return _check_finite_output(_decode(data, name, max_bytes, max_pixels, keep_raw))
     except ImageError:
         raise
     except MemoryError:
@@ -86,15 +89,51 @@ def read_image(
 
 
 def _decode(data: bytes, name: str | None, max_bytes: int, max_pixels: int, keep_raw: bool) -> XrayImage:
-    if data[128:132] == b"DICM":
+    """Dispatch on content: each format's own signature first, then what decodes.
+
+    A file that starts with an image format's signature (PNG, JPEG, JPEG 2000, TIFF, GIF, WebP) is that image,
+    even if its bytes 128-131 happen to read ``DICM``; it is read as DICOM only if it does not decode as an image
+    and carries the marker (a DICOM whose preamble holds an image header). A DICOM written without its 128-byte
+    preamble (``DICM`` at byte 0) is read as if it had one.
+    """
+    if data[:4] == b"DICM":
+        data = bytes(128) + data
+    marker = data[128:132] == b"DICM"
+    if marker and headers.sniff(data) is None:
         return dicom_reader.read_dicom(data, dicom_reader.parse(data, max_bytes), max_pixels, keep_raw)
-    image = read_pillow(data, max_pixels, keep_raw)
+    try:
+        image = read_pillow(data, max_pixels, keep_raw)
+    except ImageError:
+        if not marker:
+            raise
+        try:  # an image header in a DICOM preamble (DICOM-TIFF dual files, say) that does not decode as one
+            return dicom_reader.read_dicom(data, dicom_reader.parse(data, max_bytes), max_pixels, keep_raw)
+        except ImageError:
+            pass
+        raise  # the image reader's reason: the file starts as that image
     if image is not None:
         return image
+    if marker:
+        return dicom_reader.read_dicom(data, dicom_reader.parse(data, max_bytes), max_pixels, keep_raw)
     ds = dicom_reader.parse_headerless(data, max_bytes)
     if ds is not None:
         return dicom_reader.read_dicom(data, ds, max_pixels, keep_raw)
     raise UnsupportedFormatError(_not_an_image_message(data, name))
+
+
+def _check_finite_output(image: XrayImage) -> XrayImage:
+    """The last guard before any model or view: displayed grey levels that are not all finite are refused.
+
+    Every step that computes them (rescale, window, LUT, luma) is computed in float64 or range-checked, so this
+    should never fire; if it does, the image is refused here, with a plain reason, not after the model.
+    """
+    pixels = image.pixels
+    if not (np.isfinite(pixels.min()) and np.isfinite(pixels.max())):
+        raise CorruptImageError(
+            "The image's grey levels could not be computed (they are not finite numbers), so it cannot be read "
+            "reliably: the file's pixel, rescale or window values are out of range. Export the X-ray again."
+        )
+    return image
 
 
 def _check_byte_size(n_bytes: int, max_bytes: int) -> None:

@@ -11,6 +11,7 @@ from dashboard.components.model_card import (
     calibration_frame,
     data_sources,
     label_map_frame,
+    or_unknown,
     penalty_frame,
     plot_paths,
     pointing_frame,
@@ -29,10 +30,10 @@ def render_card(ctx: Context) -> None:
 
     st.warning(DISCLAIMER)
     imported = card.imported
-    if imported:
-        random = " — RANDOMLY INITIALISED: not the trained weights; every number and map is meaningless" if (
-            imported.get("randomly_initialised")) else ""
-        st.info(f"Imported from {imported.get('source', '?')} ({imported.get('weights', '?')}){random}. "
+    if imported is not None:
+        random = (" — RANDOMLY INITIALISED: not the trained weights; every number and map is meaningless"
+                  if imported.randomly_initialised else "")
+        st.info(f"Imported from {imported.source or '?'} ({imported.weights or '?'}){random}. "
                 "Its test figures are measured here like every variant's.")
     left, right = st.columns([1.0, 1.2], gap="medium")
     with left:
@@ -63,8 +64,8 @@ def render_card(ctx: Context) -> None:
     st.subheader("Training data and attribution")
     data = card.data
     st.write(
-        f"Images: {data.get('train_images', '?')} train, {data.get('val_images', '?')} validation, "
-        f"{data.get('test_images', '?')} test (split by patient)."
+        f"Images: {or_unknown(data.train_images)} train, {or_unknown(data.val_images)} validation, "
+        f"{or_unknown(data.test_images)} test (split by patient)."
     )
     for source in data_sources(card):
         line = f"**{source['name']}**"
@@ -99,8 +100,7 @@ def render_card(ctx: Context) -> None:
     left, right = st.columns(2, gap="medium")
     with left:
         st.subheader("Hierarchy penalties")
-        loss = card.loss
-        st.caption(f"Penalty source: {loss.get('penalty_source', 'not reported')}, λ = {loss.get('lambda', '?')}.")
+        st.caption(f"Loss: {card.loss.describe()}.")
         if penalties.empty:
             st.info("No edge penalties (flat BCE, or none reported).")
         else:
