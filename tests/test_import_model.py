@@ -202,3 +202,31 @@ def test_local_weights_file_is_loaded_by_torchxrayvisions_loader(tmp_path: Path,
         ours = convert(loaded, txv_outputs("densenet121-res224-all"))(x)
         expected = txv_model.classifier(txv_model.features2(x))
     np.testing.assert_allclose(ours[0, 0].item(), expected[0, 0].item(), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_import_cli_exports_a_variant_the_dashboard_loads(tmp_path: Path, shared_data: Path) -> None:
+    """``python -m core.import_model ... --random-init --export``: safetensors + a card by the export path on a
+    small real NIH table; the registry and Predictor load it without torchxrayvision's loader."""
+    from conftest import write_tiny_nih_csv
+
+    from core.card import ModelCard
+    from core.registry import list_variants
+
+    csv = write_tiny_nih_csv(shared_data, tmp_path / "labels.csv", 10, 10, 16, 20)
+    prefix = tmp_path / "weights" / "txv_random"
+    code = main(["txv:densenet121-res224-chex", "--random-init", "--export", str(prefix), "--set", f"data.csv={csv}",
+                 "--set", "eval.n_boot=20", "--set", "eval.ood_outliers_max=20"])
+    assert code == 0
+    card = ModelCard.read(f"{prefix}.json")
+    assert card.imported is not None and card.imported.randomly_initialised
+    assert card.imported.weights == "densenet121-res224-chex"
+    assert "RANDOMLY INITIALISED" in card.limitations
+    assert card.preprocessing.crop == "center" and card.preprocessing.input_size == 224
+    assert {"Abnormal", "Opacity", "No Finding", "Support Devices", "Uncertain", "Pleural Other"} <= set(
+        card.labels_not_learnt)
+    assert "Cardiomegaly" not in card.labels_not_learnt
+    assert card.split_metrics("test").macro_auroc is not None
+    (variant,) = list_variants(prefix.parent)
+    analysis = Predictor(prefix.parent, "all").analyse(shared_data / IMAGES[0])
+    assert analysis.model_id == variant.name and analysis.extra["input_size"] == 224
