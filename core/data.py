@@ -39,6 +39,7 @@ from core.config import DEFAULT_CACHE_BUDGET_MB, AugmentConfig, Config, DataConf
 from core.datasets import read_table
 from core.datasets.decode import decode_many, load_resized
 from core.datasets.splits import SPLITS, SplitError, hash_split, normalise_split_names
+from core.errors import HiCXRError
 from core.imaging import ImageError
 from core.labels import LabelError, LabelSet
 from core.preprocess import Fit
@@ -50,7 +51,7 @@ __all__ = ["SPLITS", "DataError", "RandomDegrade", "RandomGamma", "XrayDataset",
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(HiCXRError, ValueError):
     """The data cannot be used: unreadable or missing images, empty splits, bad split values."""
 
 

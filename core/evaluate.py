@@ -28,7 +28,7 @@ from core.card_sections import SplitMetrics
 from core.config import DataConfig, resolve_path
 from core.data import DataError, XrayDataset, split_table
 from core.distributed import DistInfo, autocast_context, gather_rows, unwrap
-from core.labels import LabelError
+from core.errors import HiCXRError
 from core.metrics import evaluate_predictions
 from core.model import HiCXRNet, ModelLoadError, constraint_matrix, load_model, output_probabilities
 from core.plots import plot_calibration, plot_roc
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results = evaluate_variants(args.weights, args.csv, args.images, args.split, args.out, args.n_boot,
                                     args.batch_size)
-    except (LabelError, DataError, ModelLoadError) as exc:
+    except HiCXRError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(results, list(load_taxonomy().labels)))

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from core.contract import DEFAULT_MC_SAMPLES
 from core.model import HiCXRNet, output_probabilities
 
 
@@ -101,7 +102,7 @@ def constraint_source(probs: torch.Tensor, descendants: torch.Tensor) -> torch.T
 def head_outputs(
     model: HiCXRNet,
     features: torch.Tensor,
-    mc_samples: int = 10,
+    mc_samples: int = DEFAULT_MC_SAMPLES,
     seed: int = 0,
     temperature: torch.Tensor | None = None,
     with_cams: bool = True,

@@ -26,6 +26,7 @@ import torch
 
 from core.analysis import Analysis, find_violations
 from core.card import ModelCard
+from core.contract import DEFAULT_MC_SAMPLES
 from core.head import head_outputs
 from core.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, XrayImage, read_image
 from core.model import HiCXRNet, ModelConfig, constraint_matrix, load_model, read_extra_tensors
@@ -36,11 +37,10 @@ from core.taxonomy import Taxonomy, load_taxonomy
 
 Source = bytes | bytearray | memoryview | str | os.PathLike | XrayImage
 
-DEFAULT_MC_SAMPLES = 10
 DEFAULT_SEED = 0
 DEFAULT_THRESHOLD = 0.5
-# Decoded pixels a batch may hold before it is analysed (see Predictor.iter_analyses): about 2.5 images of 50 MP.
-DEFAULT_MAX_BATCH_BYTES = 512 * 2**20
+# Decoded pixels a batch may hold before it is analysed (see Predictor.iter_analyses): a 50 MP image takes 200 MB.
+DEFAULT_MAX_BATCH_BYTES = 256 * 2**20
 
 
 @dataclass

@@ -29,12 +29,11 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.models import densenet121
 
+from core.contract import CONSTRAINTS, MIN_INPUT_SIZE, OUTPUT_STRIDES, Architecture
+from core.errors import HiCXRError
 from core.taxonomy import Taxonomy, load_taxonomy
 
-MIN_INPUT_SIZE = 64
 CONFIG_KEY = "hicxr_config"
-OUTPUT_STRIDES = (8, 16, 32)
-CONSTRAINTS = ("none", "max")
 #: How the classifier's rows become the taxonomy's outputs: ``linear`` (one row per label) or ``mapped`` (rows are
 #: another model's outputs, each label the maximum of the logits of its sources; see :attr:`ModelConfig.sources`).
 HEADS = ("linear", "mapped")
@@ -46,23 +45,21 @@ CROPS = ("none", "center")
 RESIZES = ("bilinear", "skimage")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(HiCXRError, ValueError):
     """A weights file cannot be loaded: not safetensors, no HiCXR config, or it does not match."""
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Architecture):
     """Everything needed to rebuild a model and feed it correctly; stored inside the weights file.
+
+    The input contract and architecture defaults (``input_size``, ``in_channels``, ``mean``, ``std``, ``dropout``,
+    ``output_stride``, ``constraint``) are :class:`core.contract.Architecture`'s, shared with the training config.
 
     Attributes:
         labels: Output names in order.
         taxonomy_hash: :attr:`core.taxonomy.Taxonomy.hash` of the taxonomy the outputs follow.
         backbone: Backbone name (only ``densenet121``).
-        in_channels: 1 (grayscale, default) or 3 (gray replicated).
-        input_size: Square side the image is resized to.
-        dropout: Dropout before the linear head (also what MC sampling uses).
-        mean: Normalisation mean applied to [0, 1] pixels.
-        std: Normalisation standard deviation.
         output_stride: 32 (standard DenseNet121), 16 (the last transition's 2x2 average pool removed, so the
             last dense block runs at twice the resolution: 4x finer CAMs for about a third more compute) or 8
             (the last two transitions' pools removed: a 64 px input gives an 8 x 8 map). Pooling layers have no
@@ -80,16 +77,9 @@ class ModelConfig:
             is 0 and the card lists it as not learnt).
     """
 
-    labels: list[str]
-    taxonomy_hash: str
+    labels: list[str] = field(kw_only=True)
+    taxonomy_hash: str = field(kw_only=True)
     backbone: str = "densenet121"
-    in_channels: int = 1
-    input_size: int = 320
-    dropout: float = 0.5
-    mean: float = 0.5
-    std: float = 0.25
-    output_stride: int = 32
-    constraint: str = "none"
     crop: str = "none"
     resize: str = "bilinear"
     head: str = "linear"

@@ -82,7 +82,7 @@ class AccessPolicy:
     """Who may enter, from the ``[access]`` section of the secrets.
 
     Attributes:
-        allowed_users: E-mail addresses (case-insensitive) or ``sub`` values.
+        allowed_users: E-mail addresses (matched case-insensitively) or ``sub`` values (matched exactly).
         required_claim: A claim of the ID token (e.g. ``groups``, ``roles``) that must hold one of ``required_values``.
         required_values: Accepted values of ``required_claim`` (a string claim or a list claim).
         idle_timeout_s: Seconds without interaction after which a session is logged out.
@@ -108,7 +108,7 @@ class AccessPolicy:
         if isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0:
             raise ValueError("[access] idle_timeout_minutes must be a positive number")
         claim = section.get("required_claim")
-        return cls(allowed_users=frozenset(u.lower() for u in strings("allowed_users")),
+        return cls(allowed_users=strings("allowed_users"),
                    required_claim=str(claim) if claim else None, required_values=strings("required_values"),
                    idle_timeout_s=float(minutes) * 60)
 
@@ -119,10 +119,10 @@ class AccessPolicy:
 
     def allows(self, claims: Mapping[str, Any]) -> bool:
         """True if the ID token's ``claims`` pass the allow-list or the required claim."""
-        sub = str(claims.get("sub", "")).lower()
+        sub = str(claims.get("sub", ""))  # subject IDs are case-sensitive; e-mail addresses are not
         email = str(claims.get("email", "")).lower()
         email_ok = bool(email) and claims.get("email_verified") is not False
-        if sub and sub in self.allowed_users or email_ok and email in self.allowed_users:
+        if sub and sub in self.allowed_users or email_ok and email in {u.lower() for u in self.allowed_users}:
             return True
         if self.required_claim and self.required_values:
             value = claims.get(self.required_claim)
@@ -197,6 +197,31 @@ def record_analysis(scan: Any, digest: str, variant: str, mc_samples: int, failu
     return record_once(("analysis", digest, variant, mc_samples), Action.IMAGE_ANALYSED,
                        subject=Subject.image(digest), model_version=model_version(scan, variant), variant=variant,
                        outcome="ok" if failure is None else "failed", detail=failure)
+
+
+def record_study_opened(study_uid: str, *, outcome: str = "ok", detail: str | None = None) -> bool:
+    """Record "study opened" (a study retrieved from the PACS worklist) once per study in this session; the study is
+    written as a salted hash of ``study_uid``. ``False`` (with a message) means: do not show the study."""
+    try:
+        subject = Subject.study(study_uid, study_salt())
+    except AuditError as err:
+        st.error(str(err), icon=":material/block:")
+        return False
+    return record_once(("study", subject.digest, outcome), Action.STUDY_OPENED, subject=subject, outcome=outcome,
+                       detail=detail)
+
+
+def record_results_sent(study_uid: str, scan: Any, variant: str, *, outcome: str = "ok",
+                        detail: str | None = None) -> bool:
+    """Record "results sent to PACS" for a study (salted hash) and the variant's model version. Call it before the
+    STOW (``outcome="requested"``; ``False``: do not send) and again with the PACS's answer (``"ok"``/``"failed"``)."""
+    try:
+        subject = Subject.study(study_uid, study_salt())
+    except AuditError as err:
+        st.error(str(err), icon=":material/block:")
+        return False
+    return record(Action.RESULTS_SENT, subject=subject, model_version=model_version(scan, variant), variant=variant,
+                  outcome=outcome, detail=detail)
 
 
 def audited_download(make: Callable[[], bytes | str], *, kind: str, subject: Subject,
@@ -302,7 +327,12 @@ def gate() -> str:
 
     claims = dict(st.user.to_dict())
     sub = str(claims.get("sub", ""))
-    rules = policy()
+    try:
+        rules = policy()
+    except ValueError as err:  # a malformed [access] section: nobody gets in until it is fixed
+        st.error(f"The dashboard's access settings are invalid ({err}); tell the administrator.",
+                 icon=":material/block:")
+        st.stop()
     if not sub or not rules.allows(claims):
         if sub and not st.session_state.get("hicxr_refused"):
             record(Action.REFUSAL, user=sub, outcome="refused", detail="not on the access list")
