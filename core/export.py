@@ -58,12 +58,23 @@ from core.loss import loss_info, penalty_rows
 from core.metrics import evaluate_predictions, expected_calibration_error
 from core.model import HiCXRNet, load_model, save_model
 from core.plots import plot_calibration, plot_roc
+from core.preprocess import Fit
 from core.taxonomy import Taxonomy, load_taxonomy
 
 if TYPE_CHECKING:
     from core.trainer import TrainResult
 
 log = logging.getLogger(__name__)
+
+
+#: The card's ``preprocessing.resize`` text for each (crop, resize) of a model config.
+RESIZE_TEXT = {
+    ("none", "bilinear"): "squash, antialiased bilinear",
+    ("center", "bilinear"): "central square of the shorter side, antialiased bilinear",
+    ("none", "skimage"): "squash, scikit-image anti-aliased resize",
+    ("center", "skimage"): "central square of the shorter side (torchxrayvision's XRayCenterCrop), scikit-image "
+                           "anti-aliased resize (XRayResizer)",
+}
 
 
 def data_limitations(train: LabelSet, test: LabelSet, not_learnt: Sequence[str], taxonomy: Taxonomy,
@@ -88,18 +99,19 @@ def data_limitations(train: LabelSet, test: LabelSet, not_learnt: Sequence[str],
     return " ".join(parts)
 
 
-def _datasets(config: Config, taxonomy: Taxonomy) -> dict[str, XrayDataset]:
-    """Un-augmented datasets of the config's splits (train = what the model trained on)."""
+def _datasets(config: Config, taxonomy: Taxonomy, fit: Fit = Fit()) -> dict[str, XrayDataset]:
+    """Un-augmented datasets of the config's splits (train = what the model trained on), fitted as ``fit``."""
     splits = load_splits(config, taxonomy)
     root = resolve_path(config.data.images)
-    return {s: XrayDataset(labels, root, config.model.input_size, cache=True, progress=sys.stderr.isatty())
+    return {s: XrayDataset(labels, root, config.model.input_size, cache=True, progress=sys.stderr.isatty(), fit=fit)
             for s, labels in splits.items() if len(labels)}
 
 
 def export_model(
     model: HiCXRNet, config: Config, prefix: str | Path, *, training: dict[str, Any] | None = None,
     cv_dir: str | Path | None = None, reproduce: str = "", aliases: Sequence[str] = (),
-    taxonomy: Taxonomy | None = None,
+    taxonomy: Taxonomy | None = None, not_learnt: Sequence[str] | None = None, not_learnt_rule: str | None = None,
+    card_updates: dict[str, Any] | None = None,
 ) -> ModelCard:
     """Write ``<prefix>.safetensors`` (fp16 + OOD reference), ``<prefix>.json`` and the plots; return the card.
 
@@ -113,18 +125,27 @@ def export_model(
         reproduce: The command that reproduces the weights.
         aliases: Other names of this model (e.g. the paper's hard-penalty variants, equal to ``bce``).
         taxonomy: Output taxonomy (the packaged one by default).
+        not_learnt: The labels not learnt, when the training data does not say (an imported model), with
+            ``not_learnt_rule`` saying why; default: labels with too few positive training images.
+        not_learnt_rule: Why ``not_learnt`` are not learnt (with ``not_learnt``).
+        card_updates: Card fields (typed sections) that replace what the training config would say (an imported
+            model's data, loss, limitations and ``imported`` section).
     """
     taxonomy = taxonomy or load_taxonomy()
     prefix = Path(prefix)
     # 1. save fp16 and reload: every figure below is that of the file a user gets
     weights = save_model(model, Path(f"{prefix}.safetensors"), half=True)
     model = load_model(weights, taxonomy)
-    ds = _datasets(config, taxonomy)
+    ds = _datasets(config, taxonomy, Fit.of(model.config))
     train, test = ds["train"], ds["test"]
     val = ds.get("val") if config.data.fit_on == "train" else None
     # 2. which labels the data let it learn
     positives = training_positives(train.labels, taxonomy)
-    not_learnt = [label for label, n in positives.items() if n < config.eval.min_train_positives]
+    rule = f"fewer than {config.eval.min_train_positives} known positive training images"
+    if not_learnt is None:
+        not_learnt = [label for label, n in positives.items() if n < config.eval.min_train_positives]
+    else:
+        rule, not_learnt = not_learnt_rule or "", list(not_learnt)
     learnt = np.array([label not in not_learnt for label in taxonomy.labels])
     # 3. calibrate and set operating points on held-out data, measure on test (and val)
     held = held_out_predictions(config, model, val, cv_dir, taxonomy)
@@ -138,7 +159,8 @@ def export_model(
     m = model.config
     card = ModelCard(
         variant=prefix.name, model=ModelInfo.from_dict(json_model(m)), preprocessing=PreprocessingInfo(
-            **contract_of(m, InputContract), resize="squash, antialiased bilinear", input="grayscale in [0,1]"),
+            **contract_of(m, InputContract), resize=RESIZE_TEXT[(m.crop, m.resize)], input="grayscale in [0,1]",
+            crop=None if m.crop == "none" else m.crop),
         taxonomy=TaxonomyInfo(name=taxonomy.name, hash=taxonomy.hash, edges=taxonomy.to_dict()["edges"]),
         loss=loss_info(config.loss, m.constraint),
         penalty_table=penalty_rows(config, train.labels, taxonomy), calibration=measured.calibration,
@@ -150,9 +172,15 @@ def export_model(
         metrics=measured.metrics, reproduce=reproduce, plots=plots,
         limitations=data_limitations(train.labels, test.labels, not_learnt, taxonomy, config.data.limitations),
         training_positives=positives, labels_not_learnt=not_learnt,
-        labels_not_learnt_rule=f"fewer than {config.eval.min_train_positives} known positive training images",
+        labels_not_learnt_rule=rule,
         operating_points=measured.points, ood=ood, cross_validation=cross_validation, aliases=list(aliases),
     )
+    for key, value in (card_updates or {}).items():
+        setattr(card, key, value)
+    # 7. where its maps point, against NIH's radiologist boxes (when the box file is beside the label table)
+    from core.pointing import measure_for_card
+
+    card.pointing = measure_for_card(model, card, resolve_path(config.data.csv), resolve_path(config.data.images))
     from core.registry import tensor_sha256
 
     card.tensor_sha256 = tensor_sha256(weights)

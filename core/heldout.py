@@ -35,6 +35,7 @@ from core.labels import LabelSet
 from core.metrics import expected_calibration_error
 from core.model import HiCXRNet, constraint_matrix, load_model, output_probabilities
 from core.ood import FeatureReference, PopulationClassifier, transfer_quantile
+from core.preprocess import Fit
 from core.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,8 @@ def fit_population(model: HiCXRNet, train_features: np.ndarray, config: Config
         labels = LabelSet(paths=rows[e.ood_outliers_path_column].tolist(),
                           targets=np.zeros((len(rows), 1), np.float32), mask=np.zeros((len(rows), 1), bool),
                           labels=("none",), metadata=rows.reset_index(drop=True))
-        dataset = XrayDataset(labels, root, config.model.input_size, cache=True, progress=False)
+        dataset = XrayDataset(labels, root, config.model.input_size, cache=True, progress=False,
+                              fit=Fit.of(model.config))
         return predict_outputs(model, dataset)[1]
 
     classifier, cv_flagged = PopulationClassifier.fit(train_features, features(fit_rows),
@@ -206,7 +208,7 @@ def fit_ood(model: HiCXRNet, train: XrayDataset, config: Config, cv_dir: str | P
     quantile = 1.0 - target
     if cv_dir is not None and held is not None and held.folds is not None:
         pool = XrayDataset(held.labels, resolve_path(config.data.images), config.model.input_size, cache=True,
-                           progress=False)
+                           progress=False, fit=Fit.of(model.config))
         train_scores, held_scores = [], []
         for fold in range(int(held.folds.max()) + 1):
             fold_model = load_model(fold_weights(resolve_path(cv_dir), fold), taxonomy)
