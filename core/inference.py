@@ -26,17 +26,17 @@ import torch
 
 from core.analysis import Analysis, find_violations
 from core.card import ModelCard
+from core.contract import DEFAULT_MC_SAMPLES
 from core.head import head_outputs
 from core.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, XrayImage, read_image
 from core.model import HiCXRNet, ModelConfig, constraint_matrix, load_model, read_extra_tensors
 from core.ood import FeatureReference, PopulationClassifier, image_warnings
-from core.preprocess import normalize, resize_square, to_model_input
+from core.preprocess import Fit, normalize, to_model_input
 from core.registry import RegistryError, Variant, default_variant, get_variant, list_variants, resolve_weights_dir
 from core.taxonomy import Taxonomy, load_taxonomy
 
 Source = bytes | bytearray | memoryview | str | os.PathLike | XrayImage
 
-DEFAULT_MC_SAMPLES = 10
 DEFAULT_SEED = 0
 DEFAULT_THRESHOLD = 0.5
 # Decoded pixels a batch may hold before it is analysed (see Predictor.iter_analyses): a 50 MP image takes 200 MB.
@@ -401,10 +401,11 @@ class Predictor:
         inputs: dict[tuple, tuple[torch.Tensor, float]] = {}  # variants sharing an input contract share the tensor
         for loaded in chosen:
             config = loaded.config
-            key = (config.input_size, config.in_channels, config.mean, config.std)
+            fit = Fit.of(config)
+            key = (config.input_size, config.in_channels, config.mean, config.std, fit)
             if key not in inputs:
                 t0 = time.perf_counter()
-                batch = torch.stack([torch.from_numpy(resize_square(im.pixels, config.input_size)) for im in images])
+                batch = torch.stack([torch.from_numpy(fit.apply(im.pixels, config.input_size)) for im in images])
                 inputs[key] = (normalize(batch[:, None], config).to(self.device), time.perf_counter() - t0)
             x, preprocess_s = inputs[key]
             t0 = time.perf_counter()

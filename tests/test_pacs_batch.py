@@ -21,7 +21,7 @@ from core.pacs.devserver import start_seeded
 from core.pacs.results import read_sr
 from core.predict import main
 
-pytestmark = pytest.mark.pacs
+pytestmark = [pytest.mark.pacs, pytest.mark.slow]  # real Orthanc + model analyses through it
 
 REAL = "pljd_RG1_JLSN_CR_MONO1_JPEGLS_near_lossless_chest.dcm"  # a real CR chest film, 440 x 440 JPEG-LS
 

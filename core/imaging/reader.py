@@ -29,7 +29,9 @@ DEFAULT_MAX_PIXELS = 50_000_000
 
 logger = logging.getLogger("hicxr.imaging")
 
-_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+#: Special files the reader refuses without opening them (a FIFO would block), and how a message names each;
+#: :mod:`core.scan` reports them with the same words.
+SPECIAL_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
@@ -174,7 +176,7 @@ def _read_path(path: Path, max_bytes: int) -> bytes:
         raise ImageError(f"The file {path.name!r} could not be opened ({exc.strerror}).") from None
     if stat.S_ISDIR(info.st_mode):
         raise ImageError(f"{path.name!r} is a folder, not an image file. Choose one image file inside it.")
-    for test, kind in _FILE_KINDS:
+    for test, kind in SPECIAL_FILE_KINDS:
         if test(info.st_mode):
             raise UnsupportedFormatError(f"{path.name!r} is {kind}, not a regular file: HiCXR reads image files only.")
     _check_byte_size(info.st_size, max_bytes)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from core.contract import DEFAULT_MC_SAMPLES
 from core.registry import RegistryScan, default_variant
 from dashboard.ui.state import SAMPLES, SAMPLES_DIR
 
@@ -58,7 +59,7 @@ def render_sidebar(scan: RegistryScan, uploads: bool = True) -> Choice:
         )
         st.caption(descriptions.get(variant, ""))
         mc = st.slider(
-            "Monte-Carlo dropout samples", min_value=1, max_value=50, value=10, key="mc_samples",
+            "Monte-Carlo dropout samples", min_value=1, max_value=50, value=DEFAULT_MC_SAMPLES, key="mc_samples",
             help="More samples give a steadier uncertainty estimate (the halo and ± values); 1 turns it off.",
         )
         if scan.problems:
