@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup dashboard test test-fast lint bench system-deps clean
+.PHONY: setup dashboard pacs-demo test test-fast lint bench system-deps clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ setup: $(STAMP)
 
 dashboard: $(STAMP)
 	$(VENV)/bin/streamlit run dashboard/app.py
+
+# A local Orthanc seeded with the sample DICOMs and the dashboard pointed at it (Ctrl-C stops both).
+pacs-demo: $(STAMP) system-deps
+	$(PY) dashboard/pacs_demo.py
 
 # Debian packages the tests need: chromium drives the browser tests (Playwright's own browser download does not
 # work here), Orthanc + its DICOMweb plugin is the real PACS of the PACS tests, dicom3tools' dciodvfy validates the
@@ -39,11 +43,12 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(PY) bench/train_step.py
 	$(PY) bench/inference.py
 	$(PY) bench/loader.py
 	$(PY) bench/robustness.py
+	$(PY) bench/pacs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

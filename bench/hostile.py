@@ -432,6 +432,18 @@ def png_big_text(inflated: int = 8 << 20) -> bytes:
     return png[:33] + ztxt + itxt + png[33:]
 
 
+def bmp_with_dicm_at_128() -> bytes:
+    """A valid grayscale BMP whose bytes 128-131 are ``DICM`` (inside its palette, whose entry 0 is patched)."""
+    data = bytearray(encode(Image.fromarray(chest_like(128, 128)), "BMP"))
+    data[128:132] = b"DICM"  # palette entries are BGRA: two entries the image does not use become colours
+    return bytes(data)
+
+
+def dicom_zero_preamble_no_marker() -> bytes:
+    """A DX DICOM with its 128-byte zero preamble but no ``DICM`` marker and no file meta (a broken writer)."""
+    return bytes(128) + _image_elements(256, 256, {}) + _element(0x7FE0, 0x0010, b"OB", chest_like().tobytes())
+
+
 def dicom_no_preamble() -> bytes:
     """A DX DICOM written without its 128-byte preamble: ``DICM`` at byte 0."""
     return dicom_with(chest_like(), {}, preamble=False)
@@ -563,6 +575,9 @@ ODD_CASES: dict[str, tuple[str, Callable[[], bytes], str, str]] = {
     "jpeg_dicm_at_128": ("jpg", jpeg_with_dicm_at_128, "read", ""),
     "png_big_text": ("png", png_big_text, "read", ""),
     "dicom_no_preamble": ("dcm", dicom_no_preamble, "read", ""),
+    # the marker sits in the palette, which is then not grey: read, with the colour warning
+    "bmp_dicm_at_128": ("bmp", bmp_with_dicm_at_128, "warned", "colour BMP"),
+    "dicom_zero_preamble_no_marker": ("dcm", dicom_zero_preamble_no_marker, "warned", "old ACR-NEMA file"),
     # class 5: colour and bi-level
     **{f"colour_{name.replace('.', '_')}": (name.rsplit(".", 1)[1], (lambda n=name: colour_files()[n]), "warned",
                                             "converted to grayscale") for name in

@@ -44,10 +44,12 @@ from core.calls import CallEvidence, CallRule
 from core.card_sections import (
     CrossValidationInfo,
     DataInfo,
+    ImportedInfo,
     LossInfo,
     ModelInfo,
     OODInfo,
     PenaltyRow,
+    PointingInfo,
     PreprocessingInfo,
     SplitMetrics,
     TaxonomyInfo,
@@ -226,6 +228,8 @@ class ModelCard(Record):
     #: The rule that decides calls and its per-label inputs measured on held-out images (:mod:`core.calls`).
     call_rule: CallRule | None = optional()
     call_evidence: CallEvidence | None = optional()
+    pointing: PointingInfo | None = optional()
+    imported: ImportedInfo | None = optional()
 
     # ------------------------------------------------------------------------------------------ parsing
 
@@ -303,6 +307,9 @@ class ModelCard(Record):
             if stated is not None and not _same(stated, getattr(config, key)):
                 raise CardError(f"{source}: preprocessing.{key} = {stated!r} but the weights file "
                                 f"says {getattr(config, key)!r}")
+        crop = self.preprocessing.crop
+        if crop is not None and crop != getattr(config, "crop", "none"):
+            raise CardError(f"{source}: preprocessing.crop = {crop!r} but the weights file says {config.crop!r}")
         n = len(config.labels)
         if self.calibration is not None and len(self.calibration.temperature) != n:
             raise CardError(f"{source}: calibration.temperature must list {n} numbers, got "

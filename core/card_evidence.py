@@ -34,7 +34,7 @@ from core.imaging import ImageError
 from core.inference import Predictor
 from core.labels import LabelSet, nih_labels
 from core.ood import header_warnings
-from core.preprocess import normalize, resize_square
+from core.preprocess import fit_to_model, normalize
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def score_images(predictor: Predictor, paths: list[Path], batch: int = 64) -> di
             continue
         for name in names:
             loaded = predictor.get(name)
-            x = torch.stack([torch.from_numpy(resize_square(im.pixels, loaded.config.input_size)) for im in images])
+            x = torch.stack([torch.from_numpy(fit_to_model(im.pixels, loaded.config)) for im in images])
             with torch.inference_mode():
                 features = loaded.model.forward_features(normalize(x[:, None], loaded.config))
             head = head_outputs(loaded.model, features, predictor.mc_samples, predictor.seed, loaded.temperature,

@@ -27,21 +27,21 @@ import torch
 from core.analysis import Analysis, find_violations
 from core.calls import CallEvidence, CallRule, card_evidence, decide_calls
 from core.card import ModelCard
+from core.contract import DEFAULT_MC_SAMPLES
 from core.head import head_outputs
 from core.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, XrayImage, read_image
 from core.model import HiCXRNet, ModelConfig, constraint_matrix, load_model, read_extra_tensors
 from core.ood import FeatureReference, PopulationClassifier, image_warnings, is_technical_note, population_checks
-from core.preprocess import normalize, resize_square, to_model_input
+from core.preprocess import Fit, normalize, to_model_input
 from core.registry import RegistryError, Variant, default_variant, get_variant, list_variants, resolve_weights_dir
 from core.taxonomy import Taxonomy, load_taxonomy
 
 Source = bytes | bytearray | memoryview | str | os.PathLike | XrayImage
 
-DEFAULT_MC_SAMPLES = 10
 DEFAULT_SEED = 0
 DEFAULT_THRESHOLD = 0.5
-# Decoded pixels a batch may hold before it is analysed (see Predictor.iter_analyses): about 2.5 images of 50 MP.
-DEFAULT_MAX_BATCH_BYTES = 512 * 2**20
+# Decoded pixels a batch may hold before it is analysed (see Predictor.iter_analyses): a 50 MP image takes 200 MB.
+DEFAULT_MAX_BATCH_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -408,10 +408,11 @@ class Predictor:
         inputs: dict[tuple, tuple[torch.Tensor, float]] = {}  # variants sharing an input contract share the tensor
         for loaded in chosen:
             config = loaded.config
-            key = (config.input_size, config.in_channels, config.mean, config.std)
+            fit = Fit.of(config)
+            key = (config.input_size, config.in_channels, config.mean, config.std, fit)
             if key not in inputs:
                 t0 = time.perf_counter()
-                batch = torch.stack([torch.from_numpy(resize_square(im.pixels, config.input_size)) for im in images])
+                batch = torch.stack([torch.from_numpy(fit.apply(im.pixels, config.input_size)) for im in images])
                 inputs[key] = (normalize(batch[:, None], config).to(self.device), time.perf_counter() - t0)
             x, preprocess_s = inputs[key]
             t0 = time.perf_counter()

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from PIL import Image
 from tqdm import tqdm
 
+from core.contract import DEFAULT_MC_SAMPLES
 from core.finite import invalid_analysis_message
 from core.imaging.errors import detail
 from core.inference import BatchItem, Predictor
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of <variant>.safetensors + <variant>.json (relative: to the repository root)")
     parser.add_argument("--variant", action="append", dest="variants", metavar="NAME",
                         help="variant to run (repeatable); 'all' for every variant; default: the default variant")
-    parser.add_argument("--mc", type=int, default=10, metavar="N", help="Monte-Carlo dropout samples (default 10)")
+    parser.add_argument("--mc", type=int, default=DEFAULT_MC_SAMPLES, metavar="N",
+                        help=f"Monte-Carlo dropout samples (default {DEFAULT_MC_SAMPLES})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
     parser.add_argument("--threshold", type=float, default=0.5, help="threshold for hierarchy violations")
     parser.add_argument("--batch-size", type=int, default=8, help="images per backbone batch (default 8)")

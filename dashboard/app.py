@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,7 @@ from core.registry import RegistryScan  # noqa: E402
 from dashboard import access, serving  # noqa: E402
 from dashboard.components.model_card import DISCLAIMER  # noqa: E402
 from dashboard.pipeline import GENERIC_ERROR, sha256  # noqa: E402
+from dashboard.ui import worklist  # noqa: E402
 from dashboard.ui.analysis_tab import render_analysis  # noqa: E402
 from dashboard.ui.card_tab import render_card  # noqa: E402
 from dashboard.ui.compare_tab import render_compare  # noqa: E402
@@ -80,7 +82,16 @@ def main() -> None:
         _footer(scan)
         return
 
-    choice = render_sidebar(scan)
+    source = worklist.render_source_picker()  # upload/sample, or the PACS worklist when a PACS is configured
+    choice = render_sidebar(scan, uploads=source != worklist.SOURCE_PACS)
+    opened = None
+    if source == worklist.SOURCE_PACS:
+        opened = worklist.render_worklist(get_predictor(str(weights_dir)), session_cache(), choice.variant,
+                                          choice.mc_samples)
+        if opened is None:
+            _footer(scan)
+            return
+        choice = replace(choice, data=opened.data, source="pacs")
     if choice.data is None:
         st.info("Upload a chest radiograph in the sidebar, or pick one of the bundled samples. Nothing is analysed "
                 "until you do.", icon=":material/upload_file:")
@@ -111,6 +122,8 @@ def main() -> None:
     if analysis.sample:
         st.info(f"**Sample image** ({analysis.sample}): a bundled public radiograph, not a patient's film. Results "
                 "and exports are labelled as a sample.", icon=":material/science:")
+    if opened is not None:
+        worklist.render_send(opened, ctx)
     renderers = (render_analysis, render_compare, render_card, render_export)
     # Lazy tabs: only the open tab runs, so the comparison's extra analyses happen only when it is opened.
     for tab, render in zip(st.tabs(TABS, key="tab", on_change="rerun"), renderers, strict=True):

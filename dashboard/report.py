@@ -24,7 +24,6 @@ from dashboard.components.cam import cam_caption, cam_overlay
 from dashboard.components.image_view import downsample
 from dashboard.components.model_card import DISCLAIMER
 
-_REPORT_EXCLUDE = ("No Finding", "Uncertain", "Abnormal")
 # Keeps the text block on one page; the JSON/CSV exports list every violation.
 _MAX_VIOLATIONS_LISTED = 5
 
@@ -88,7 +87,7 @@ def report_figure(
         label: The label whose map is shown (the one the reader selected); the top finding if ``None``.
     """
     image = downsample(np.asarray(display_image if display_image is not None else analysis.image), 768)
-    top = analysis.top_findings(top_k, exclude=_REPORT_EXCLUDE)
+    top = analysis.top_findings(top_k)  # learnt findings, not the triage roots
     fig = Figure(figsize=(8.27, 11.69))
     # Fixed rectangles (figure fractions) rather than a grid: the bar chart needs a wide left margin for names.
     head = fig.add_axes((0.06, 0.9, 0.9, 0.07))
@@ -194,5 +193,5 @@ def _shown_label(analysis: Analysis, label: str | None, top_k: int) -> str | Non
     """The label whose map the report shows: the reader's choice if it is learnt, else the top finding."""
     if label is not None and analysis.learnt(label):
         return label
-    top = analysis.top_findings(top_k, exclude=_REPORT_EXCLUDE)
+    top = analysis.top_findings(top_k)  # learnt findings, not the triage roots
     return top[0] if top else None

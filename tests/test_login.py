@@ -226,6 +226,9 @@ def test_user_outside_the_access_list_is_refused_and_logged_out(page, provider, 
     page.get_by_text("Access refused").wait_for()
     assert page.locator(UPLOADER).count() == 0
     page.wait_for_url(f"{provider}/oauth2/end_session*")  # logged out after the refusal was shown
+    page.get_by_role("button", name="End session").click()
+    page.get_by_role("button", name="Log in").wait_for()  # back at the login screen: no identity cookie left
+    assert "Access refused" not in page.content()
     _wait_for_entry(run_dir, action="refusal", user=MALLORY[0], outcome="refused")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from core.errors import HiCXRError
+
 __all__ = [
     "BlankImageError",
     "CorruptImageError",
@@ -19,7 +21,7 @@ __all__ = [
 ]
 
 
-class ImageError(ValueError):
+class ImageError(HiCXRError, ValueError):
     """Base class of every file problem; ``str(e)`` tells a clinician what is wrong and what to do."""
 
 

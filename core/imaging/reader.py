@@ -29,7 +29,9 @@ DEFAULT_MAX_PIXELS = 50_000_000
 
 logger = logging.getLogger("hicxr.imaging")
 
-_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+#: Special files the reader refuses without opening them (a FIFO would block), and how a message names each;
+#: :mod:`core.scan` reports them with the same words.
+SPECIAL_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
@@ -100,7 +102,17 @@ def _decode(data: bytes, name: str | None, max_bytes: int, max_pixels: int, keep
         data = bytes(128) + data
     marker = data[128:132] == b"DICM"
     if marker and headers.sniff(data) is None:
-        return dicom_reader.read_dicom(data, dicom_reader.parse(data, max_bytes), max_pixels, keep_raw)
+        try:
+            return dicom_reader.read_dicom(data, dicom_reader.parse(data, max_bytes), max_pixels, keep_raw)
+        except ImageError as dicom_error:
+            # A format without a signature headers.sniff knows (BMP, PNM) may hold DICM at 128 too.
+            try:
+                image = read_pillow(data, max_pixels, keep_raw)
+            except ImageError:
+                image = None
+            if image is None:
+                raise dicom_error from None
+            return image
     try:
         image = read_pillow(data, max_pixels, keep_raw)
     except ImageError:
@@ -113,9 +125,11 @@ def _decode(data: bytes, name: str | None, max_bytes: int, max_pixels: int, keep
         raise  # the image reader's reason: the file starts as that image
     if image is not None:
         return image
-    if marker:
-        return dicom_reader.read_dicom(data, dicom_reader.parse(data, max_bytes), max_pixels, keep_raw)
     ds = dicom_reader.parse_headerless(data, max_bytes)
+    if ds is None and len(data) > 136 and not any(data[:128]):
+        # A zero preamble without the DICM marker (a writer that forgot it): the data set starts at 128.
+        data = data[128:]
+        ds = dicom_reader.parse_headerless(data, max_bytes)
     if ds is not None:
         return dicom_reader.read_dicom(data, ds, max_pixels, keep_raw)
     raise UnsupportedFormatError(_not_an_image_message(data, name))
@@ -162,7 +176,7 @@ def _read_path(path: Path, max_bytes: int) -> bytes:
         raise ImageError(f"The file {path.name!r} could not be opened ({exc.strerror}).") from None
     if stat.S_ISDIR(info.st_mode):
         raise ImageError(f"{path.name!r} is a folder, not an image file. Choose one image file inside it.")
-    for test, kind in _FILE_KINDS:
+    for test, kind in SPECIAL_FILE_KINDS:
         if test(info.st_mode):
             raise UnsupportedFormatError(f"{path.name!r} is {kind}, not a regular file: HiCXR reads image files only.")
     _check_byte_size(info.st_size, max_bytes)

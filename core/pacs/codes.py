@@ -14,7 +14,9 @@ every SR's Coding Scheme Identification Sequence. Its codes:
 ``MCSTD``          standard deviation of the Monte-Carlo dropout samples
 ``OPPOINT``        operating point: the probability at or above which the model calls the label (the model
                    card's threshold reaching the target sensitivity on held-out data)
-``CALL``           the call at the operating point; values ``ABOVE`` / ``BELOW`` / ``NOOP`` (no operating point)
+``CALL``           the call at the operating point, as the analysis record decided it; values ``ABOVE`` /
+                   ``BELOW`` / ``NOCALL`` (the model makes no call on this label) / ``NOOP`` (no operating point)
+``CALLWHY``        text: why a label has no call, or how a group came to be called
 ``NOTE``           text: intended use ("research use only, not for diagnosis")
 ``WARN``           text: an out-of-distribution or image warning of this analysis
 ``NOTLEARNT``      text: labels the model did not learn (left out of the findings)
@@ -51,8 +53,10 @@ CALL = Code("CALL", SCHEME, "Call at the operating point")
 CALL_VALUES = {
     "above": Code("ABOVE", SCHEME, "At or above the operating point"),
     "below": Code("BELOW", SCHEME, "Below the operating point"),
+    "no call": Code("NOCALL", SCHEME, "No call"),
     "no operating point": Code("NOOP", SCHEME, "No operating point"),
 }
+CALL_REASON = Code("CALLWHY", SCHEME, "Reason for the call")
 NOTE = Code("NOTE", SCHEME, "Intended use")
 WARNING = Code("WARN", SCHEME, "Analysis warning")
 NOT_LEARNT = Code("NOTLEARNT", SCHEME, "Labels not learnt")

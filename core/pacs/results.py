@@ -66,8 +66,15 @@ class ModelIdentity:
 
 
 def _call(analysis: Analysis, label: str) -> str:
-    """The record's call for a label (the one rule lives with the analysis record; never re-derived here)."""
+    """The record's call for a label (the one rule lives with the analysis record; never re-derived here);
+    ``""`` when the record makes none (e.g. an image outside the training population)."""
     return analysis.call(label)
+
+
+def _call_reason(analysis: Analysis, label: str) -> str:
+    """Why the record made no call on a label, when it says (empty otherwise)."""
+    reason = getattr(analysis, "call_reason", None)
+    return str(reason(label)) if callable(reason) else ""
 
 
 def _source_header(source: Dataset) -> Dataset:
@@ -118,11 +125,16 @@ def build_sr(analysis: Analysis, source: Dataset, model: ModelIdentity, *, serie
         threshold = analysis.operating_points.get(label)
         if threshold is not None:
             measurements.append(hd.sr.Measurement(name=hc.OPERATING_POINT, value=float(threshold), unit=hc.UNIT))
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        call = _call(analysis, label)
+        evaluations = [hd.sr.QualitativeEvaluation(hc.CALL, hc.CALL_VALUES[call])] if call in hc.CALL_VALUES else []
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=label),
             finding_type=hc.finding_code(label), algorithm_id=algorithm, source_images=[source_image],
-            measurements=measurements,
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(hc.CALL, hc.CALL_VALUES[_call(analysis, label)])]))
+            measurements=measurements, qualitative_evaluations=evaluations or None)
+        reason = _call_reason(analysis, label)
+        if reason:
+            group[0].ContentSequence.append(_text_item(hc.CALL_REASON, reason))
+        groups.append(group)
     notes = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="HiCXR notes"),
         finding_type=hc.NOTE, algorithm_id=algorithm, source_images=[source_image])
@@ -213,7 +225,7 @@ def read_sr(ds: Dataset) -> SrReading:
         if _code(group) != ("125007", "DCM"):  # Measurement Group
             continue
         label = None
-        values: dict[str, Any] = {"operating_point": None}
+        values: dict[str, Any] = {"operating_point": None, "call": ""}
         for item in getattr(group, "ContentSequence", None) or []:
             code = _code(item)
             if code == ("121071", "DCM"):  # Finding
@@ -226,8 +238,10 @@ def read_sr(ds: Dataset) -> SrReading:
                 if key:
                     values[key] = value
             elif code == ("CALL", hc.SCHEME):
-                values["call"] = {v.value: k for k, v in hc.CALL_VALUES.items()}[str(item.ConceptCodeSequence[0]
-                                                                                    .CodeValue)]
+                values["call"] = {v.value: k for k, v in hc.CALL_VALUES.items()}.get(
+                    str(item.ConceptCodeSequence[0].CodeValue), "")
+            elif code == ("CALLWHY", hc.SCHEME):
+                values["call_reason"] = str(item.TextValue)
             elif code == ("NOTE", hc.SCHEME) and item.ValueType == "TEXT":
                 out.notes.append(str(item.TextValue))
             elif code == ("WARN", hc.SCHEME):
@@ -313,8 +327,11 @@ def caption_for(analysis: Analysis, label: str, model: ModelIdentity, kind: str)
     """The SC's caption: model, label, probability ± std, operating point and call, what the map is."""
     i = analysis.index(label)
     threshold = analysis.operating_points.get(label)
-    point = f"operating point {threshold:.2f}: {_call(analysis, label)}" if threshold is not None else \
-        "no operating point"
+    call = _call(analysis, label)
+    if threshold is not None and call in ("above", "below"):
+        point = f"operating point {threshold:.2f}: {call}"
+    else:
+        point = _call_reason(analysis, label) or call or "no call"
     return (f"HiCXR {model.name} ({model.short_version}): {label} P = {analysis.mc_mean[i]:.2f} "
             f"± {analysis.mc_std[i]:.2f}, {point}. {kind}. Maps are attention cues, not localisations.")
 
