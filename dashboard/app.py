@@ -19,7 +19,7 @@ import streamlit as st  # noqa: E402
 
 from core.registry import RegistryScan  # noqa: E402
 from dashboard.components.model_card import DISCLAIMER  # noqa: E402
-from dashboard.pipeline import GENERIC_ERROR, sha256  # noqa: E402
+from dashboard.pipeline import GENERIC_ERROR  # noqa: E402
 from dashboard.ui.analysis_tab import render_analysis  # noqa: E402
 from dashboard.ui.card_tab import render_card  # noqa: E402
 from dashboard.ui.compare_tab import render_compare  # noqa: E402
@@ -79,7 +79,7 @@ def main() -> None:
         _footer(scan)
         return
 
-    digest = sha256(choice.data)
+    digest = choice.digest
     cache = session_cache()
     predictor = get_predictor(str(weights_dir))
     with st.spinner("Analysing the image…"):

@@ -55,9 +55,10 @@ def get_predictor(weights_dir: str) -> Predictor:
     return Predictor(weights_dir, variants=[])
 
 
-@st.cache_resource(show_spinner=False, ttl=60)
+@st.cache_resource(show_spinner=False)
 def get_scan(weights_dir: str) -> RegistryScan:
-    """The usable variants and skipped files of a weights folder (rescanned at most once a minute)."""
+    """The usable variants and skipped files of a weights folder, scanned once per process (the sidebar's
+    "Rescan" button clears it): a rerun of the page reads no file."""
     return scan_weights(weights_dir)
 
 
