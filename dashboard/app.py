@@ -56,6 +56,8 @@ def _footer(scan: RegistryScan | None = None) -> None:
 def main() -> None:
     """Render one run of the page."""
     st.set_page_config(page_title="HiCXR", page_icon=":material/radiology:", layout="wide")
+    # Less empty space above the title, so the viewer starts higher on the screen.
+    st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem}</style>")
     st.title("HiCXR · hierarchical chest X-ray findings")
     st.warning(f"**{DISCLAIMER}** Every output is a model estimate with its uncertainty, to be read by a clinician.",
                icon=":material/info:")

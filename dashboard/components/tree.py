@@ -101,6 +101,12 @@ def tree_positions(taxonomy: Taxonomy, gap: float = 1.0) -> dict[str, tuple[floa
     return {node: (xs[node] - lo, float(top - row[node])) for node in taxonomy.labels}
 
 
+def tree_order(taxonomy: Taxonomy) -> list[str]:
+    """Labels as the tree shows them: row by row from the roots, left to right (the keyboard and PDF order)."""
+    pos = tree_positions(taxonomy)
+    return sorted(taxonomy.labels, key=lambda label: (-pos[label][1], pos[label][0]))
+
+
 def halo_size(std: np.ndarray | float) -> np.ndarray:
     """Marker diameter (px) of the uncertainty halo for a given MC standard deviation."""
     ring = np.minimum(np.asarray(std, dtype=float) * HALO_PX_PER_STD, HALO_MAX_RING)
