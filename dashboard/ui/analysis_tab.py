@@ -51,14 +51,12 @@ def _workspace(ctx: Context) -> None:
     for warning in analysis.warnings:
         st.warning(warning, icon=":material/warning:")
     _viewer(ctx)
-    tree_col, table_col = st.columns([1.55, 1.0], gap="medium")
-    with tree_col:
-        st.subheader("Findings in the clinical taxonomy")
-        _tree(ctx)
-    with table_col:
-        st.subheader("All outputs")
-        _findings_table(ctx)
+    # Full width for the tree, so its 12 px captions never collide at 1,280 px; the table below shows every row.
+    st.subheader("Findings in the clinical taxonomy")
+    _tree(ctx)
     _gallery(ctx)
+    st.subheader("All outputs")
+    _findings_table(ctx)
 
 
 def _take_viewer_value(ctx: Context) -> None:
@@ -161,9 +159,9 @@ def _tree(ctx: Context) -> None:
     target = _target_sensitivity(card)
     st.caption(
         "Node colour: probability (mean of the MC dropout samples). Orange halo: uncertainty (their standard "
-        f"deviation). ▲ and a thick red ring: at or above the label's operating point, the probability at which "
-        f"the model reaches {target} sensitivity on held-out images, so the model calls it positive. Black square "
-        f"frame: the label shown in the viewer. Hollow grey ring: not learnt (too few positive training images). "
+        "deviation). ▲ and a pink ring around the node: at or above the label's operating point, the probability "
+        f"at which the model reaches {target} sensitivity on held-out images, so the model calls it positive. "
+        f"Blue box: the label shown in the viewer. Hollow grey ring: not learnt (too few positive training images). "
         f"Red dashed edge: a violation, the child above {analysis.threshold:.1f} while its parent is below "
         f"{analysis.threshold:.1f}. Click a node to see its map."
     )
@@ -214,14 +212,17 @@ def _findings_table(ctx: Context) -> None:
         table,
         hide_index=True,
         width="stretch",
-        height=560,
+        height=36 * (len(table) + 1) + 4,  # every row, no inner scroll bar
         column_config={
-            "P (MC mean)": st.column_config.ProgressColumn(format="%.3f", min_value=0.0, max_value=1.0),
-            "± std": st.column_config.NumberColumn(format="%.3f"),
+            # Fixed widths that add up to less than the page at 1,280 px: every column is shown, none is cut.
+            "label": st.column_config.TextColumn(width=190),
+            "P (MC mean)": st.column_config.ProgressColumn(format="%.3f", min_value=0.0, max_value=1.0, width=120),
+            "± std": st.column_config.NumberColumn(format="%.3f", width=60),
+            "test AUROC": st.column_config.TextColumn(width=185),
             "operating point": st.column_config.NumberColumn(
-                format="%.3f", help=f"Probability at which the model reaches {_target_sensitivity(card)} "
+                format="%.3f", width=85, help=f"Probability at which the model reaches {_target_sensitivity(card)} "
                 "sensitivity on held-out images: at or above it, the model calls the label positive."),
-            "call": st.column_config.TextColumn(help="The MC mean against the operating point."),
+            "call": st.column_config.TextColumn(help="The MC mean against the operating point.", width=75),
         },
         key="findings_table",
     )
