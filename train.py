@@ -92,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             card = export_variant(result, resolve_path(args.export), argv, cv_dir=args.fit_from_cv,
                                   aliases=args.alias)
             test = card.split_metrics("test")
-            print(f"exported {args.export}: test macro AUROC {test['macro_auroc']}, "
-                  f"weighted AUROC {test['weighted_auroc']}, ECE {test['ece']}")
+            print(f"exported {args.export}: test macro AUROC {test.macro_auroc}, "
+                  f"weighted AUROC {test.weighted_auroc}, ECE {test.ece}")
     except (LabelError, DataError, ImageError, ModelLoadError, TrainError, CVError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

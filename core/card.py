@@ -1,27 +1,31 @@
 """The model card: what a weights file is, how it was made and how well it does, as one validated JSON file.
 
-This module is the only place that knows the card's schema. :class:`ModelCard` reads (:meth:`ModelCard.read`),
-validates (:meth:`ModelCard.from_dict`, :meth:`ModelCard.check_against`) and writes (:meth:`ModelCard.write`)
-``weights/<variant>.json``; everything else (registry, inference, evaluation, dashboard, reports) uses its typed
-attributes instead of digging in dicts.
+This module and :mod:`core.card_sections` are the only places that know the card's schema. :class:`ModelCard`
+reads (:meth:`ModelCard.read`), validates (:meth:`ModelCard.from_dict`, :meth:`ModelCard.check_against`) and writes
+(:meth:`ModelCard.write`) ``weights/<variant>.json``; every section is a typed record, so everything else
+(registry, inference, evaluation, dashboard, reports) reads typed attributes instead of digging in dicts.
 
-Schema (keys of the JSON object):
+Schema (keys of the JSON object, the record that types each):
 
 * ``variant``, ``created``, ``reproduce``, ``intended_use``, ``limitations``: strings;
-* ``model`` (the :class:`core.model.ModelConfig` stored in the weights file), ``taxonomy`` (name, hash, edges),
-  ``preprocessing`` (input contract), ``loss`` (name, lambda, penalty source, violation), ``training`` (config,
-  epochs, timing), ``data`` (split sizes, ``sources`` with name/url/licence/citation, ``attribution``),
-  ``metrics`` (``val``/``test``/``cv``: :func:`core.metrics.evaluate_predictions` results): objects;
-* ``penalty_table``: one row per edge;
-* ``calibration``: ``null`` or an object with one positive ``temperature`` per output, ``applied``, ``method``,
-  ``fitted_on`` and ECE figures (see :mod:`core.calibration`);
+* ``model`` (:class:`~core.card_sections.ModelInfo`: the :class:`core.model.ModelConfig` stored in the weights
+  file), ``taxonomy`` (:class:`~core.card_sections.TaxonomyInfo`), ``preprocessing`` (the input contract,
+  :class:`~core.card_sections.PreprocessingInfo`), ``loss`` (:class:`~core.card_sections.LossInfo`), ``training``
+  (:class:`~core.card_sections.TrainingInfo`), ``data`` (:class:`~core.card_sections.DataInfo`: split sizes,
+  sources, attribution), ``metrics`` (split -> :class:`~core.card_sections.SplitMetrics`, what
+  :func:`core.metrics.evaluate_predictions` returns): objects;
+* ``penalty_table``: one :class:`~core.card_sections.PenaltyRow` per edge;
+* ``calibration``: ``null`` or a :class:`Calibration`: one positive ``temperature`` per output, ``applied``,
+  ``method``, ``fitted_on`` and ECE figures (see :mod:`core.calibration`);
 * optional: ``plots`` (file names next to the card), ``training_positives`` (label -> known positive training
   images), ``labels_not_learnt`` (labels with too few training positives to learn, with
-  ``labels_not_learnt_rule``), ``operating_points`` (label -> threshold, target and achieved sensitivity and
-  specificity on held-out data), ``ood`` (the out-of-distribution rule and its threshold), ``tensor_sha256`` (hash
-  of the model tensors: two variants with the same hash are the same model), ``cross_validation`` (summary).
+  ``labels_not_learnt_rule``), ``operating_points`` (label -> :class:`OperatingPoint`), ``ood``
+  (:class:`~core.card_sections.OODInfo`), ``tensor_sha256`` (hash of the model tensors: two variants with the same
+  hash are the same model), ``cross_validation`` (:class:`~core.card_sections.CrossValidationInfo`), ``aliases``
+  (other names of the same model).
 
-Unknown keys are kept (``extra``) and written back, so a newer card survives a round trip through older code.
+Unknown keys are kept (``unknown``, at the top and in every section) and written back, so a newer card survives a
+round trip through older code.
 """
 
 from __future__ import annotations
@@ -29,11 +33,26 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from core.card_sections import (
+    CrossValidationInfo,
+    DataInfo,
+    LossInfo,
+    ModelInfo,
+    OODInfo,
+    PenaltyRow,
+    PreprocessingInfo,
+    SplitMetrics,
+    TaxonomyInfo,
+    TrainingInfo,
+)
+from core.contract import InputContract
+from core.record import Record, RecordError, omitted_when_empty
 
 INTENDED_USE = (
     "Research use only; not a medical device. For studying hierarchical multi-label chest X-ray classification "
@@ -45,7 +64,7 @@ OBJECTS = ("model", "taxonomy", "preprocessing", "loss", "training", "data", "me
 STRINGS = ("variant", "created", "reproduce", "intended_use", "limitations")
 
 
-class CardError(ValueError):
+class CardError(RecordError):
     """A model card is missing, unreadable or malformed, or contradicts its weights (the message says which)."""
 
 
@@ -99,6 +118,12 @@ class Calibration:
     shared_temperature: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def kept_shared(self) -> dict[str, str]:
+        """Label -> why it kept the shared temperature (labels not listed were fitted)."""
+        kept = self.details.get("kept_shared")
+        return {str(k): str(v) for k, v in kept.items()} if isinstance(kept, dict) else {}
+
     def to_dict(self) -> dict[str, Any]:
         """The card's ``calibration`` object."""
         return {"temperature": [round(float(t), 5) for t in self.temperature], "applied": self.applied,
@@ -106,19 +131,19 @@ class Calibration:
                 **self.details}
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> Calibration | None:
-        """Parse and validate a ``calibration`` object (``None`` stays ``None``)."""
+    def from_dict(cls, data: Any, where: str = "calibration") -> Calibration | None:
+        """Parse and validate a ``calibration`` object (``None`` stays ``None``); ``where`` names it in errors."""
         if data is None:
             return None
         if not isinstance(data, dict):
-            raise CardError(f"{source}: 'calibration' must be an object or null")
+            raise CardError(f"{where} must be an object or null")
         temps = data.get("temperature")
         if not isinstance(temps, list) or not temps:
-            raise CardError(f"{source}: calibration.temperature must be a list of numbers")
+            raise CardError(f"{where}.temperature must be a list of numbers")
         values = [finite(t) for t in temps]
         bad = [t for t, v in zip(temps, values, strict=True) if v is None or v <= 0]
         if bad:
-            raise CardError(f"{source}: calibration.temperature must be positive numbers, got {bad[0]!r}")
+            raise CardError(f"{where}.temperature must be positive numbers, got {bad[0]!r}")
         known = {"temperature", "applied", "method", "fitted_on", "shared_temperature"}
         return cls(temperature=tuple(values), applied=bool(data.get("applied")),
                    method=str(data.get("method") or "per-label temperature"), fitted_on=str(data.get("fitted_on", "")),
@@ -167,32 +192,35 @@ class OperatingPoint:
 
 
 @dataclass
-class ModelCard:
-    """A parsed, validated model card (see the module docstring for the JSON schema)."""
+class ModelCard(Record):
+    """A parsed, validated model card (see the module docstring for the JSON schema): one typed field per section.
+
+    Keys this code does not know are kept in ``unknown`` (also readable as ``extra``) and written back.
+    """
 
     variant: str
-    model: dict[str, Any]
-    taxonomy: dict[str, Any]
-    preprocessing: dict[str, Any]
-    loss: dict[str, Any]
-    training: dict[str, Any]
-    data: dict[str, Any]
-    metrics: dict[str, Any]
     created: str = field(default_factory=lambda: dt.date.today().isoformat())
+    model: ModelInfo = field(default_factory=ModelInfo)
+    taxonomy: TaxonomyInfo = field(default_factory=TaxonomyInfo)
+    preprocessing: PreprocessingInfo = field(default_factory=PreprocessingInfo)
+    loss: LossInfo = field(default_factory=LossInfo)
+    penalty_table: list[PenaltyRow] = field(default_factory=list)
+    calibration: Calibration | None = None
+    training: TrainingInfo = field(default_factory=TrainingInfo)
+    data: DataInfo = field(default_factory=DataInfo)
+    metrics: dict[str, SplitMetrics] = field(default_factory=dict)
     reproduce: str = ""
     intended_use: str = INTENDED_USE
     limitations: str = ""
-    penalty_table: list[dict[str, Any]] = field(default_factory=list)
-    calibration: Calibration | None = None
-    plots: dict[str, str] = field(default_factory=dict)
     training_positives: dict[str, int] = field(default_factory=dict)
     labels_not_learnt: list[str] = field(default_factory=list)
     labels_not_learnt_rule: str = ""
     operating_points: dict[str, OperatingPoint] = field(default_factory=dict)
-    ood: dict[str, Any] | None = None
+    ood: OODInfo | None = None
     tensor_sha256: str | None = None
-    cross_validation: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    cross_validation: CrossValidationInfo | None = None
+    plots: dict[str, str] = omitted_when_empty(dict)
+    aliases: list[str] = omitted_when_empty(list)
 
     # ------------------------------------------------------------------------------------------ parsing
 
@@ -216,29 +244,19 @@ class ModelCard:
                 raise CardError(f"{source}: {key!r} must be a string")
         for key, kind in (("penalty_table", list), ("plots", dict), ("training_positives", dict),
                           ("labels_not_learnt", list), ("operating_points", dict), ("ood", dict),
-                          ("cross_validation", dict)):
+                          ("cross_validation", dict), ("aliases", list)):
             if data.get(key) is not None and not isinstance(data[key], kind):
                 raise CardError(f"{source}: {key!r} must be {'a list' if kind is list else 'an object'}")
-        points = {label: OperatingPoint.from_dict(p, f"{source}: operating_points[{label!r}]")
-                  for label, p in (data.get("operating_points") or {}).items()}
-        known = set(cls.__dataclass_fields__) - {"extra"}
-        return cls(
-            variant=str(data["variant"]), model=data.get("model") or {}, taxonomy=data.get("taxonomy") or {},
-            preprocessing=data.get("preprocessing") or {}, loss=data.get("loss") or {},
-            training=data.get("training") or {}, data=data.get("data") or {}, metrics=data.get("metrics") or {},
-            created=str(data.get("created") or ""), reproduce=str(data.get("reproduce") or ""),
-            intended_use=str(data.get("intended_use") or INTENDED_USE),
-            limitations=str(data.get("limitations") or ""),
-            penalty_table=[r for r in data.get("penalty_table") or [] if isinstance(r, dict)],
-            calibration=Calibration.from_dict(data.get("calibration"), source),
-            plots={str(k): str(v) for k, v in (data.get("plots") or {}).items()},
-            training_positives={str(k): int(v) for k, v in (data.get("training_positives") or {}).items()},
-            labels_not_learnt=[str(x) for x in data.get("labels_not_learnt") or []],
-            labels_not_learnt_rule=str(data.get("labels_not_learnt_rule") or ""),
-            operating_points=points, ood=data.get("ood"), tensor_sha256=data.get("tensor_sha256"),
-            cross_validation=data.get("cross_validation"),
-            extra={k: v for k, v in data.items() if k not in known},
-        )
+        # A missing or null value reads as "not reported" (an empty string for the free texts).
+        data = {k: v for k, v in data.items() if v is not None or k in ("calibration", "ood", "cross_validation",
+                                                                        "tensor_sha256")}
+        data.setdefault("created", "")
+        if not data.get("intended_use"):
+            data.pop("intended_use", None)
+        try:
+            return super().from_dict(data, f"{source}:")
+        except RecordError as exc:
+            raise CardError(str(exc)) from None
 
     @classmethod
     def read(cls, path: str | Path) -> ModelCard:
@@ -256,27 +274,14 @@ class ModelCard:
             raise CardError(f"{path.name}: model card is not valid JSON (line {exc.lineno}: {exc.msg})") from None
         return cls.from_dict(data, path.name)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object (strict JSON after :func:`strict_json`)."""
-        out: dict[str, Any] = {
-            "variant": self.variant, "created": self.created, "model": self.model, "taxonomy": self.taxonomy,
-            "preprocessing": self.preprocessing, "loss": self.loss, "penalty_table": self.penalty_table,
-            "calibration": self.calibration.to_dict() if self.calibration else None, "training": self.training,
-            "data": self.data, "metrics": self.metrics, "reproduce": self.reproduce,
-            "intended_use": self.intended_use, "limitations": self.limitations,
-            "training_positives": self.training_positives, "labels_not_learnt": self.labels_not_learnt,
-            "labels_not_learnt_rule": self.labels_not_learnt_rule,
-            "operating_points": {k: p.to_dict() for k, p in self.operating_points.items()},
-            "ood": self.ood, "tensor_sha256": self.tensor_sha256, "cross_validation": self.cross_validation,
-        }
-        if self.plots:
-            out["plots"] = self.plots
-        out.update(self.extra)
-        return out
-
     def write(self, path: str | Path) -> Path:
         """Write the card as strict JSON to ``path``."""
         return write_json(self.to_dict(), path)
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The top-level keys this code does not know (kept for the round trip)."""
+        return self.unknown
 
     def check_against(self, config: Any, source: str) -> None:
         """Check what inference relies on against the weights file's :class:`~core.model.ModelConfig`.
@@ -288,9 +293,10 @@ class ModelCard:
         name = Path(source).stem
         if self.variant != name:
             raise CardError(f"{source}: card says variant {self.variant!r} but the file is named {name!r}")
-        for key in ("input_size", "in_channels", "mean", "std"):
-            if key in self.preprocessing and not _same(self.preprocessing[key], getattr(config, key)):
-                raise CardError(f"{source}: preprocessing.{key} = {self.preprocessing[key]!r} but the weights file "
+        for key in (f.name for f in fields(InputContract)):
+            stated = getattr(self.preprocessing, key)
+            if stated is not None and not _same(stated, getattr(config, key)):
+                raise CardError(f"{source}: preprocessing.{key} = {stated!r} but the weights file "
                                 f"says {getattr(config, key)!r}")
         n = len(config.labels)
         if self.calibration is not None and len(self.calibration.temperature) != n:
@@ -308,52 +314,37 @@ class ModelCard:
             return None
         return np.asarray(self.calibration.temperature, dtype=np.float32)
 
-    def split_metrics(self, split: str = "test") -> dict[str, Any]:
-        """``metrics[split]`` (an :func:`core.metrics.evaluate_predictions` result), or ``{}``."""
-        value = self.metrics.get(split)
-        return value if isinstance(value, dict) else {}
+    def split_metrics(self, split: str = "test") -> SplitMetrics:
+        """``metrics[split]`` (an :func:`core.metrics.evaluate_predictions` result; empty when not reported)."""
+        return self.metrics.get(split) or SplitMetrics()
 
     def macro_auroc(self, split: str = "test") -> float | None:
         """Macro AUROC on ``split`` if reported."""
-        return finite(self.split_metrics(split).get("macro_auroc"))
+        return finite(self.split_metrics(split).macro_auroc)
 
     def per_label_auroc(self, labels: list[str], split: str = "test") -> dict[str, float | None]:
-        """AUROC of every label on ``split`` (``None`` where undefined, not reported, or the label was not learnt)."""
-        per_label = self.split_metrics(split).get("per_label") or {}
-        out = {}
-        for label in labels:
-            entry = per_label.get(label)
-            out[label] = finite(entry.get("auroc")) if isinstance(entry, dict) else None
-        return out
+        """AUROC of every label on ``split`` (``None`` where undefined or not reported)."""
+        metrics = self.split_metrics(split)
+        return {label: finite(metrics.label(label).auroc) for label in labels}
 
     def per_label_positives(self, labels: list[str], split: str = "test") -> dict[str, int | None]:
         """Known positives of every label on ``split`` (``None`` where not reported): how much an AUROC rests on."""
-        per_label = self.split_metrics(split).get("per_label") or {}
-        out: dict[str, int | None] = {}
-        for label in labels:
-            entry = per_label.get(label)
-            count = finite(entry.get("positives")) if isinstance(entry, dict) else None
-            out[label] = int(count) if count is not None else None
-        return out
+        metrics = self.split_metrics(split)
+        return {label: metrics.label(label).positives for label in labels}
 
     def learnt(self, label: str) -> bool:
         """False for a label the card lists under ``labels_not_learnt``."""
         return label not in self.labels_not_learnt
 
     @property
-    def sources(self) -> list[dict[str, str]]:
-        """Data sources (name, url, licence, citation) as strings."""
-        return [{k: str(v) for k, v in s.items()} for s in self.data.get("sources") or [] if isinstance(s, dict)]
-
-    @property
     def attribution(self) -> str:
         """The attribution the training data requires (from the card's ``data.attribution``)."""
-        return str(self.data.get("attribution") or "")
+        return self.data.attribution
 
     @property
     def loss_name(self) -> str:
         """``hbce`` or ``mcloss`` (older cards: ``hbce``)."""
-        return str(self.loss.get("name") or "hbce")
+        return self.loss.loss_name
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from core.card import CardError, ModelCard, write_json
+from core.card_sections import SplitMetrics
 from core.config import DataConfig, resolve_path
 from core.data import DataError, XrayDataset, split_table
 from core.distributed import DistInfo, autocast_context, gather_rows, unwrap
@@ -113,7 +114,7 @@ def load_variant(prefix: str | Path, taxonomy: Taxonomy,
     return model, card.temperature(), card
 
 
-def format_table(results: dict[str, dict], labels: Sequence[str]) -> str:
+def format_table(results: dict[str, SplitMetrics], labels: Sequence[str]) -> str:
     """Plain-text table: per-label AUROC [CI] (one column per variant), then AP/ECE/positives and summaries."""
     names = list(results)
     single = len(names) == 1
@@ -123,18 +124,18 @@ def format_table(results: dict[str, dict], labels: Sequence[str]) -> str:
         r = results[names[0]]
         lines.append(f"{'label':<{width}}{'AUROC':>7} {'95% CI':>15} {'AP':>6} {'ECE':>6} {'pos':>5} {'known':>6}")
         for label in labels:
-            p = r["per_label"][label]
-            ci = p["auroc_ci"]
+            p = r.label(label)
+            ci = p.auroc_ci
             lines.append(
-                f"{label:<{width}}{_f(p['auroc']):>7} {(f'{ci[0]:.2f}-{ci[1]:.2f}' if ci else ''):>15} "
-                f"{_f(p['average_precision']):>6} {_f(p['ece']):>6} {p['positives']:>5} {p['known']:>6}"
+                f"{label:<{width}}{_f(p.auroc):>7} {(f'{ci[0]:.2f}-{ci[1]:.2f}' if ci else ''):>15} "
+                f"{_f(p.average_precision):>6} {_f(p.ece):>6} {p.positives:>5} {p.known:>6}"
             )
     else:
         col = max(12, *(len(n) + 1 for n in names))
         lines.append(f"{'label (AUROC)':<{width}}" + "".join(f"{n:>{col}}" for n in names) + f"{'pos':>6}")
         for label in labels:
-            pos = results[names[0]]["per_label"][label]["positives"]
-            lines.append(f"{label:<{width}}" + "".join(f"{_f(results[n]['per_label'][label]['auroc']):>{col}}"
+            pos = results[names[0]].label(label).positives
+            lines.append(f"{label:<{width}}" + "".join(f"{_f(results[n].label(label).auroc):>{col}}"
                                                      for n in names) + f"{pos:>6}")
     lines.append("")
     summary = [("macro AUROC", "macro_auroc"), ("macro AUROC (14 CheXpert)", "macro_auroc_chexpert"),
@@ -143,8 +144,8 @@ def format_table(results: dict[str, dict], labels: Sequence[str]) -> str:
     col = max(12, *(len(n) + 1 for n in names))
     lines.append(f"{'summary':<{width}}" + "".join(f"{n:>{col}}" for n in names))
     for title, key in summary:
-        lines.append(f"{title:<{width}}" + "".join(f"{_f(results[n][key]):>{col}}" for n in names))
-    ci_row = [results[n].get("macro_auroc_ci") for n in names]
+        lines.append(f"{title:<{width}}" + "".join(f"{_f(getattr(results[n], key)):>{col}}" for n in names))
+    ci_row = [results[n].macro_auroc_ci for n in names]
     if any(ci_row):
         lines.append(f"{'macro AUROC 95% CI':<{width}}" + "".join(
             f"{(f'{c[0]:.3f}-{c[1]:.3f}' if c else ''):>{col}}" for c in ci_row))
@@ -159,7 +160,7 @@ def evaluate_variants(
     prefixes: Sequence[str | Path], csv: str | Path, images: str | Path, split: str = "test",
     out: str | Path | None = None, n_boot: int = 1000, batch_size: int = 64, taxonomy: Taxonomy | None = None,
     data: DataConfig | None = None,
-) -> dict[str, dict]:
+) -> dict[str, SplitMetrics]:
     """Evaluate each variant on ``split`` of ``csv`` and (if ``out``) write plots and ``metrics.json``.
 
     Raises:
@@ -175,7 +176,7 @@ def evaluate_variants(
             raise DataError(f"{csv}: no rows in split {split!r}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out) if out else None
-    results: dict[str, dict] = {}
+    results: dict[str, SplitMetrics] = {}
     curves: dict[str, np.ndarray] = {}
     datasets: dict[int, XrayDataset] = {}
     for prefix in prefixes:
@@ -191,7 +192,7 @@ def evaluate_variants(
         probs = output_probabilities(torch.from_numpy(logits), constraint_matrix(model.config, taxonomy)).numpy()
         y, m = ds.labels.targets, ds.labels.mask
         results[name] = evaluate_predictions(y, probs, taxonomy, m, groups=ds.groups, n_boot=n_boot)
-        results[name]["temperature_applied"] = temperature is not None
+        results[name].temperature_applied = temperature is not None
         curves[name] = probs
         if out_dir is not None:
             plot_roc(y, probs, m, taxonomy.labels, out_dir / f"roc_{name}.png", title=f"{name}: ROC ({split})")
@@ -199,7 +200,8 @@ def evaluate_variants(
         any_ds = next(iter(datasets.values()))
         plot_calibration(any_ds.labels.targets, curves, any_ds.labels.mask, out_dir / "calibration.png",
                          title=f"Reliability ({split}, all known labels pooled)")
-        write_json({"split": split, "csv": str(csv), "results": results}, out_dir / "metrics.json")
+        write_json({"split": split, "csv": str(csv), "results": {n: r.to_dict() for n, r in results.items()}},
+                   out_dir / "metrics.json")
     return results
 
 

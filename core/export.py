@@ -20,12 +20,24 @@ import shlex
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.card import CardError, ModelCard
+from core.card_sections import (
+    CrossValidationInfo,
+    DataInfo,
+    LossInfo,
+    ModelInfo,
+    OODInfo,
+    PreprocessingInfo,
+    SplitMetrics,
+    TaxonomyInfo,
+    TrainingInfo,
+)
 from core.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, resolve_path
 from core.crossval import CVError, load_cv_summary
 from core.data import DataError, XrayDataset, load_splits
@@ -127,11 +139,11 @@ def export_model(
                                                                                   raw_probs[tl.mask])
         calibration.details["test_ece_calibrated"] = expected_calibration_error(tl.targets[tl.mask],
                                                                                 test_probs[tl.mask])
-    metrics: dict[str, Any] = {
+    metrics: dict[str, SplitMetrics] = {
         "test": evaluate_predictions(tl.targets, test_probs, taxonomy, tl.mask, groups=test.groups,
                                      n_boot=config.eval.n_boot, seed=config.eval.boot_seed),
     }
-    metrics["test"]["temperature_applied"] = temperature is not None
+    metrics["test"].temperature_applied = temperature is not None
     if val is not None:
         val_logits, _ = predict_outputs(model, val)
         metrics["val"] = evaluate_predictions(val.labels.targets, output_probs(val_logits, temperature, model,
@@ -140,7 +152,7 @@ def export_model(
     if held is not None:
         held_probs = output_probs(held.logits, temperature, model, taxonomy)
         points = fit_operating_points(held_probs, held.labels, learnt, taxonomy, config.eval.target_sensitivity)
-        metrics["test"]["operating_points"] = measure_operating_points(points, test_probs, tl, taxonomy)
+        metrics["test"].operating_points = measure_operating_points(points, test_probs, tl, taxonomy)
 
     reference, population, ood = fit_ood(model, train, config, cv_dir, held, taxonomy)
     flagged = reference.score(test_features) > reference.threshold
@@ -164,9 +176,9 @@ def export_model(
     cross_validation = None
     if cv_dir is not None:
         summary = load_cv_summary(resolve_path(cv_dir))
-        cross_validation = {k: summary.get(k) for k in (
-            "folds", "images", "chosen_epoch", "cv_macro_auroc_mean", "cv_macro_auroc_std", "cv_fold_macro_auroc",
-            "oof_macro_auroc", "oof_per_label_auroc", "rule")}
+        cross_validation = CrossValidationInfo.from_dict(
+            {f.name: summary.get(f.name) for f in fields(CrossValidationInfo) if f.name != "unknown"},
+            "cross-validation summary")
         curve = resolve_path(cv_dir) / "cv_curve.png"
         if curve.is_file():
             shutil.copyfile(curve, prefix.parent / f"{name}_cv.png")
@@ -176,31 +188,32 @@ def export_model(
     del loss_fn
     m = model.config
     card = ModelCard(
-        variant=name, model=json_model(m), preprocessing={
-            "input_size": m.input_size, "in_channels": m.in_channels, "mean": m.mean, "std": m.std,
-            "resize": "squash, antialiased bilinear", "input": "grayscale in [0,1]"},
-        taxonomy={"name": taxonomy.name, "hash": taxonomy.hash, "edges": taxonomy.to_dict()["edges"]},
-        loss={"name": config.loss.name, "lambda": 0.0 if config.loss.penalty == "none" else config.loss.lam,
-              "penalty_source": config.loss.penalty, "violation": config.loss.violation,
-              "fixed_value": config.loss.fixed_value if config.loss.penalty == "fixed" else None,
-              "constraint": m.constraint},
-        penalty_table=[row.to_dict() for row in table], calibration=calibration,
-        training={"config": config.to_dict(), **(training or {})},
-        data={"train_images": len(train), "val_images": len(ds.get("val", [])), "test_images": len(test),
-              "trained_on": "train+val" if config.data.fit_on == "train+val" else "train",
-              "sources": list(config.data.sources), "attribution": config.data.attribution},
+        variant=name, model=ModelInfo.from_dict(json_model(m)), preprocessing=PreprocessingInfo(
+            input_size=m.input_size, in_channels=m.in_channels, mean=m.mean, std=m.std,
+            resize="squash, antialiased bilinear", input="grayscale in [0,1]"),
+        taxonomy=TaxonomyInfo(name=taxonomy.name, hash=taxonomy.hash, edges=taxonomy.to_dict()["edges"]),
+        loss=LossInfo(name=config.loss.name, lam=0.0 if config.loss.penalty == "none" else config.loss.lam,
+                      penalty_source=config.loss.penalty, violation=config.loss.violation,
+                      fixed_value=config.loss.fixed_value if config.loss.penalty == "fixed" else None,
+                      constraint=m.constraint),
+        penalty_table=table, calibration=calibration,
+        training=TrainingInfo.from_dict({"config": config.to_dict(), **(training or {})}, "training"),
+        data=DataInfo.from_dict({
+            "train_images": len(train), "val_images": len(ds.get("val", [])), "test_images": len(test),
+            "trained_on": "train+val" if config.data.fit_on == "train+val" else "train",
+            "sources": list(config.data.sources), "attribution": config.data.attribution}, "data"),
         metrics=metrics, reproduce=reproduce, plots=plots,
         limitations=data_limitations(train.labels, tl, not_learnt, taxonomy, config.data.limitations),
         training_positives=positives, labels_not_learnt=not_learnt, labels_not_learnt_rule=rule,
-        operating_points=points, ood=ood, cross_validation=cross_validation,
-        extra={"aliases": list(aliases)} if aliases else {},
+        operating_points=points, ood=OODInfo.from_dict(ood, "ood"), cross_validation=cross_validation,
+        aliases=list(aliases),
     )
     from core.registry import tensor_sha256
 
     card.tensor_sha256 = tensor_sha256(weights)
     card.write(Path(f"{prefix}.json"))
     log.info("exported %s: test macro AUROC %s (OOD flags %.1f%% of test images)", weights,
-             metrics["test"]["macro_auroc"], 100 * ood["test_flagged"])
+             metrics["test"].macro_auroc, 100 * ood["test_flagged"])
     return card
 
 
@@ -241,14 +254,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         old = ModelCard.read(Path(f"{prefix}.json")) if Path(f"{prefix}.json").is_file() else None
         if args.config:
             config = load_config(resolve_path(args.config), args.overrides)
-        elif old is not None and old.training.get("config"):
-            data = apply_overrides(old.training["config"], args.overrides)
+        elif old is not None and old.training.config:
+            data = apply_overrides(old.training.config, args.overrides)
             config = config_from_dict(data, f"{prefix}.json: training.config")
         else:
             raise ConfigError("no --config given and no existing card with a training config")
         model = load_model(source)
-        training = {k: v for k, v in (old.training if old else {}).items() if k != "config"}
-        aliases = args.alias or (old.extra.get("aliases", []) if old else [])
+        training = {k: v for k, v in (old.training.to_dict() if old else {}).items() if k != "config"}
+        aliases = args.alias or (old.aliases if old else [])
         reproduce = old.reproduce if old and not args.source else shlex.join(["python", "-m", "core.export",
                                                                               *(argv or sys.argv[1:])])
         card = export_model(model, config, prefix, training=training, cv_dir=args.cv, reproduce=reproduce,
@@ -256,8 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CardError, ConfigError, CVError, DataError, LabelError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    test = card.split_metrics("test")
-    print(f"wrote {prefix}.safetensors and {prefix}.json: test macro AUROC {test.get('macro_auroc')}")
+    print(f"wrote {prefix}.safetensors and {prefix}.json: test macro AUROC {card.macro_auroc('test')}")
     return 0
 
 

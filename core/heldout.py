@@ -25,6 +25,7 @@ import torch
 
 from core.calibration import SHRINKAGE, apply_temperature, fit_shrunk_temperatures, operating_threshold
 from core.card import Calibration, OperatingPoint
+from core.card_sections import MeasuredPoint
 from core.config import Config, resolve_path
 from core.crossval import fold_weights, load_oof
 from core.data import XrayDataset
@@ -117,19 +118,19 @@ def fit_operating_points(probs: np.ndarray, labels: LabelSet, learnt: np.ndarray
 
 
 def measure_operating_points(points: dict[str, OperatingPoint], probs: np.ndarray, labels: LabelSet,
-                             taxonomy: Taxonomy) -> dict[str, dict[str, float | int | None]]:
+                             taxonomy: Taxonomy) -> dict[str, MeasuredPoint]:
     """Sensitivity and specificity of each operating point on other data (e.g. the test split)."""
-    out: dict[str, dict[str, float | int | None]] = {}
+    out: dict[str, MeasuredPoint] = {}
     for label, point in points.items():
         j = taxonomy.index(label)
         known = labels.mask[:, j]
         y = labels.targets[known, j] == 1
         p = probs[known, j]
-        out[label] = {
-            "sensitivity": float((p[y] >= point.threshold).mean()) if y.any() else None,
-            "specificity": float((p[~y] < point.threshold).mean()) if (~y).any() else None,
-            "positives": int(y.sum()), "negatives": int((~y).sum()),
-        }
+        out[label] = MeasuredPoint(
+            sensitivity=float((p[y] >= point.threshold).mean()) if y.any() else None,
+            specificity=float((p[~y] < point.threshold).mean()) if (~y).any() else None,
+            positives=int(y.sum()), negatives=int((~y).sum()),
+        )
     return out
 
 

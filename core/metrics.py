@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from core.card_sections import LabelMetrics, SplitMetrics
 from core.taxonomy import Taxonomy
 
 
@@ -142,10 +143,11 @@ def evaluate_predictions(
     groups: Sequence | None = None,
     n_boot: int = 0,
     seed: int = 0,
-) -> dict:
-    """All metrics of a prediction table, as plain data for model cards and reports.
+) -> SplitMetrics:
+    """All metrics of a prediction table, as the typed record model cards and reports hold.
 
-    Returns a dict with ``per_label`` (AUROC, CI, AP, ECE, positives, known count per label) and summaries:
+    Returns a :class:`~core.card_sections.SplitMetrics` with ``per_label`` (AUROC, CI, AP, ECE, positives, known
+    count per label) and summaries:
     ``macro_auroc`` (labels with a defined AUROC), ``macro_auroc_chexpert`` (the 14 source labels),
     ``weighted_auroc`` (positive-count weighted, all outputs), ``macro_ap``, ``ece`` (all known entries pooled),
     ``violation_rate`` and, when ``n_boot`` > 0 and ``groups`` are given, ``macro_auroc_ci``.
@@ -169,24 +171,18 @@ def evaluate_predictions(
         macro_ci = bootstrap_ci(lambda r: macro_mean(per_label_auroc(y_true[r], y_score[r], mask[r])),
                                 groups, n_boot, seed=seed)
     per_label = {
-        label: {
-            "auroc": aurocs[j],
-            "auroc_ci": list(cis[j]) if cis[j] else None,
-            "average_precision": aps[j],
-            "ece": eces[j],
-            "positives": int(pos[j]),
-            "known": int(mask[:, j].sum()),
-        }
+        label: LabelMetrics(auroc=aurocs[j], auroc_ci=list(cis[j]) if cis[j] else None, average_precision=aps[j],
+                            ece=eces[j], positives=int(pos[j]), known=int(mask[:, j].sum()))
         for j, label in enumerate(labels)
     }
-    return {
-        "n_images": int(len(y_true)),
-        "per_label": per_label,
-        "macro_auroc": macro_mean(aurocs),
-        "macro_auroc_ci": list(macro_ci) if macro_ci else None,
-        "macro_auroc_chexpert": macro_mean(aurocs, chexpert_idx),
-        "weighted_auroc": weighted_mean(aurocs, pos),
-        "macro_ap": macro_mean(aps),
-        "ece": expected_calibration_error(y_true[mask], y_score[mask]),
-        "violation_rate": violation_rate(y_score, taxonomy),
-    }
+    return SplitMetrics(
+        n_images=int(len(y_true)),
+        per_label=per_label,
+        macro_auroc=macro_mean(aurocs),
+        macro_auroc_ci=list(macro_ci) if macro_ci else None,
+        macro_auroc_chexpert=macro_mean(aurocs, chexpert_idx),
+        weighted_auroc=weighted_mean(aurocs, pos),
+        macro_ap=macro_mean(aps),
+        ece=expected_calibration_error(y_true[mask], y_score[mask]),
+        violation_rate=violation_rate(y_score, taxonomy),
+    )

@@ -14,26 +14,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
+from core.card_sections import PenaltyRow
 from core.taxonomy import Taxonomy
-
-
-@dataclass(frozen=True)
-class EdgePenalty:
-    """One row of a penalty table (for model cards and the dashboard)."""
-
-    parent: str
-    child: str
-    n_parent_negative: int
-    n_inconsistent: int
-    penalty: float
-
-    def to_dict(self) -> dict:
-        """Plain-data form."""
-        return asdict(self)
 
 
 def fixed_penalties(taxonomy: Taxonomy, value: float = 1.0) -> np.ndarray:
@@ -69,13 +53,14 @@ def data_driven_penalties(
 
 def penalty_table(
     penalties: np.ndarray, taxonomy: Taxonomy, targets: np.ndarray | None = None, mask: np.ndarray | None = None
-) -> list[EdgePenalty]:
+) -> list[PenaltyRow]:
     """Rows for a model card: each edge, its counts on ``targets`` (zeros when not given) and its penalty."""
     if targets is not None and mask is not None:
         n_neg, n_inc = edge_counts(targets, mask, taxonomy)
     else:
         n_neg = n_inc = np.zeros(len(taxonomy.edges), dtype=np.int64)
     return [
-        EdgePenalty(parent, child, int(n_neg[e]), int(n_inc[e]), round(float(penalties[e]), 6))
+        PenaltyRow(parent=parent, child=child, n_parent_negative=int(n_neg[e]), n_inconsistent=int(n_inc[e]),
+                   penalty=round(float(penalties[e]), 6))
         for e, (parent, child) in enumerate(taxonomy.edges)
     ]

@@ -96,19 +96,14 @@ class Variant:
     @property
     def aliases(self) -> list[str]:
         """Other names this variant answers to (e.g. the paper's hard-penalty variants, which equal ``bce``)."""
-        return [str(a) for a in self.card.extra.get("aliases") or []]
+        return list(self.card.aliases)
 
     @property
     def description(self) -> str:
         """One line for pickers: name, loss, and test macro AUROC when known."""
-        loss = self.card.loss
         parts = [" ≡ ".join([self.name, *sorted(self.aliases)])]
-        if self.card.loss_name == "mcloss":
-            parts.append("C-HMCNN max constraint")
-        elif loss:
-            source = loss.get("penalty_source", "?")
-            parts.append("plain BCE" if source == "none" else
-                         f"{loss.get('violation', '?')} penalty, {source}, lambda {loss.get('lambda', '?')}")
+        if self.card.loss.reported or self.card.loss_name == "mcloss":
+            parts.append(self.card.loss.describe())
         if self.test_macro_auroc is not None:
             parts.append(f"test macro AUROC {self.test_macro_auroc:.3f}")
         return " | ".join(parts)

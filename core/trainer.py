@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from core.card_sections import PenaltyRow
 from core.checkpoints import CheckpointError, LoopState, load_checkpoint, save_checkpoint
 from core.config import Config
 from core.data import XrayDataset, build_datasets
@@ -56,7 +57,7 @@ from core.loss import HierarchicalBCELoss, MaxConstraintLoss
 from core.metrics import per_label_auroc
 from core.model import HiCXRNet, ModelConfig, build_model, constraint_matrix, load_model, output_probabilities
 from core.optim import build_optimizer, build_scheduler
-from core.penalties import EdgePenalty, data_driven_penalties, fixed_penalties, penalty_table
+from core.penalties import data_driven_penalties, fixed_penalties, penalty_table
 from core.preprocess import normalize
 from core.progress import append_row, progress
 from core.taxonomy import Taxonomy, load_taxonomy
@@ -239,7 +240,7 @@ class TrainResult:
     model: HiCXRNet
     best_path: Path
     state: LoopState
-    penalty_table: list[EdgePenalty]
+    penalty_table: list[PenaltyRow]
     datasets: dict[str, XrayDataset]
     val_labels_monitored: list[str]
     history: list[dict[str, float]]

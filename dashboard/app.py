@@ -14,10 +14,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the path
     sys.path.insert(0, str(ROOT))
+if __name__ != "__main__":  # imported by `streamlit run` to serve the st.App below: refuse an unsafe address first
+    from dashboard.serving import refuse_unsafe_start
+
+    refuse_unsafe_start()
 
 import streamlit as st  # noqa: E402
 
 from core.registry import RegistryScan  # noqa: E402
+from dashboard import access, serving  # noqa: E402
 from dashboard.components.model_card import DISCLAIMER  # noqa: E402
 from dashboard.pipeline import GENERIC_ERROR  # noqa: E402
 from dashboard.ui.analysis_tab import render_analysis  # noqa: E402
@@ -56,6 +61,7 @@ def _footer(scan: RegistryScan | None = None) -> None:
 def main() -> None:
     """Render one run of the page."""
     st.set_page_config(page_title="HiCXR", page_icon=":material/radiology:", layout="wide")
+    access.gate()  # login, access list and idle timeout when [auth] is configured; else "local mode: no login"
     # Less empty space above the title, so the viewer starts higher on the screen.
     st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem}</style>")
     st.title("HiCXR · hierarchical chest X-ray findings")
@@ -86,6 +92,9 @@ def main() -> None:
     predictor = get_predictor(str(weights_dir))
     with st.spinner("Analysing the image…"):
         outcome = cache.analyses(predictor, choice.data, digest, [choice.variant], choice.mc_samples)
+    if not access.record_analysis(scan, digest, choice.variant, choice.mc_samples, outcome.kind):
+        _footer(scan)
+        return  # fail closed: an analysis that cannot be audited is not shown
     if not outcome.ok or outcome.image is None:
         st.error(outcome.error or GENERIC_ERROR, icon=":material/error:")
         _footer(scan)
@@ -112,3 +121,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+else:  # `streamlit run dashboard/app.py` serves this app: security headers, no external-address lookup
+    serving.disable_external_ip_lookup()
+    app = st.App(__file__, **serving.app_options())

@@ -161,3 +161,27 @@ def make_weights_dir(tmp_path: Path, variants: tuple[str, ...] = ("bce", "hbce_s
 def tiny_weights_dir(tmp_path: Path) -> Path:
     """``tmp_path/weights`` with two small random variants, ``bce`` and ``hbce_soft`` (64 px)."""
     return make_weights_dir(tmp_path)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _audit_log_outside_repo(tmp_path_factory):
+    """Dashboards run by the tests (AppTest and servers) write their audit trail to a temporary file."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HICXR_AUDIT_LOG", str(tmp_path_factory.mktemp("audit") / "audit.jsonl"))
+    yield
+    mp.undo()
+
+
+# ------------------------------------------------------------------------------ the development PACS (Orthanc)
+
+
+@pytest.fixture(scope="session")
+def dev_pacs(shared_data: Path):
+    """A real Orthanc (loopback, free port, generated credentials, DICOMweb) seeded with the real DICOMs of
+    ``../shared/data/dicom``, NIH films wrapped as made-up DX studies, a CT, an SR-only and a lateral-only study;
+    stopped by its pid at the end of the session."""
+    from core.pacs.devserver import start_seeded
+
+    pacs = start_seeded(shared_data, nih_count=3)
+    yield pacs
+    pacs.stop()

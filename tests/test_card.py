@@ -78,3 +78,35 @@ def test_each_test_auroc_is_quoted_with_the_positives_it_rests_on():
     assert auroc_text(auroc["Edema"], positives["Edema"]) == "1.000 from only 1 test positive: unreliable"
     assert auroc_text(auroc["Fracture"], positives["Fracture"]) == "n/a: no test positives"
     assert auroc_text(auroc["Hernia"], positives["Hernia"]) == "n/a: not reported"
+
+
+def test_shipped_cards_round_trip_to_the_same_json():
+    from pathlib import Path
+
+    cards = sorted(p for p in (Path(__file__).parents[1] / "weights").glob("*.json") if p.name != "default.json")
+    assert len(cards) >= 4
+    for path in cards:
+        data = json.loads(path.read_text())
+        card = ModelCard.read(path)
+        assert json.loads(json.dumps(card.to_dict())) == data, path.name
+        assert card.model.input_size == card.preprocessing.input_size == data["model"]["input_size"]
+        assert card.split_metrics("test").label("Cardiomegaly").positives > 0
+
+
+def test_sections_are_typed_and_keep_unknown_keys():
+    data = _card(loss={"name": "hbce", "lambda": 1, "penalty_source": "fixed", "violation": "soft", "new": 3},
+                 aliases=["b"], data={"sources": [{"name": "NIH", "licence": "CC0", "doi": "x"}], "train_images": 9})
+    data["metrics"]["test"]["per_label"]["Cardiomegaly"]["brier"] = 0.1
+    card = ModelCard.from_dict(data)
+    assert card.loss.lam == 1.0 and card.loss.unknown == {"new": 3} and card.aliases == ["b"]
+    assert card.loss.describe() == "BCE + soft penalty, fixed, λ = 1"
+    assert card.data.sources[0].licence == "CC0" and card.data.train_images == 9
+    again = card.to_dict()
+    assert again["loss"]["lambda"] == 1 and again["loss"]["new"] == 3 and again["aliases"] == ["b"]
+    assert again["data"]["sources"][0]["doi"] == "x"
+    assert again["metrics"]["test"]["per_label"]["Cardiomegaly"]["brier"] == 0.1
+    assert "aliases" not in ModelCard.from_dict(_card()).to_dict()  # absent stays absent
+    with pytest.raises(CardError, match=r"v.json: loss.lambda must be float, got 'one'"):
+        ModelCard.from_dict(_card(loss={"lambda": "one"}), "v.json")
+    with pytest.raises(CardError, match=r"metrics\['test'\].per_label\['Cardiomegaly'\].positives must be int"):
+        ModelCard.from_dict(_card(metrics={"test": {"per_label": {"Cardiomegaly": {"positives": "many"}}}}), "v.json")

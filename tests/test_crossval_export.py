@@ -91,10 +91,10 @@ def test_cv_then_fit_then_export(tiny, taxonomy, tmp_path):
     assert all(card.training_positives[label] < 3 for label in card.labels_not_learnt)
     assert card.operating_points and all(p.target_sensitivity == 0.8 for p in card.operating_points.values())
     assert not set(card.operating_points) & set(card.labels_not_learnt)
-    assert card.ood["threshold_rule"].startswith("quantile of the model's training scores at which")
-    assert 0 <= card.ood["population_flagged_heldout_outliers"] <= 1
-    assert card.cross_validation["folds"] == 2 and card.extra["aliases"] == ["tiny_alias"]
-    assert card.data["trained_on"] == "train+val"
+    assert card.ood.threshold_rule.startswith("quantile of the model's training scores at which")
+    assert 0 <= card.ood.population_flagged_heldout_outliers <= 1
+    assert card.cross_validation.folds == 2 and card.aliases == ["tiny_alias"] and written["aliases"] == ["tiny_alias"]
+    assert card.data.trained_on == "train+val"
 
     predictor = Predictor(tmp_path / "weights", variants=["tiny"], mc_samples=3)
     loaded = predictor.get()

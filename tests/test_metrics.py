@@ -35,8 +35,8 @@ def test_reference_figures_of_the_official_release(reference, taxonomy):
     assert macro_mean(aucs) == pytest.approx(0.8823, abs=5e-5)
     assert aucs[taxonomy.index("Uncertain")] == pytest.approx(0.7782, abs=5e-5)
     summary = evaluate_predictions(y, p, taxonomy)
-    assert summary["weighted_auroc"] == pytest.approx(0.9047, abs=5e-5)
-    assert summary["macro_auroc_chexpert"] == pytest.approx(0.8800, abs=5e-5)
+    assert summary.weighted_auroc == pytest.approx(0.9047, abs=5e-5)
+    assert summary.macro_auroc_chexpert == pytest.approx(0.8800, abs=5e-5)
     # 18 violations over 668 x 20 edge checks (paper_brief.md section 8.2)
     assert violation_rate(p, taxonomy) == pytest.approx(18 / (668 * 20))
 

@@ -65,8 +65,8 @@ def test_weights_reproduce_their_cards_test_figures(scan, shared_data):
         card_test = variant.card.split_metrics("test")
         got = results[variant.name]
         # fp16 storage moves probabilities by ~1e-3 at most: ranks (AUROC) barely change
-        assert got["macro_auroc"] == pytest.approx(card_test["macro_auroc"], abs=2e-3), variant.name
-        assert got["ece"] == pytest.approx(card_test["ece"], abs=5e-3), variant.name
+        assert got.macro_auroc == pytest.approx(card_test.macro_auroc, abs=2e-3), variant.name
+        assert got.ece == pytest.approx(card_test.ece, abs=5e-3), variant.name
 
 
 @pytest.mark.slow

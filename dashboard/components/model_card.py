@@ -47,24 +47,24 @@ def auroc_frame(card: ModelCard, labels: Sequence[str], split: str = "test") -> 
 
     Labels the card does not report get empty (NaN) cells, so the table always has one row per output.
     """
-    per_label = card.split_metrics(split).get("per_label") or {}
+    metrics = card.split_metrics(split)
     rows = []
     for label in labels:
-        entry = per_label.get(label) or {}
-        low, high = _ci(entry.get("auroc_ci"))
+        entry = metrics.label(label)
+        low, high = _ci(entry.auroc_ci)
         point = card.operating_points.get(label)
         rows.append(
             {
                 "label": label,
                 "learnt": card.learnt(label),
                 "training positives": card.training_positives.get(label),
-                "auroc": _number(entry.get("auroc")),
+                "auroc": _number(entry.auroc),
                 "ci_low": low,
                 "ci_high": high,
-                "average_precision": _number(entry.get("average_precision")),
-                "ece": _number(entry.get("ece")),
-                "positives": entry.get("positives"),
-                "known": entry.get("known"),
+                "average_precision": _number(entry.average_precision),
+                "ece": _number(entry.ece),
+                "positives": entry.positives,
+                "known": entry.known,
                 "operating point": point.threshold if point else None,
             }
         )
@@ -103,9 +103,9 @@ def auroc_figure(frame: pd.DataFrame, title: str = "Per-label test AUROC (95% CI
 
 def summary_table(card: ModelCard) -> pd.DataFrame:
     """Key facts of a card as ``field, value`` rows (variant, date, loss, training, data sizes, headline metrics)."""
-    loss, training, data, model = card.loss, card.training, card.data, card.model
+    training, data, model = card.training, card.data, card.model
     test = card.split_metrics("test")
-    cv = card.cross_validation or {}
+    cv = card.cross_validation
 
     def fmt(value: Any, digits: int = 3) -> str:
         number = _number(value)
@@ -113,53 +113,45 @@ def summary_table(card: ModelCard) -> pd.DataFrame:
             return f"{number:.{digits}f}"
         return "not reported" if value is None or value == "" else str(value)
 
-    ci_low, ci_high = _ci(test.get("macro_auroc_ci"))
-    macro = fmt(test.get("macro_auroc"))
+    ci_low, ci_high = _ci(test.macro_auroc_ci)
+    macro = fmt(test.macro_auroc)
     if ci_low is not None and ci_high is not None:
         macro += f" (95% CI {ci_low:.3f}–{ci_high:.3f})"
-    if card.loss_name == "mcloss":
-        loss_text = "C-HMCNN: max-constraint module + MCLoss (coherent by construction)"
-    else:
-        loss_text = (f"penalty {loss.get('penalty_source', '?')}, λ = {loss.get('lambda', '?')}, "
-                     f"violation {loss.get('violation', '?')}")
     rows = [
         ("Variant", card.variant),
         ("Created", card.created),
-        ("Backbone", model.get("backbone")),
-        ("Input", f"{model.get('input_size', '?')} px, {model.get('in_channels', '?')} channel(s), "
-         f"CAM grid {_grid(model)}"),
-        ("Loss", loss_text),
-        ("Epochs run (best)", f"{training.get('epochs_run', '?')} ({training.get('best_epoch', '?')})"),
-        ("Training time (s)", fmt(training.get("seconds"), 0)),
+        ("Backbone", model.backbone),
+        ("Input", f"{or_unknown(model.input_size)} px, {or_unknown(model.in_channels)} channel(s), "
+         f"CAM grid {model.cam_grid}"),
+        ("Loss", card.loss.describe()),
+        ("Epochs run (best)", f"{or_unknown(training.epochs_run)} ({or_unknown(training.best_epoch)})"),
+        ("Training time (s)", fmt(training.seconds, 0)),
         ("Images train / val / test",
-         f"{data.get('train_images', '?')} / {data.get('val_images', '?')} / {data.get('test_images', '?')}"
-         + (" (trained on train+val)" if data.get("trained_on") == "train+val" else "")),
+         f"{or_unknown(data.train_images)} / {or_unknown(data.val_images)} / {or_unknown(data.test_images)}"
+         + (" (trained on train+val)" if data.trained_on == "train+val" else "")),
         ("Cross-validation macro AUROC",
-         f"{fmt(cv.get('cv_macro_auroc_mean'))} ± {fmt(cv.get('cv_macro_auroc_std'))} over {cv.get('folds')} folds"
+         f"{fmt(cv.cv_macro_auroc_mean)} ± {fmt(cv.cv_macro_auroc_std)} over {cv.folds} folds"
          if cv else "not reported"),
         ("Test macro AUROC", macro),
-        ("Test weighted AUROC (paper's figure)", fmt(test.get("weighted_auroc"))),
-        ("Test macro AUROC, 14 CheXpert labels", fmt(test.get("macro_auroc_chexpert"))),
-        ("Test ECE", fmt(test.get("ece"))),
-        ("Test violation rate", fmt(test.get("violation_rate"))),
+        ("Test weighted AUROC (paper's figure)", fmt(test.weighted_auroc)),
+        ("Test macro AUROC, 14 CheXpert labels", fmt(test.macro_auroc_chexpert)),
+        ("Test ECE", fmt(test.ece)),
+        ("Test violation rate", fmt(test.violation_rate)),
         ("Not learnt", ", ".join(card.labels_not_learnt) or "none"),
         ("Reproduce", card.reproduce),
     ]
     return pd.DataFrame([{"field": k, "value": fmt(v) if not isinstance(v, str) else v} for k, v in rows])
 
 
-def _grid(model: dict[str, Any]) -> str:
-    size, stride = model.get("input_size"), model.get("output_stride", 32)
-    if not isinstance(size, int) or not isinstance(stride, int) or not stride:
-        return "?"
-    side = size // stride
-    return f"{side} x {side}"
+def or_unknown(value: Any) -> str:
+    """``value`` as text, or "?" when the card does not report it."""
+    return "?" if value is None else str(value)
 
 
 def penalty_frame(card: ModelCard) -> pd.DataFrame:
     """The card's edge penalties: ``parent, child, n_parent_negative, n_inconsistent, penalty``."""
     columns = ["parent", "child", "n_parent_negative", "n_inconsistent", "penalty"]
-    return pd.DataFrame([{c: r.get(c) for c in columns} for r in card.penalty_table], columns=columns)
+    return pd.DataFrame([{c: getattr(r, c) for c in columns} for r in card.penalty_table], columns=columns)
 
 
 def calibration_frame(card: ModelCard, labels: Sequence[str]) -> pd.DataFrame | None:
@@ -167,7 +159,7 @@ def calibration_frame(card: ModelCard, labels: Sequence[str]) -> pd.DataFrame | 
     calibration = card.calibration
     if calibration is None or len(calibration.temperature) != len(labels):
         return None
-    kept = calibration.details.get("kept_shared") or {}
+    kept = calibration.kept_shared
     return pd.DataFrame({"label": list(labels), "temperature": list(calibration.temperature),
                          "note": [kept.get(label, "fitted") for label in labels]})
 
@@ -175,7 +167,7 @@ def calibration_frame(card: ModelCard, labels: Sequence[str]) -> pd.DataFrame | 
 def data_sources(card: ModelCard) -> list[dict[str, str]]:
     """The card's data sources (name, url, licence, citation), as strings."""
     keys = ("name", "url", "licence", "citation")
-    return [{k: s.get(k, "") for k in keys} for s in card.sources]
+    return [{k: getattr(s, k) for k in keys} for s in card.data.sources]
 
 
 def plot_paths(card: ModelCard, weights_dir: str | Path) -> dict[str, Path]:

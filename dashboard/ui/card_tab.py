@@ -10,6 +10,7 @@ from dashboard.components.model_card import (
     auroc_frame,
     calibration_frame,
     data_sources,
+    or_unknown,
     penalty_frame,
     plot_paths,
     summary_table,
@@ -55,8 +56,8 @@ def render_card(ctx: Context) -> None:
     st.subheader("Training data and attribution")
     data = card.data
     st.write(
-        f"Images: {data.get('train_images', '?')} train, {data.get('val_images', '?')} validation, "
-        f"{data.get('test_images', '?')} test (split by patient)."
+        f"Images: {or_unknown(data.train_images)} train, {or_unknown(data.val_images)} validation, "
+        f"{or_unknown(data.test_images)} test (split by patient)."
     )
     for source in data_sources(card):
         line = f"**{source['name']}**"
@@ -75,8 +76,7 @@ def render_card(ctx: Context) -> None:
     left, right = st.columns(2, gap="medium")
     with left:
         st.subheader("Hierarchy penalties")
-        loss = card.loss
-        st.caption(f"Penalty source: {loss.get('penalty_source', 'not reported')}, λ = {loss.get('lambda', '?')}.")
+        st.caption(f"Loss: {card.loss.describe()}.")
         if penalties.empty:
             st.info("No edge penalties (flat BCE, or none reported).")
         else:

@@ -6,6 +6,8 @@ from functools import partial
 
 import streamlit as st
 
+from dashboard.access import audit_writable, audited_download, model_version
+from dashboard.audit import Subject
 from dashboard.report import analysis_csv, analysis_json, pdf_report
 from dashboard.ui.state import Context
 
@@ -20,22 +22,28 @@ def render_export(ctx: Context) -> None:
         "name and no patient data. The PDF shows the label selected in the Analysis tab "
         f"(**{ctx.selected_label()}**) on the image as you windowed it there."
     )
-    summary = {"variant": variant.name, "test_macro_auroc": variant.test_macro_auroc, "loss": variant.card.loss}
+    summary = {"variant": variant.name, "test_macro_auroc": variant.test_macro_auroc,
+               "loss": variant.card.loss.to_dict()}
+    # Each file is built when clicked, after its "export downloaded" audit entry is written (none, no file).
+    writable = audit_writable()
+    audited = partial(audited_download, subject=Subject.image(ctx.digest),
+                      model_version=model_version(ctx.scan, variant.name), variant=variant.name)
     row = st.container(horizontal=True, gap="medium")
     row.download_button(
-        "Download JSON", analysis_json(analysis, summary), file_name=f"{stem}.json", mime="application/json",
-        key="download_json", on_click="ignore", icon=":material/data_object:",
+        "Download JSON", audited(partial(analysis_json, analysis, summary), kind="json"), file_name=f"{stem}.json",
+        mime="application/json", key="download_json", on_click="ignore", icon=":material/data_object:",
+        disabled=not writable,
     )
     row.download_button(
-        "Download CSV", analysis_csv(analysis), file_name=f"{stem}.csv", mime="text/csv", key="download_csv",
-        on_click="ignore", icon=":material/table:",
+        "Download CSV", audited(partial(analysis_csv, analysis), kind="csv"), file_name=f"{stem}.csv",
+        mime="text/csv", key="download_csv", on_click="ignore", icon=":material/table:", disabled=not writable,
     )
     row.download_button(
         "Download PDF report",
-        partial(pdf_report, analysis, auroc_notes=ctx.auroc_notes(), attribution=variant.card.attribution,
-                label=ctx.selected_label(), display_image=ctx.display_image()),
+        audited(partial(pdf_report, analysis, auroc_notes=ctx.auroc_notes(), attribution=variant.card.attribution,
+                        label=ctx.selected_label(), display_image=ctx.display_image()), kind="pdf"),
         file_name=f"{stem}.pdf", mime="application/pdf", key="download_pdf", on_click="ignore",
-        icon=":material/picture_as_pdf:", type="primary",
+        icon=":material/picture_as_pdf:", type="primary", disabled=not writable,
     )
     with st.expander("Timings of this analysis (seconds)"):
         st.json({k: round(float(v), 4) for k, v in analysis.timings.items()})

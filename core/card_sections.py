@@ -1,0 +1,227 @@
+"""The model card's sections, one typed record each (the card itself is :class:`core.card.ModelCard`).
+
+Each section is a :class:`core.record.Record`: read from its JSON object by type, with the keys it does not know
+kept for the round trip. A field that is ``None`` was not reported. Adding a section: one record here (or next to
+the code that computes it), one field of :class:`~core.card.ModelCard`, and its test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.record import Record, keyed, optional
+
+
+@dataclass
+class ModelInfo(Record):
+    """``model``: the weights file's :class:`core.model.ModelConfig` as stored (the contract and architecture)."""
+
+    labels: list[str] = field(default_factory=list)
+    taxonomy_hash: str | None = None
+    backbone: str | None = None
+    input_size: int | None = None
+    in_channels: int | None = None
+    mean: float | None = None
+    std: float | None = None
+    dropout: float | None = None
+    output_stride: int | None = None
+    constraint: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cam_grid(self) -> str:
+        """The side of the CAM grid, ``"8 x 8"`` (``"?"`` when not reported)."""
+        stride = self.output_stride or 32
+        if not self.input_size:
+            return "?"
+        side = self.input_size // stride
+        return f"{side} x {side}"
+
+
+@dataclass
+class PreprocessingInfo(Record):
+    """``preprocessing``: the input contract (checked against the weights file) and how images are resized."""
+
+    input_size: int | None = None
+    in_channels: int | None = None
+    mean: float | None = None
+    std: float | None = None
+    resize: str | None = None
+    input: str | None = None
+
+
+@dataclass
+class TaxonomyInfo(Record):
+    """``taxonomy``: name, hash and edges (parent -> children) of the taxonomy the outputs follow."""
+
+    name: str | None = None
+    hash: str | None = None
+    edges: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class LossInfo(Record):
+    """``loss``: which loss trained the model (the one place that describes it in words, :meth:`describe`).
+
+    Attributes:
+        name: ``hbce`` (BCE + hierarchical penalty) or ``mcloss`` (C-HMCNN); older cards: not reported (hbce).
+        lam: The penalty weight λ (JSON key ``lambda``); 0 for plain BCE.
+        penalty_source: ``none``, ``fixed`` or ``data_driven``.
+        violation: ``hard`` (the paper's step) or ``soft`` (``relu(p_child - p_parent)``).
+        fixed_value: The fixed penalty, for ``penalty_source: fixed``.
+        constraint: The model's output constraint (``max`` for C-HMCNN).
+    """
+
+    name: str | None = None
+    lam: float | None = keyed("lambda")
+    penalty_source: str | None = None
+    violation: str | None = None
+    fixed_value: float | None = None
+    constraint: str | None = None
+
+    @property
+    def loss_name(self) -> str:
+        """``hbce`` or ``mcloss`` (older cards: ``hbce``)."""
+        return self.name or "hbce"
+
+    @property
+    def reported(self) -> bool:
+        """Whether the card says anything about its loss."""
+        return any(v is not None for v in (self.name, self.lam, self.penalty_source, self.violation))
+
+    def describe(self) -> str:
+        """One line for pickers, the model card and reports."""
+        if self.loss_name == "mcloss":
+            return "C-HMCNN: max-constraint module + MCLoss (coherent by construction)"
+        if not self.reported:
+            return "not reported"
+        if self.penalty_source == "none":
+            return "plain BCE (λ = 0)"
+        lam = "?" if self.lam is None else f"{self.lam:g}"
+        return f"BCE + {self.violation or '?'} penalty, {self.penalty_source or '?'}, λ = {lam}"
+
+
+@dataclass
+class PenaltyRow(Record):
+    """One row of ``penalty_table``: an edge, its counts on the training labels and its penalty ``P_pc``."""
+
+    parent: str = ""
+    child: str = ""
+    n_parent_negative: int | None = None
+    n_inconsistent: int | None = None
+    penalty: float | None = None
+
+
+@dataclass
+class TrainingInfo(Record):
+    """``training``: the resolved config and facts of the run."""
+
+    config: dict[str, Any] = field(default_factory=dict)
+    epochs_run: int | None = optional()
+    best_epoch: int | None = optional()
+    best_val_macro_auroc: float | None = optional()
+    monitored_val_labels: list[str] | None = optional()
+    seconds: float | None = optional()
+
+
+@dataclass
+class DataSource(Record):
+    """One source of training data and what its licence asks."""
+
+    name: str = ""
+    url: str = ""
+    licence: str = ""
+    citation: str = ""
+
+
+@dataclass
+class DataInfo(Record):
+    """``data``: split sizes, sources and the attribution the data requires."""
+
+    train_images: int | None = None
+    val_images: int | None = None
+    test_images: int | None = None
+    trained_on: str | None = None
+    sources: list[DataSource] = field(default_factory=list)
+    attribution: str = ""
+
+
+@dataclass
+class LabelMetrics(Record):
+    """One label's figures on a split (``None``: undefined, e.g. one class only, or not reported)."""
+
+    auroc: float | None = None
+    auroc_ci: list[float] | None = None
+    average_precision: float | None = None
+    ece: float | None = None
+    positives: int | None = None
+    known: int | None = None
+
+
+@dataclass
+class MeasuredPoint(Record):
+    """An operating point (set on held-out data) as measured on another split."""
+
+    sensitivity: float | None = None
+    specificity: float | None = None
+    positives: int | None = None
+    negatives: int | None = None
+
+
+@dataclass
+class SplitMetrics(Record):
+    """``metrics.<split>``: what :func:`core.metrics.evaluate_predictions` measured on one split."""
+
+    n_images: int | None = None
+    per_label: dict[str, LabelMetrics] = field(default_factory=dict)
+    macro_auroc: float | None = None
+    macro_auroc_ci: list[float] | None = None
+    macro_auroc_chexpert: float | None = None
+    weighted_auroc: float | None = None
+    macro_ap: float | None = None
+    ece: float | None = None
+    violation_rate: float | None = None
+    temperature_applied: bool | None = optional()
+    operating_points: dict[str, MeasuredPoint] | None = optional()
+
+    def label(self, name: str) -> LabelMetrics:
+        """The figures of label ``name`` (all ``None`` when not reported)."""
+        return self.per_label.get(name) or LabelMetrics()
+
+
+@dataclass
+class OODInfo(Record):
+    """``ood``: the out-of-distribution rule (:mod:`core.ood`), its thresholds and what it flags."""
+
+    method: str | None = None
+    threshold: float | None = None
+    threshold_rule: str | None = None
+    training_quantile: float | None = None
+    target_false_alarm: float | None = None
+    reference_images: int | None = None
+    header_rules: str | None = None
+    population_classifier: str | None = None
+    population_threshold: float | None = None
+    population_target_false_alarm: float | None = None
+    population_flagged_heldout_outliers: float | None = None
+    population_heldout_outliers: int | None = None
+    population_flagged_outliers_cv: float | None = None
+    test_flagged_distance: float | None = None
+    test_flagged_population: float | None = None
+    test_flagged: float | None = None
+
+
+@dataclass
+class CrossValidationInfo(Record):
+    """``cross_validation``: the summary of the cross-validation that chose the epoch (:mod:`core.crossval`)."""
+
+    folds: int | None = None
+    images: int | None = None
+    chosen_epoch: int | None = None
+    cv_macro_auroc_mean: float | None = None
+    cv_macro_auroc_std: float | None = None
+    cv_fold_macro_auroc: list[float | None] = field(default_factory=list)
+    oof_macro_auroc: float | None = None
+    oof_per_label_auroc: dict[str, float | None] = field(default_factory=dict)
+    rule: str | None = None
