@@ -75,7 +75,7 @@ def test_not_learnt_labels_and_operating_points_on_the_page(weights_dir, monkeyp
     assert table.loc["Cardiomegaly", "operating point"] == pytest.approx(0.3)
     assert any("operating point" in c.value for c in at.caption)
     # The label shown first is a learnt one, and the map's caption says what kind of picture it is.
-    assert at.selectbox(key="label_pick").value not in NOT_LEARNT
+    assert at.radio(key="label_pick").value not in NOT_LEARNT
     assert any("Grad-CAM" in c.value or "relative map" in c.value for c in at.caption)
 
 
