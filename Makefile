@@ -2,6 +2,8 @@
 #   make dashboard   set up .venv and start the dashboard on the shipped weights (http://localhost:8501)
 #   make test        set up .venv (and Debian chromium for the browser tests) and run the whole test suite
 PYTHON ?= python3
+# The dashboard's port: `make dashboard PORT=8600`.
+PORT ?= 8501
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -17,7 +19,7 @@ $(STAMP): requirements.txt
 setup: $(STAMP)
 
 dashboard: $(STAMP)
-	$(VENV)/bin/streamlit run dashboard/app.py
+	$(VENV)/bin/streamlit run dashboard/app.py --server.port $(PORT)
 
 # Debian packages the tests need: chromium drives the browser tests (Playwright's own browser download does not
 # work here), Orthanc + its DICOMweb plugin is the real PACS of the PACS tests, dicom3tools' dciodvfy validates the
@@ -44,6 +46,7 @@ bench: $(STAMP)
 	$(PY) bench/inference.py
 	$(PY) bench/loader.py
 	$(PY) bench/robustness.py
+	$(PY) bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -2,8 +2,8 @@
 
 A viewer that re-windows must see the values before the window (a DICOM's 10–16 stored bits), not the 8-bit image
 the model saw, or window/level has nothing to reveal. :func:`display_image` keeps them, downsampled to at most
-``max_side`` pixels a side and quantised linearly to ``uint16`` (exact for integer data spanning up to 65,536
-levels), so a 2,128 x 2,000 DICOM becomes about 2 MB however large its float copy. Display only: the analysis
+``max_side`` pixels a side and stored as ``uint16`` levels (exact for integer data spanning up to 65,536
+values), so a 2,128 x 2,000 DICOM becomes about 2 MB however large its float copy. Display only: the analysis
 always runs on the image as decoded with the file's own window (``core.imaging``).
 
 Presets. A projection radiograph has no Hounsfield units, so CT's lung/mediastinum/bone windows do not carry over;
@@ -42,8 +42,8 @@ class DisplayImage:
     """A radiograph as a viewer needs it.
 
     Attributes:
-        levels: ``(h, w)`` uint16, the file's values (DICOM: after the modality LUT) mapped linearly so that 0 is
-            ``raw_low`` and 65,535 is ``raw_high``; at most :data:`DISPLAY_MAX_SIDE` a side.
+        levels: ``(h, w)`` uint16, the file's values (DICOM: after the modality LUT) as ``raw_low + level *
+            scale``; at most :data:`DISPLAY_MAX_SIDE` a side.
         raw_low: The smallest value in the file.
         raw_high: The largest value in the file.
         inverted: True for MONOCHROME1 (a higher value is darker): windowing then inverts, as the reader did.
@@ -51,6 +51,8 @@ class DisplayImage:
         presets: Name -> (centre, width) in the file's units, in :data:`PRESET_TITLES` order.
         source_size: ``(width, height)`` of the decoded image.
         integer: True when the file's values are integers (the readout then shows no decimals).
+        scale: File units per level: 1 for integer data spanning at most 65,536 values (kept exactly), else the
+            span over 65,535.
     """
 
     levels: np.ndarray
@@ -61,6 +63,7 @@ class DisplayImage:
     presets: dict[str, tuple[float, float]] = field(default_factory=dict)
     source_size: tuple[int, int] = (0, 0)
     integer: bool = True
+    scale: float = 1.0
 
     @property
     def nbytes(self) -> int:
@@ -69,8 +72,7 @@ class DisplayImage:
 
     def raw(self) -> np.ndarray:
         """The levels back in the file's units (float32)."""
-        scale = (self.raw_high - self.raw_low) / _LEVELS
-        return self.levels.astype(np.float32) * np.float32(scale) + np.float32(self.raw_low)
+        return self.levels.astype(np.float32) * np.float32(self.scale) + np.float32(self.raw_low)
 
     def window(self, center: float, width: float) -> np.ndarray:
         """The display copy windowed like :meth:`core.imaging.XrayImage.rewindow`: float32 in [0, 1], inverted
@@ -100,10 +102,11 @@ def display_image(image: XrayImage, max_side: int = DISPLAY_MAX_SIDE) -> Display
     integer = bool(np.all(values.ravel()[:4096] == np.round(values.ravel()[:4096])))
     small = _shrink(values, max_side)
     span = max(high - low, 1e-6)
-    levels = np.rint((small - np.float32(low)) * np.float32(_LEVELS / span)).clip(0, _LEVELS).astype(np.uint16)
+    scale = 1.0 if integer and span <= _LEVELS else span / _LEVELS
+    levels = np.rint((small - np.float32(low)) / np.float32(scale)).clip(0, _LEVELS).astype(np.uint16)
     presets = _presets(small, low, high, window, inverted)
     return DisplayImage(levels=levels, raw_low=low, raw_high=high, inverted=inverted, sigmoid=sigmoid,
-                        presets=presets, source_size=(w, h), integer=integer)
+                        presets=presets, source_size=(w, h), integer=integer, scale=scale)
 
 
 def _shrink(values: np.ndarray, max_side: int) -> np.ndarray:

@@ -81,8 +81,9 @@ def radiograph_viewer(
     h, w = display.levels.shape
     value: Any = _component(
         key=key, default=None, image_id=image_id, levels=display.levels.astype("<u2").tobytes(), width=int(w),
-        height_px=int(h), raw_low=display.raw_low, raw_high=display.raw_high, inverted=display.inverted,
-        sigmoid=display.sigmoid, integer=display.integer, presets=presets, source_size=list(display.source_size),
+        height_px=int(h), raw_low=display.raw_low, raw_high=display.raw_high, scale=display.scale,
+        inverted=display.inverted, sigmoid=display.sigmoid, integer=display.integer, presets=presets,
+        source_size=list(display.source_size),
         initial=None if initial is None else {"center": initial.center, "width": initial.width,
                                               "invert": initial.invert, "preset": initial.preset},
         overlay=overlay_png, overlay_id=overlay_id, map_title=map_title, image_title=image_title,
