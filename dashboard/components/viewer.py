@@ -22,7 +22,12 @@ from PIL import Image
 from core.display import PRESET_TITLES, DisplayImage
 
 _FRONTEND = Path(__file__).resolve().parent / "viewer_frontend"
-_component = components.declare_component("hicxr_viewer", path=str(_FRONTEND))
+
+
+def _component(**kwargs: Any) -> Any:
+    # Declared on each use, inside the script run: Streamlit registers a component (and serves its files) only when
+    # it is declared while a script runs, and `streamlit run` imports this module before any run (st.App mode).
+    return components.declare_component("hicxr_viewer", path=str(_FRONTEND))(**kwargs)
 
 
 @dataclass(frozen=True)
