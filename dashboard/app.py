@@ -37,6 +37,7 @@ from dashboard.ui.state import (  # noqa: E402
     get_scan,
     get_taxonomy,
     session_cache,
+    warm_variants,
 )
 
 logger = logging.getLogger("hicxr.dashboard")
@@ -100,6 +101,7 @@ def main() -> None:
         _footer(scan)
         return
 
+    warm_variants(str(weights_dir), tuple(scan.distinct_names()))  # after the first analysis, once per process
     ctx = Context(
         weights_dir=weights_dir, scan=scan, predictor=predictor, cache=cache, data=choice.data, digest=digest,
         variant=choice.variant, mc_samples=choice.mc_samples, analysis=outcome.analyses[choice.variant],

@@ -541,3 +541,25 @@ def test_app_names_skipped_weights(tmp_path, monkeypatch):
     problems = [str(p) for p in scan_weights(folder).problems]
     assert len(problems) == 1 and "broken" in problems[0]
     assert problems[0] in [c.value for c in at.sidebar.caption]
+
+
+def test_pdf_lists_findings_before_groups(taxonomy):
+    from dashboard.report import report_figure
+
+    n = taxonomy.num_labels
+    labels = list(taxonomy.labels)
+    mean = np.full(n, 0.1)
+    for group, p in (("Abnormal", 0.9), ("Opacity", 0.8), ("Fluid Accumulation", 0.7)):
+        mean[labels.index(group)] = p
+    mean[labels.index("Pleural Effusion")] = 0.4
+    analysis = _analysis(taxonomy, mean, np.full(n, 0.01))
+    fig = report_figure(analysis, label="Pleural Effusion")
+    bars = next(ax for ax in fig.axes if ax.get_title() == "All learnt outputs")
+    names = [t.get_text() for t in bars.get_yticklabels()]
+    # The finding comes first although its groups are more probable; groups come after it, marked as groups.
+    assert names[0] == "Pleural Effusion"
+    groups = [i for i, name in enumerate(names) if name.endswith("(group)")]
+    assert groups and min(groups) > max(i for i, name in enumerate(names) if not name.endswith("(group)"))
+    assert "Abnormal (group)" in names and "Opacity (group)" in names
+    text = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    assert "  Pleural Effusion: 0.40" in text and "  Opacity:" not in text

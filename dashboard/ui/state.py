@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +63,24 @@ def current_weights_dir() -> Path:
 def get_predictor(weights_dir: str) -> Predictor:
     """One predictor per weights folder and process; variants are loaded into it on first use."""
     return Predictor(weights_dir, variants=[])
+
+
+@st.cache_resource(show_spinner=False)
+def warm_variants(weights_dir: str, names: tuple[str, ...]) -> threading.Thread:
+    """Load every distinct variant into the shared predictor in the background, once per process, so the first
+    variant switch and the Compare tab do not wait for weights files to be read (loading is thread-safe)."""
+
+    def load_all() -> None:
+        predictor = get_predictor(weights_dir)
+        for name in names:
+            try:
+                predictor.load(name)
+            except Exception:  # noqa: BLE001 - a broken variant is reported when it is chosen, not here
+                logging.getLogger("hicxr.dashboard").warning("could not preload a variant", exc_info=True)
+
+    thread = threading.Thread(target=load_all, name="hicxr-warm-variants", daemon=True)
+    thread.start()
+    return thread
 
 
 @st.cache_resource(show_spinner=False)
