@@ -7,9 +7,10 @@ values), so a 2,128 x 2,000 DICOM becomes about 2 MB however large its float cop
 always runs on the image as decoded with the file's own window (``core.imaging``).
 
 Presets. A projection radiograph has no Hounsfield units, so CT's lung/mediastinum/bone windows do not carry over;
-here each preset is set from this image's own histogram, in display polarity (bright = more attenuation):
-``lung`` spans the darkest 2–65% of the pixels (lungs dark, mediastinum white), ``mediastinum`` the 40–99.5%
-(soft tissue behind the heart, lungs black), ``bone`` the 75–99.9% (the brightest structures); ``file`` is the
+here each preset is set from this image's own histogram (its central 70%, where the chest is), in display
+polarity (bright = more attenuation): ``lung`` spans the darkest 1–60% of those pixels (lungs dark, mediastinum
+white), ``mediastinum`` the 45–99.5% (soft tissue behind the heart, lungs black), ``bone`` the 65–99.9% (the
+brightest structures); ``file`` is the
 file's own window (DICOM VOI window or LUT range; the full range of a PNG/JPEG), ``full`` the whole stored range.
 """
 
@@ -28,9 +29,9 @@ _LEVELS = 65535.0
 
 #: Preset name -> (low, high) percentiles of the image in display polarity; ``file`` and ``full`` are special.
 PRESET_PERCENTILES: dict[str, tuple[float, float]] = {
-    "lung": (2.0, 65.0),
-    "mediastinum": (40.0, 99.5),
-    "bone": (75.0, 99.9),
+    "lung": (1.0, 60.0),
+    "mediastinum": (45.0, 99.5),
+    "bone": (65.0, 99.9),
 }
 PRESET_TITLES: dict[str, str] = {
     "file": "File's own", "lung": "Lung", "mediastinum": "Mediastinum", "bone": "Bone", "full": "Full range",
@@ -121,8 +122,12 @@ def _shrink(values: np.ndarray, max_side: int) -> np.ndarray:
 
 def _presets(values: np.ndarray, low: float, high: float, window: tuple[float, float] | None,
              inverted: bool) -> dict[str, tuple[float, float]]:
-    # Percentiles in display polarity: for MONOCHROME1 the darkest display pixels are the highest values.
-    sample = values[:: max(1, values.shape[0] // 256), :: max(1, values.shape[1] // 256)].ravel()
+    # Percentiles of the central 70% of the film (the chest; collimation borders and labels sit at the edges), in
+    # display polarity: for MONOCHROME1 the darkest display pixels are the highest values.
+    h, w = values.shape
+    centre = values[int(0.15 * h):max(int(0.85 * h), int(0.15 * h) + 1), int(0.15 * w):max(int(0.85 * w),
+                                                                                              int(0.15 * w) + 1)]
+    sample = centre[:: max(1, centre.shape[0] // 256), :: max(1, centre.shape[1] // 256)].ravel()
     out: dict[str, tuple[float, float]] = {}
     out["file"] = (float(window[0]), float(window[1])) if window else ((low + high) / 2.0, high - low)
     for name, (p_lo, p_hi) in PRESET_PERCENTILES.items():
