@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup dashboard test test-fast lint bench system-deps clean
+.PHONY: setup dashboard pacs-demo test test-fast lint bench system-deps clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(STAMP)
 
 dashboard: $(STAMP)
 	$(VENV)/bin/streamlit run dashboard/app.py --server.port $(PORT)
+
+# A local Orthanc seeded with the sample DICOMs and the dashboard pointed at it (Ctrl-C stops both).
+pacs-demo: $(STAMP) system-deps
+	$(PY) dashboard/pacs_demo.py
 
 # Debian packages the tests need: chromium drives the browser tests (Playwright's own browser download does not
 # work here), Orthanc + its DICOMweb plugin is the real PACS of the PACS tests, dicom3tools' dciodvfy validates the

@@ -18,7 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.config import ConfigError, resolve_path
+from core.config import resolve_path
+from core.errors import HiCXRError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoints/last")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    from core.pretrain import PretrainError, load_pretrain_config, pretrain
+    from core.pretrain import load_pretrain_config, pretrain
 
     path = Path(args.config)
     if not path.exists():
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_pretrain_config(path, args.overrides)
         backbone = pretrain(config, resume=args.resume)
-    except (ConfigError, PretrainError) as exc:
+    except HiCXRError as exc:  # config, data, checkpoint, device...: a message, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"backbone: {backbone}")

@@ -22,7 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.config import ConfigError, load_config, resolve_path
+from core.config import load_config, resolve_path
+from core.errors import HiCXRError
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -59,17 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_path = resolve_path(args.config)
     try:
         config = load_config(config_path, overrides)
-    except ConfigError as exc:
+    except HiCXRError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # Heavy imports (torch) only once the config is known to be valid: config mistakes are answered at once.
-    from core.crossval import CVError, load_cv_summary, run_cv
-    from core.data import DataError
+    from core.crossval import load_cv_summary, run_cv
     from core.distributed import cleanup_distributed
-    from core.imaging import ImageError
-    from core.labels import LabelError
-    from core.model import ModelLoadError
-    from core.trainer import TrainError, train
+    from core.trainer import train
 
     try:
         if args.cv:
@@ -94,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             test = card.split_metrics("test")
             print(f"exported {args.export}: test macro AUROC {test.macro_auroc}, "
                   f"weighted AUROC {test.weighted_auroc}, ECE {test.ece}")
-    except (LabelError, DataError, ImageError, ModelLoadError, TrainError, CVError, ConfigError) as exc:
+    except HiCXRError as exc:  # every error of the project: a message, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

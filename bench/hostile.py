@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -173,7 +173,7 @@ def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
     """One explicit VR little endian element (value padded to even length)."""
     if len(value) % 2:
         value += b"\x00" if vr in (b"UI", b"OB") else b" "
-    if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT"):
+    if vr in (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"):
         return struct.pack("<HH2sHI", group, element, vr, 0, len(value)) + value
     return struct.pack("<HH2sH", group, element, vr, len(value)) + value
 
@@ -315,3 +315,282 @@ def valid_files(side: int = 160) -> dict[str, bytes]:
         "bitmap.bmp": encode(gray, "BMP"),
         "deep.jpg": jpeg_lossless(chest_like(side, side).astype(np.uint16) * 16, precision=12),
     }
+
+
+# ============================================================ issue 22: hostile and odd inputs, third round
+# Each builder is one case of a class; the tests (tests/test_imaging_odd.py, tests/test_predict.py) cover every
+# class through them, and bench/robustness.py measures the large ones.
+
+
+def dicom_with(pixels: np.ndarray, attrs: dict[tuple[int, int], tuple[bytes, bytes]], *,
+               syntax: str = EXPLICIT_LE, pixel_tag: tuple[int, int, bytes] = (0x7FE0, 0x0010, b"OB"),
+               pixel_bytes: bytes | None = None, preamble: bool = True) -> bytes:
+    """An explicit VR little endian DX DICOM of ``pixels`` (uint8 unless ``pixel_bytes``) with raw ``attrs``
+    (tag -> (VR, value bytes)) overriding the defaults: the way to write values pydicom would refuse to write."""
+    rows, cols = pixels.shape[:2]
+    data = pixel_bytes if pixel_bytes is not None else np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+    meta = _file_meta(syntax)
+    body = _image_elements(rows, cols, attrs) + _element(pixel_tag[0], pixel_tag[1], pixel_tag[2], data)
+    return (meta if preamble else meta[128:]) + body
+
+
+def _ds(value: str) -> tuple[bytes, bytes]:
+    return b"DS", value.encode()
+
+
+# ---- class 1: file names that are not UTF-8 (written by tests under these byte names)
+
+ODD_NAMES: tuple[bytes, ...] = (
+    b"r\xf6ntgen_\xfc.png",  # Latin-1 umlauts: not valid UTF-8
+    b"\xff\xfe\\x41.png",  # a UTF-16 BOM and a literal backslash escape
+    b"ok_\xc3(.png",  # a broken two-byte UTF-8 sequence
+)
+
+
+# ---- class 2: non-finite values produced by a window, a rescale or the pixel data itself
+
+def dicom_window_overflow(width: str = "1e39") -> bytes:
+    """A DX DICOM whose Window Width overflows float32 (finite in float64)."""
+    return dicom_with(chest_like(), {(0x0028, 0x1050): _ds("128"), (0x0028, 0x1051): _ds(width)})
+
+
+def dicom_rescale_overflow(slope: str = "1e38") -> bytes:
+    """A DX DICOM whose Rescale Slope times its stored values overflows float32."""
+    return dicom_with(chest_like(), {(0x0028, 0x1052): _ds("0"), (0x0028, 0x1053): _ds(slope)})
+
+
+def dicom_float_pixels(values: np.ndarray, double: bool = False) -> bytes:
+    """A DX DICOM with Float (or Double Float) Pixel Data holding ``values``.
+
+    Float images carry no Bits Stored, High Bit or Pixel Representation (PS3.3 C.7.6.3.1), so those are left out.
+    """
+    if double:
+        dtype, bits, tag = np.float64, 64, (0x7FE0, 0x0009, b"OD")
+    else:
+        dtype, bits, tag = np.float32, 32, (0x7FE0, 0x0008, b"OF")
+    rows, cols = values.shape
+    elements = {
+        (0x0008, 0x0016): (b"UI", DX_SOP_CLASS.encode()), (0x0008, 0x0018): (b"UI", INSTANCE_UID.encode()),
+        (0x0008, 0x0060): (b"CS", b"DX"), (0x0028, 0x0002): (b"US", struct.pack("<H", 1)),
+        (0x0028, 0x0004): (b"CS", b"MONOCHROME2"), (0x0028, 0x0010): (b"US", struct.pack("<H", rows)),
+        (0x0028, 0x0011): (b"US", struct.pack("<H", cols)), (0x0028, 0x0100): (b"US", struct.pack("<H", bits)),
+    }
+    dataset = b"".join(_element(g, e, vr, v) for (g, e), (vr, v) in sorted(elements.items()))
+    body = np.ascontiguousarray(values, dtype=dtype).tobytes()
+    return _file_meta(EXPLICIT_LE) + dataset + _element(tag[0], tag[1], tag[2], body)
+
+
+def dicom_all_nan(double: bool = False) -> bytes:
+    """Float Pixel Data in which every value is NaN."""
+    return dicom_float_pixels(np.full((128, 128), np.nan), double=double)
+
+
+def float_tiff_all(value: float = float("nan")) -> bytes:
+    """A 64 x 64 float32 TIFF in which every pixel is ``value``."""
+    return encode(Image.fromarray(np.full((64, 64), value, dtype=np.float32), mode="F"), "TIFF")
+
+
+# ---- class 3: header text that must never reach a message or the log
+
+LEAK_TOKEN = "DOE^JOHN7731"
+
+
+def dicom_frames_leak(token: str = LEAK_TOKEN) -> bytes:
+    """A DX DICOM whose Number of Frames (IS) holds quotes and an identifying token."""
+    return dicom_with(chest_like(), {(0x0028, 0x0008): (b"IS", f"2'\"{token}".encode())})
+
+
+def dicom_charset_leak(token: str = LEAK_TOKEN) -> bytes:
+    """A DX DICOM whose Specific Character Set is an unknown term holding an identifying token."""
+    return dicom_with(chest_like(), {(0x0008, 0x0005): (b"CS", f"ISO_IR {token}".encode())})
+
+
+# ---- class 4: signatures in the wrong order
+
+def png_with_dicm_at_128() -> bytes:
+    """A valid grayscale PNG whose bytes 128-131 are ``DICM`` (a tEXt chunk placed to put them there)."""
+    png = encode(Image.fromarray(chest_like(128, 128)), "PNG")
+    ihdr_end = 8 + 25
+    prefix_len = ihdr_end + 8 + len(b"Comment\x00")  # chunk length + type, then the keyword
+    text = b"x" * (128 - prefix_len) + b"DICM" + b" padding"
+    return png[:ihdr_end] + png_chunk(b"tEXt", b"Comment\x00" + text) + png[ihdr_end:]
+
+
+def jpeg_with_dicm_at_128() -> bytes:
+    """A valid baseline JPEG whose bytes 128-131 are ``DICM`` (inside a COM segment right after SOI)."""
+    jpeg = encode(Image.fromarray(chest_like(128, 128)), "JPEG", quality=90)
+    comment = b"c" * (128 - 6) + b"DICM" + b" padding"
+    return b"\xff\xd8\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + jpeg[2:]
+
+
+def png_big_text(inflated: int = 8 << 20) -> bytes:
+    """A valid PNG carrying a zTXt and an iTXt comment that inflate to ``inflated`` bytes (Pillow's limit is 1 MB)."""
+    png = encode(Image.fromarray(chest_like(128, 128)), "PNG")
+    blob = zlib.compress(b"A" * inflated, 9)
+    ztxt = png_chunk(b"zTXt", b"Comment\x00\x00" + blob)
+    itxt = png_chunk(b"iTXt", b"Description\x00\x01\x00\x00\x00" + blob)
+    return png[:33] + ztxt + itxt + png[33:]
+
+
+def bmp_with_dicm_at_128() -> bytes:
+    """A valid grayscale BMP whose bytes 128-131 are ``DICM`` (inside its palette, whose entry 0 is patched)."""
+    data = bytearray(encode(Image.fromarray(chest_like(128, 128)), "BMP"))
+    data[128:132] = b"DICM"  # palette entries are BGRA: two entries the image does not use become colours
+    return bytes(data)
+
+
+def dicom_zero_preamble_no_marker() -> bytes:
+    """A DX DICOM with its 128-byte zero preamble but no ``DICM`` marker and no file meta (a broken writer)."""
+    return bytes(128) + _image_elements(256, 256, {}) + _element(0x7FE0, 0x0010, b"OB", chest_like().tobytes())
+
+
+def dicom_no_preamble() -> bytes:
+    """A DX DICOM written without its 128-byte preamble: ``DICM`` at byte 0."""
+    return dicom_with(chest_like(), {}, preamble=False)
+
+
+# ---- class 5: colour and bi-level files
+
+def colour_files() -> dict[str, bytes]:
+    """Colour files of each container (built from a tinted chest image), by file name."""
+    gray = chest_like(128, 128)
+    rgb = np.stack([gray, (gray * 0.8).astype(np.uint8), (gray * 0.6).astype(np.uint8)], axis=-1)
+    image = Image.fromarray(rgb)
+    return {
+        "rgb.png": encode(image, "PNG"),
+        "cmyk.jpg": encode(image.convert("CMYK"), "JPEG", quality=90),
+        "cmyk.tif": encode(image.convert("CMYK"), "TIFF"),
+        "lab.tif": encode(image.convert("LAB"), "TIFF"),
+        "planar.tif": tiff_planar_rgb(rgb),
+    }
+
+
+def tiff_planar_rgb(rgb: np.ndarray) -> bytes:
+    """An uncompressed RGB TIFF with PlanarConfiguration 2 (one plane per colour), written by hand."""
+    height, width, _ = rgb.shape
+    planes = [np.ascontiguousarray(rgb[..., c]).tobytes() for c in range(3)]
+    entries: list[tuple[int, int, int, bytes | int]] = []
+    n_entries = 11
+    ifd_size = 2 + 12 * n_entries + 4
+    data_start = 8 + ifd_size
+    bits_at = data_start
+    offsets_at = bits_at + 6
+    counts_at = offsets_at + 12
+    planes_at = counts_at + 12
+    plane_offsets = [planes_at + k * len(planes[0]) for k in range(3)]
+    entries = [
+        (256, 3, 1, width), (257, 3, 1, height), (258, 3, 3, bits_at), (259, 3, 1, 1), (262, 3, 1, 2),
+        (273, 4, 3, offsets_at), (277, 3, 1, 3), (278, 3, 1, height), (279, 4, 3, counts_at), (284, 3, 1, 2),
+        (296, 3, 1, 1),
+    ]
+    ifd = struct.pack("<H", n_entries)
+    for tag, kind, count, value in entries:
+        packed = struct.pack("<HHI", tag, kind, count)
+        if count == 1 and kind == 3:
+            packed += struct.pack("<HH", value, 0)
+        else:
+            packed += struct.pack("<I", value)
+        ifd += packed
+    ifd += struct.pack("<I", 0)
+    extra = struct.pack("<HHH", 8, 8, 8) + struct.pack("<III", *plane_offsets)
+    extra += struct.pack("<III", *(len(p) for p in planes))
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + extra + b"".join(planes)
+
+
+def bilevel_png() -> bytes:
+    """A 1-bit PNG mask: a chest-like shape thresholded to black and white."""
+    return encode(Image.fromarray(chest_like(128, 128) > 120), "PNG")
+
+
+def dicom_rgb_one_sample() -> bytes:
+    """A DX DICOM whose Photometric Interpretation says RGB over one sample per pixel."""
+    return dicom_with(chest_like(), {(0x0028, 0x0004): (b"CS", b"RGB")})
+
+
+# ---- class 6: reasons that mislead
+
+def dicom_big_endian_meta() -> bytes:
+    """A DX DICOM whose file meta says Explicit VR Big Endian over a little endian dataset."""
+    return dicom_with(chest_like(), {}, syntax="1.2.840.10008.1.2.2")
+
+
+def dicom_slope_underflow(slope: str = "1e-50") -> bytes:
+    """A DX DICOM whose Rescale Slope is a number float32 cannot hold (it underflows to 0)."""
+    return dicom_with(chest_like(), {(0x0028, 0x1052): _ds("0"), (0x0028, 0x1053): _ds(slope)})
+
+
+def dicom_voi_lut_to_black() -> bytes:
+    """A DX DICOM whose VOI LUT maps every stored value but the top few to 0."""
+    chest = chest_like()
+    lut = np.zeros(256, dtype=np.uint16)
+    lut[int(np.percentile(chest, 99)) :] = 255  # the brightest 1% visible, everything else black
+    descriptor = struct.pack("<HHH", 256, 0, 8)
+    item = (_element(0x0028, 0x3002, b"US", descriptor) + _element(0x0028, 0x3006, b"OW", lut.tobytes()))
+    sequence = (struct.pack("<HH2sHI", 0x0028, 0x3010, b"SQ", 0, 0xFFFFFFFF)
+                + struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    rows, cols = 256, 256
+    head = _image_elements(rows, cols, {})
+    return _file_meta(EXPLICIT_LE) + head + sequence + _element(0x7FE0, 0x0010, b"OB", chest.tobytes())
+
+
+# ---- class 7: large images in small files
+
+def dicom_jpeg_large(side: int = 7_040, colour: bool = False, seed: int = SEED) -> bytes:
+    """A JPEG Baseline DICOM of ``side`` x ``side`` (7,040: 49.6 MP) holding a smooth chest-like image (~1 MB);
+    ``colour``: three samples, YBR_FULL_422 (a colour secondary capture of a film)."""
+    small = Image.fromarray(chest_like(256, 256, seed=seed))
+    if colour:
+        small = Image.merge("RGB", (small, small.point(lambda v: v * 0.9), small.point(lambda v: v * 0.8)))
+    frame = encode(small.resize((side, side), Image.Resampling.BILINEAR), "JPEG", quality=75)
+    attrs = {(0x0028, 0x0002): (b"US", struct.pack("<H", 3)), (0x0028, 0x0004): (b"CS", b"YBR_FULL_422"),
+             (0x0028, 0x0006): (b"US", struct.pack("<H", 0))} if colour else {}
+    return _file_meta(JPEG_BASELINE) + _image_elements(side, side, attrs) + _encapsulated(frame)
+
+
+def png_large(side: int = 7_040, seed: int = SEED) -> bytes:
+    """A ``side`` x ``side`` 8-bit grayscale PNG (49.6 MP at 7,040) in a small file."""
+    small = Image.fromarray(chest_like(128, 128, seed=seed))
+    return encode(small.resize((side, side), Image.Resampling.NEAREST), "PNG", compress_level=9)
+
+
+# ---- every case above with what reading it must give: "refused" (the error holds the phrase), "warned" (a
+# warning holds it) or "read" (analysable, no phrase). The tests and bench/robustness.py iterate over this table.
+
+ODD_CASES: dict[str, tuple[str, Callable[[], bytes], str, str]] = {
+    # class 2: non-finite values
+    "dicom_window_overflow": ("dcm", dicom_window_overflow, "warned", "window in the file does not fit"),
+    "dicom_window_overflow_sigmoid": ("dcm", lambda: dicom_with(chest_like(), {
+        (0x0028, 0x1050): _ds("128"), (0x0028, 0x1051): _ds("3e38"), (0x0028, 0x1056): (b"CS", b"SIGMOID")}),
+        "warned", "window in the file does not fit"),
+    "dicom_rescale_overflow": ("dcm", dicom_rescale_overflow, "refused", "beyond the range of numbers"),
+    "dicom_float_all_nan": ("dcm", dicom_all_nan, "refused", "not numbers (infinite or NaN)"),
+    "dicom_double_all_inf": ("dcm", lambda: dicom_float_pixels(np.full((96, 96), np.inf), double=True), "refused",
+                             "not numbers (infinite or NaN)"),
+    "tiff_all_nan": ("tif", float_tiff_all, "refused", "not numbers (infinite or NaN)"),
+    # class 3: header text never quoted
+    "dicom_frames_leak": ("dcm", dicom_frames_leak, "warned", "Number of Frames (0028,0008)"),
+    "dicom_charset_leak": ("dcm", dicom_charset_leak, "warned", "Specific Character Set (0008,0005)"),
+    # class 4: signatures first
+    "png_dicm_at_128": ("png", png_with_dicm_at_128, "read", ""),
+    "jpeg_dicm_at_128": ("jpg", jpeg_with_dicm_at_128, "read", ""),
+    "png_big_text": ("png", png_big_text, "read", ""),
+    "dicom_no_preamble": ("dcm", dicom_no_preamble, "read", ""),
+    # the marker sits in the palette, which is then not grey: read, with the colour warning
+    "bmp_dicm_at_128": ("bmp", bmp_with_dicm_at_128, "warned", "colour BMP"),
+    "dicom_zero_preamble_no_marker": ("dcm", dicom_zero_preamble_no_marker, "warned", "old ACR-NEMA file"),
+    # class 5: colour and bi-level
+    **{f"colour_{name.replace('.', '_')}": (name.rsplit(".", 1)[1], (lambda n=name: colour_files()[n]), "warned",
+                                            "converted to grayscale") for name in
+       ("rgb.png", "cmyk.jpg", "cmyk.tif", "lab.tif", "planar.tif")},
+    "bilevel_png": ("png", bilevel_png, "refused", "only two grey levels"),
+    "bilevel_tiff": ("tif", lambda: encode(Image.fromarray(chest_like(128, 128) > 100), "TIFF"), "refused",
+                     "only two grey levels"),
+    "dicom_rgb_one_sample": ("dcm", dicom_rgb_one_sample, "warned", "holds one sample per pixel"),
+    # class 6: accurate reasons
+    "dicom_float_pixels": ("dcm", lambda: dicom_float_pixels(chest_like().astype(np.float32) / 7.0), "read", ""),
+    "dicom_double_float_pixels": ("dcm", lambda: dicom_float_pixels(chest_like() * 3.5 - 100.0, double=True),
+                                  "read", ""),
+    "dicom_big_endian_meta": ("dcm", dicom_big_endian_meta, "warned", "the data set is encoded as Explicit VR Little"),
+    "dicom_slope_underflow": ("dcm", dicom_slope_underflow, "refused", "Rescale Slope/Intercept"),
+    "dicom_voi_lut_to_black": ("dcm", dicom_voi_lut_to_black, "warned", "VOI LUT in the file leaves almost nothing"),
+}

@@ -49,11 +49,12 @@ from core.datasets.miniature import (  # noqa: E402
     write_mimic_tree,
 )
 from core.imaging import read_image, to_uint8  # noqa: E402
+from core.loss import build_loss  # noqa: E402
 from core.model import build_model  # noqa: E402
 from core.optim import build_optimizer  # noqa: E402
 from core.preprocess import normalize  # noqa: E402
 from core.taxonomy import load_taxonomy  # noqa: E402
-from core.trainer import build_loss, model_config_for  # noqa: E402
+from core.trainer import model_config_for  # noqa: E402
 
 SHARED = REPO_ROOT.parent / "shared" / "data"
 LARGE_DICOM = SHARED / "dicom" / "pljd_966_fixed_DX_MONO1_J2KR_chestPA.dcm"

@@ -47,6 +47,11 @@ CASES: dict[str, tuple[str, Callable[[], bytes]]] = {
     "png_cut_after_20_rows": ("png", hostile.png_clean_truncation),
     "palette_png_49mp": ("png", hostile.palette_png),
     "png16_49mp": ("png", hostile.png16),
+    # issue 22: a 49.6 MP JPEG-in-DICOM and PNG in small files, and the odd cases (each read in a fresh process)
+    "dicom_jpeg_49mp": ("dcm", hostile.dicom_jpeg_large),
+    "dicom_jpeg_ybr_49mp": ("dcm", lambda: hostile.dicom_jpeg_large(colour=True)),
+    "png8_49mp": ("png", hostile.png_large),
+    **{f"odd_{name}": (suffix, build) for name, (suffix, build, _outcome, _phrase) in hostile.ODD_CASES.items()},
 }
 
 # Runs in the child: imports and warms up the codecs, then measures one read_image call.

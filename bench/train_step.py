@@ -29,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.config import load_config, resolve_path  # noqa: E402
 from core.data import XrayDataset, build_augment, load_splits  # noqa: E402
 from core.distributed import DistInfo  # noqa: E402
+from core.loss import build_loss  # noqa: E402
 from core.model import build_model  # noqa: E402
 from core.optim import build_optimizer  # noqa: E402
 from core.preprocess import normalize  # noqa: E402
 from core.taxonomy import load_taxonomy  # noqa: E402
-from core.trainer import build_loss, make_loader, model_config_for  # noqa: E402
+from core.trainer import make_loader, model_config_for  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -15,6 +15,10 @@ import pandas as pd
 
 from core.taxonomy import Taxonomy
 
+#: The taxonomy's roots, which say "something / nothing / unsure" rather than name a finding: left out of rankings
+#: of findings (the top findings here, the PDF's findings).
+TRIAGE_ROOTS = ("No Finding", "Uncertain", "Abnormal")
+
 
 @dataclass(frozen=True)
 class Violation:
@@ -117,7 +121,7 @@ class Analysis:
             }
         )
 
-    def top_findings(self, k: int = 5, exclude: tuple[str, ...] = ("No Finding", "Uncertain", "Abnormal")) -> list[str]:
+    def top_findings(self, k: int = 5, exclude: tuple[str, ...] = TRIAGE_ROOTS) -> list[str]:
         """The ``k`` learnt labels with the highest MC mean, leaving out the triage roots by default."""
         order = np.argsort(-self.mc_mean)
         return [self.labels[i] for i in order if self.labels[i] not in exclude and self.learnt(self.labels[i])][:k]

@@ -42,17 +42,19 @@ import numpy as np
 from core.card_sections import (
     CrossValidationInfo,
     DataInfo,
+    ImportedInfo,
     LossInfo,
     ModelInfo,
     OODInfo,
     PenaltyRow,
+    PointingInfo,
     PreprocessingInfo,
     SplitMetrics,
     TaxonomyInfo,
     TrainingInfo,
 )
 from core.contract import InputContract
-from core.record import Record, RecordError, omitted_when_empty
+from core.record import Record, RecordError, omitted_when_empty, optional
 
 INTENDED_USE = (
     "Research use only; not a medical device. For studying hierarchical multi-label chest X-ray classification "
@@ -221,6 +223,8 @@ class ModelCard(Record):
     cross_validation: CrossValidationInfo | None = None
     plots: dict[str, str] = omitted_when_empty(dict)
     aliases: list[str] = omitted_when_empty(list)
+    pointing: PointingInfo | None = optional()
+    imported: ImportedInfo | None = optional()
 
     # ------------------------------------------------------------------------------------------ parsing
 
@@ -298,6 +302,9 @@ class ModelCard(Record):
             if stated is not None and not _same(stated, getattr(config, key)):
                 raise CardError(f"{source}: preprocessing.{key} = {stated!r} but the weights file "
                                 f"says {getattr(config, key)!r}")
+        crop = self.preprocessing.crop
+        if crop is not None and crop != getattr(config, "crop", "none"):
+            raise CardError(f"{source}: preprocessing.crop = {crop!r} but the weights file says {config.crop!r}")
         n = len(config.labels)
         if self.calibration is not None and len(self.calibration.temperature) != n:
             raise CardError(f"{source}: calibration.temperature must list {n} numbers, got "

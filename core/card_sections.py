@@ -49,6 +49,7 @@ class PreprocessingInfo(Record):
     std: float | None = None
     resize: str | None = None
     input: str | None = None
+    crop: str | None = optional()
 
 
 @dataclass
@@ -225,3 +226,60 @@ class CrossValidationInfo(Record):
     oof_macro_auroc: float | None = None
     oof_per_label_auroc: dict[str, float | None] = field(default_factory=dict)
     rule: str | None = None
+
+
+@dataclass
+class PointingCounts(Record):
+    """Pointing-game counts of one split or label: (image, finding) pairs, map hits, centre hits."""
+
+    pairs: int = 0
+    hits: int = 0
+    centre_hits: int = 0
+
+
+@dataclass
+class PointingInfo(Record):
+    """``pointing``: the pointing game of the model's maps against NIH's radiologist boxes (:mod:`core.pointing`).
+
+    ``rate`` is the share of (image, finding) pairs whose map maximum lies inside a box of that finding;
+    ``centre_rate`` the same for a pointer always at the image centre, ``random_rate`` the expected share for a
+    uniformly random point.
+    """
+
+    method: str | None = None
+    command: str | None = None
+    pairs: int | None = None
+    images: int | None = None
+    hits: int | None = None
+    rate: float | None = None
+    centre_hits: int | None = None
+    centre_rate: float | None = None
+    random_rate: float | None = None
+    relative_maps: int | None = None
+    skipped_not_learnt: int | None = None
+    by_split: dict[str, PointingCounts] = field(default_factory=dict)
+    by_label: dict[str, PointingCounts] = field(default_factory=dict)
+
+
+@dataclass
+class LabelSourceRow(Record):
+    """One row of an imported model's label map: the label, how it is obtained, from which outputs."""
+
+    label: str = ""
+    kind: str = ""
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ImportedInfo(Record):
+    """``imported``: where an imported model came from and how its outputs map (:mod:`core.import_model`)."""
+
+    source: str | None = None
+    weights: str | None = None
+    url: str | None = None
+    torchxrayvision_version: str | None = None
+    randomly_initialised: bool = False
+    weights_file: str | None = None
+    label_map: list[LabelSourceRow] = field(default_factory=list)
+    dropped_outputs: list[str] = field(default_factory=list)
+    nih_only_dropped: list[str] = field(default_factory=list)

@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from core.errors import HiCXRError
 from core.model import HiCXRNet, load_model, save_model
 from core.taxonomy import Taxonomy
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(HiCXRError, RuntimeError):
     """A checkpoint needed to resume is missing or does not fit the run."""
 
 

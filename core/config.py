@@ -23,13 +23,16 @@ from typing import Any
 
 import yaml
 
+from core.contract import CONSTRAINTS, MIN_INPUT_SIZE, OUTPUT_STRIDES, Architecture
+from core.errors import HiCXRError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Default memory the uint8 image cache may take (all splits together); above it images are streamed.
 DEFAULT_CACHE_BUDGET_MB = 4096.0
 
 
-class ConfigError(ValueError):
+class ConfigError(HiCXRError, ValueError):
     """A config file or override is invalid: unknown key, wrong type, bad value or missing file."""
 
 
@@ -94,17 +97,10 @@ class DataConfig:
 
 
 @dataclass
-class ModelSection:
-    """Architecture and input contract (becomes :class:`core.model.ModelConfig`, whose defaults these repeat so
-    that this module stays free of torch; ``tests/test_train_cli.py`` checks they agree)."""
+class ModelSection(Architecture):
+    """Architecture and input contract (becomes :class:`core.model.ModelConfig`; both take their fields and
+    defaults from :class:`core.contract.Architecture`), plus an optional pretrained backbone."""
 
-    input_size: int = 320
-    in_channels: int = 1
-    dropout: float = 0.5
-    mean: float = 0.5
-    std: float = 0.25
-    output_stride: int = 32
-    constraint: str = "none"
     pretrained: str | None = None
 
 
@@ -216,7 +212,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.abnormal_rule": ("not_no_finding", "any_child"),
     "data.on_error": ("raise", "skip"),
     "data.fit_on": ("train", "train+val"),
-    "model.constraint": ("none", "max"),
+    "model.constraint": CONSTRAINTS,
     "loss.name": ("hbce", "mcloss"),
     "loss.penalty": ("none", "fixed", "data_driven"),
     "loss.violation": ("hard", "soft"),
@@ -364,12 +360,13 @@ def validate(config: Config, source: str = "config") -> Config:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{source}: {key} must be > 0, got {value!r}")
-    if config.model.input_size < 64:
-        raise ConfigError(f"{source}: model.input_size must be >= 64 (DenseNet121 downsamples by 32)")
+    if config.model.input_size < MIN_INPUT_SIZE:
+        raise ConfigError(f"{source}: model.input_size must be >= {MIN_INPUT_SIZE} (DenseNet121 downsamples by 32)")
     if config.train.epochs < 0 or config.train.patience < 1:
         raise ConfigError(f"{source}: train.epochs must be >= 0 and train.patience >= 1")
-    if config.model.output_stride not in (8, 16, 32):
-        raise ConfigError(f"{source}: model.output_stride must be 8, 16 or 32, got {config.model.output_stride}")
+    if config.model.output_stride not in OUTPUT_STRIDES:
+        raise ConfigError(f"{source}: model.output_stride must be one of {OUTPUT_STRIDES}, got "
+                          f"{config.model.output_stride}")
     if (config.loss.name == "mcloss") != (config.model.constraint == "max"):
         raise ConfigError(f"{source}: loss.name 'mcloss' and model.constraint 'max' go together (C-HMCNN); got "
                           f"loss.name {config.loss.name!r} with model.constraint {config.model.constraint!r}")

@@ -8,7 +8,8 @@ import it cheaply.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 #: Output strides the backbone supports: 32 (standard DenseNet121), 16 or 8 (the last one or two transitions'
 #: pools removed; pooling has no weights, so a checkpoint loads at any stride).
@@ -51,3 +52,8 @@ class Architecture(InputContract):
     dropout: float = 0.5
     output_stride: int = 32
     constraint: str = "none"
+
+
+def contract_of(obj: Any, kind: type = Architecture) -> dict[str, Any]:
+    """The values of ``kind``'s fields (the input contract, or the whole architecture) read from ``obj``."""
+    return {f.name: getattr(obj, f.name) for f in fields(kind)}

@@ -29,6 +29,7 @@ import numpy as np
 
 from core.config import Config, resolve_path
 from core.data import load_splits
+from core.errors import HiCXRError
 from core.labels import LabelSet
 from core.metrics import macro_mean, per_label_auroc
 from core.taxonomy import Taxonomy, load_taxonomy
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "cv_summary.json"
 
 
-class CVError(RuntimeError):
+class CVError(HiCXRError, RuntimeError):
     """Cross-validation cannot run or be summarised (missing folds, inconsistent runs)."""
 
 

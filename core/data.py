@@ -39,8 +39,10 @@ from core.config import DEFAULT_CACHE_BUDGET_MB, AugmentConfig, Config, DataConf
 from core.datasets import read_table
 from core.datasets.decode import decode_many, load_resized
 from core.datasets.splits import SPLITS, SplitError, hash_split, normalise_split_names
+from core.errors import HiCXRError
 from core.imaging import ImageError
 from core.labels import LabelError, LabelSet
+from core.preprocess import Fit
 from core.taxonomy import Taxonomy
 
 __all__ = ["SPLITS", "DataError", "RandomDegrade", "RandomGamma", "XrayDataset", "build_augment", "build_datasets",
@@ -49,7 +51,7 @@ __all__ = ["SPLITS", "DataError", "RandomDegrade", "RandomGamma", "XrayDataset",
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(HiCXRError, ValueError):
     """The data cannot be used: unreadable or missing images, empty splits, bad split values."""
 
 
@@ -220,6 +222,8 @@ class XrayDataset(Dataset):
         cache_budget_mb: Most memory the cache may take; None for no limit.
         num_workers: Worker processes that decode the images up front (cache or ``skip`` check); 0: this one.
         jpeg_draft: Decode large JPEGs at a reduced scale (see :mod:`core.datasets.decode`).
+        fit: The crop and resize of the model's input contract (:class:`core.preprocess.Fit`; default: squash,
+            antialiased bilinear).
     """
 
     def __init__(
@@ -234,6 +238,7 @@ class XrayDataset(Dataset):
         cache_budget_mb: float | None = DEFAULT_CACHE_BUDGET_MB,
         num_workers: int = 0,
         jpeg_draft: bool = False,
+        fit: Fit = Fit(),
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -242,6 +247,7 @@ class XrayDataset(Dataset):
         self.augment = augment
         self.on_error = on_error
         self.jpeg_draft = bool(jpeg_draft)
+        self.fit = fit
         self.skipped: list[str] = []
         if not self.image_root.is_dir():
             raise DataError(f"image folder {self.image_root} not found")
@@ -289,7 +295,7 @@ class XrayDataset(Dataset):
         """Decode one image and resize it to ``(S, S)`` float32 in [0, 1]; errors name the file."""
         path = self.image_root / rel
         try:
-            return load_resized(path, self.input_size, self.jpeg_draft)
+            return load_resized(path, self.input_size, self.jpeg_draft, self.fit)
         except ImageError as exc:
             raise DataError(f"{path}: cannot read image: {exc}") from None
 
@@ -301,7 +307,7 @@ class XrayDataset(Dataset):
         ok = np.zeros(n, dtype=bool)
         desc = "caching images" if store else "checking images"
         for i, image, error in decode_many(self.image_root, paths, size, draft=self.jpeg_draft, workers=workers,
-                                           progress=progress, desc=desc):
+                                           progress=progress, desc=desc, fit=self.fit):
             if error is not None:
                 exc = DataError(f"{self.image_root / paths[i].decode()}: cannot read image: {error}")
                 if self.on_error == "raise":

@@ -13,8 +13,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from core.errors import HiCXRError
 
-class DeviceError(RuntimeError):
+
+class DeviceError(HiCXRError, RuntimeError):
     """The requested device is not available."""
 
 

@@ -28,11 +28,11 @@ from core.card_sections import SplitMetrics
 from core.config import DataConfig, resolve_path
 from core.data import DataError, XrayDataset, split_table
 from core.distributed import DistInfo, autocast_context, gather_rows, unwrap
-from core.labels import LabelError
+from core.errors import HiCXRError
 from core.metrics import evaluate_predictions
 from core.model import HiCXRNet, ModelLoadError, constraint_matrix, load_model, output_probabilities
 from core.plots import plot_calibration, plot_roc
-from core.preprocess import normalize
+from core.preprocess import Fit, normalize
 from core.progress import progress
 from core.taxonomy import Taxonomy, load_taxonomy
 
@@ -75,7 +75,7 @@ def predict_outputs(model: HiCXRNet, dataset: XrayDataset, batch_size: int = 64)
         x = normalize(torch.stack([dataset.image(i) for i in rows]).to(device), model.config)
         features = model.forward_features(x)
         pooled_batch = torch.flatten(model.pool(features), 1)
-        logits.append(model.classifier(pooled_batch).float().cpu())
+        logits.append(model.label_logits(model.classifier(pooled_batch)).float().cpu())
         pooled.append(pooled_batch.float().cpu())
     k, n_labels = model.num_features, len(model.config.labels)
     return (torch.cat(logits).numpy() if logits else np.zeros((0, n_labels), np.float32),
@@ -178,14 +178,14 @@ def evaluate_variants(
     out_dir = Path(out) if out else None
     results: dict[str, SplitMetrics] = {}
     curves: dict[str, np.ndarray] = {}
-    datasets: dict[int, XrayDataset] = {}
+    datasets: dict[tuple[int, Fit], XrayDataset] = {}
     for prefix in prefixes:
         name = variant_paths(prefix)[0].stem
         model, temperature, _ = load_variant(prefix, taxonomy, device)
-        size = model.config.input_size
-        if size not in datasets:  # variants at the same input size share one decoded dataset
-            datasets[size] = XrayDataset(labels, images, size, cache=True, progress=sys.stderr.isatty())
-        ds = datasets[size]
+        key = (model.config.input_size, Fit.of(model.config))
+        if key not in datasets:  # variants with the same input contract share one decoded dataset
+            datasets[key] = XrayDataset(labels, images, key[0], cache=True, progress=sys.stderr.isatty(), fit=key[1])
+        ds = datasets[key]
         logits = predict_dataset(model, ds, batch_size)
         if temperature is not None:
             logits = logits / temperature
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results = evaluate_variants(args.weights, args.csv, args.images, args.split, args.out, args.n_boot,
                                     args.batch_size)
-    except (LabelError, DataError, ModelLoadError) as exc:
+    except HiCXRError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(results, list(load_taxonomy().labels)))

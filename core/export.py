@@ -20,17 +20,16 @@ import shlex
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.card import CardError, ModelCard
+from core.card import Calibration, ModelCard, OperatingPoint
 from core.card_sections import (
     CrossValidationInfo,
     DataInfo,
-    LossInfo,
     ModelInfo,
     OODInfo,
     PreprocessingInfo,
@@ -39,10 +38,13 @@ from core.card_sections import (
     TrainingInfo,
 )
 from core.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, resolve_path
-from core.crossval import CVError, load_cv_summary
-from core.data import DataError, XrayDataset, load_splits
+from core.contract import InputContract, contract_of
+from core.crossval import load_cv_summary
+from core.data import XrayDataset, load_splits
+from core.errors import HiCXRError
 from core.evaluate import predict_outputs
 from core.heldout import (
+    HeldOut,
     fit_calibration,
     fit_ood,
     fit_operating_points,
@@ -51,16 +53,28 @@ from core.heldout import (
     output_probs,
     training_positives,
 )
-from core.labels import LabelError, LabelSet
+from core.labels import LabelSet
+from core.loss import loss_info, penalty_rows
 from core.metrics import evaluate_predictions, expected_calibration_error
-from core.model import HiCXRNet, ModelLoadError, load_model, save_model
+from core.model import HiCXRNet, load_model, save_model
 from core.plots import plot_calibration, plot_roc
+from core.preprocess import Fit
 from core.taxonomy import Taxonomy, load_taxonomy
 
 if TYPE_CHECKING:
     from core.trainer import TrainResult
 
 log = logging.getLogger(__name__)
+
+
+#: The card's ``preprocessing.resize`` text for each (crop, resize) of a model config.
+RESIZE_TEXT = {
+    ("none", "bilinear"): "squash, antialiased bilinear",
+    ("center", "bilinear"): "central square of the shorter side, antialiased bilinear",
+    ("none", "skimage"): "squash, scikit-image anti-aliased resize",
+    ("center", "skimage"): "central square of the shorter side (torchxrayvision's XRayCenterCrop), scikit-image "
+                           "anti-aliased resize (XRayResizer)",
+}
 
 
 def data_limitations(train: LabelSet, test: LabelSet, not_learnt: Sequence[str], taxonomy: Taxonomy,
@@ -85,18 +99,19 @@ def data_limitations(train: LabelSet, test: LabelSet, not_learnt: Sequence[str],
     return " ".join(parts)
 
 
-def _datasets(config: Config, taxonomy: Taxonomy) -> dict[str, XrayDataset]:
-    """Un-augmented datasets of the config's splits (train = what the model trained on)."""
+def _datasets(config: Config, taxonomy: Taxonomy, fit: Fit = Fit()) -> dict[str, XrayDataset]:
+    """Un-augmented datasets of the config's splits (train = what the model trained on), fitted as ``fit``."""
     splits = load_splits(config, taxonomy)
     root = resolve_path(config.data.images)
-    return {s: XrayDataset(labels, root, config.model.input_size, cache=True, progress=sys.stderr.isatty())
+    return {s: XrayDataset(labels, root, config.model.input_size, cache=True, progress=sys.stderr.isatty(), fit=fit)
             for s, labels in splits.items() if len(labels)}
 
 
 def export_model(
     model: HiCXRNet, config: Config, prefix: str | Path, *, training: dict[str, Any] | None = None,
     cv_dir: str | Path | None = None, reproduce: str = "", aliases: Sequence[str] = (),
-    taxonomy: Taxonomy | None = None,
+    taxonomy: Taxonomy | None = None, not_learnt: Sequence[str] | None = None, not_learnt_rule: str | None = None,
+    card_updates: dict[str, Any] | None = None,
 ) -> ModelCard:
     """Write ``<prefix>.safetensors`` (fp16 + OOD reference), ``<prefix>.json`` and the plots; return the card.
 
@@ -110,24 +125,87 @@ def export_model(
         reproduce: The command that reproduces the weights.
         aliases: Other names of this model (e.g. the paper's hard-penalty variants, equal to ``bce``).
         taxonomy: Output taxonomy (the packaged one by default).
+        not_learnt: The labels not learnt, when the training data does not say (an imported model), with
+            ``not_learnt_rule`` saying why; default: labels with too few positive training images.
+        not_learnt_rule: Why ``not_learnt`` are not learnt (with ``not_learnt``).
+        card_updates: Card fields (typed sections) that replace what the training config would say (an imported
+            model's data, loss, limitations and ``imported`` section).
     """
-    from core.trainer import build_loss  # the penalty table is the trainer's; imported late (torch-heavy)
-
     taxonomy = taxonomy or load_taxonomy()
     prefix = Path(prefix)
-    name = prefix.name
+    # 1. save fp16 and reload: every figure below is that of the file a user gets
     weights = save_model(model, Path(f"{prefix}.safetensors"), half=True)
     model = load_model(weights, taxonomy)
-    ds = _datasets(config, taxonomy)
+    ds = _datasets(config, taxonomy, Fit.of(model.config))
     train, test = ds["train"], ds["test"]
     val = ds.get("val") if config.data.fit_on == "train" else None
-
+    # 2. which labels the data let it learn
     positives = training_positives(train.labels, taxonomy)
     rule = f"fewer than {config.eval.min_train_positives} known positive training images"
-    not_learnt = [label for label, n in positives.items() if n < config.eval.min_train_positives]
+    if not_learnt is None:
+        not_learnt = [label for label, n in positives.items() if n < config.eval.min_train_positives]
+    else:
+        rule, not_learnt = not_learnt_rule or "", list(not_learnt)
     learnt = np.array([label not in not_learnt for label in taxonomy.labels])
+    # 3. calibrate and set operating points on held-out data, measure on test (and val)
     held = held_out_predictions(config, model, val, cv_dir, taxonomy)
+    measured = _calibrate_and_measure(model, config, held, learnt, test, val, taxonomy)
+    # 4. fit the out-of-distribution rule and save its reference tensors beside the weights
+    ood = _fit_ood_and_resave(model, weights, train, config, cv_dir, held, taxonomy, measured.test_features)
+    # 5. plots and the cross-validation summary
+    plots = _plots(prefix, test, measured, taxonomy)
+    cross_validation = _cross_validation(cv_dir, prefix, plots)
+    # 6. the card
+    m = model.config
+    card = ModelCard(
+        variant=prefix.name, model=ModelInfo.from_dict(json_model(m)), preprocessing=PreprocessingInfo(
+            **contract_of(m, InputContract), resize=RESIZE_TEXT[(m.crop, m.resize)], input="grayscale in [0,1]",
+            crop=None if m.crop == "none" else m.crop),
+        taxonomy=TaxonomyInfo(name=taxonomy.name, hash=taxonomy.hash, edges=taxonomy.to_dict()["edges"]),
+        loss=loss_info(config.loss, m.constraint),
+        penalty_table=penalty_rows(config, train.labels, taxonomy), calibration=measured.calibration,
+        training=TrainingInfo.from_dict({"config": config.to_dict(), **(training or {})}, "training"),
+        data=DataInfo.from_dict({
+            "train_images": len(train), "val_images": len(ds.get("val", [])), "test_images": len(test),
+            "trained_on": "train+val" if config.data.fit_on == "train+val" else "train",
+            "sources": list(config.data.sources), "attribution": config.data.attribution}, "data"),
+        metrics=measured.metrics, reproduce=reproduce, plots=plots,
+        limitations=data_limitations(train.labels, test.labels, not_learnt, taxonomy, config.data.limitations),
+        training_positives=positives, labels_not_learnt=not_learnt,
+        labels_not_learnt_rule=rule,
+        operating_points=measured.points, ood=ood, cross_validation=cross_validation, aliases=list(aliases),
+    )
+    for key, value in (card_updates or {}).items():
+        setattr(card, key, value)
+    # 7. where its maps point, against NIH's radiologist boxes (when the box file is beside the label table)
+    from core.pointing import measure_for_card
 
+    card.pointing = measure_for_card(model, card, resolve_path(config.data.csv), resolve_path(config.data.images))
+    from core.registry import tensor_sha256
+
+    card.tensor_sha256 = tensor_sha256(weights)
+    card.write(Path(f"{prefix}.json"))
+    log.info("exported %s: test macro AUROC %s (OOD flags %.1f%% of test images)", weights,
+             measured.metrics["test"].macro_auroc, 100 * (ood.test_flagged or 0.0))
+    return card
+
+
+@dataclass
+class _Measured:
+    """What step 3 of :func:`export_model` found: calibration, operating points, metrics, test outputs."""
+
+    calibration: Calibration | None
+    temperature: np.ndarray | None
+    points: dict[str, OperatingPoint]
+    metrics: dict[str, SplitMetrics]
+    test_probs: np.ndarray
+    raw_probs: np.ndarray
+    test_features: np.ndarray
+
+
+def _calibrate_and_measure(model: HiCXRNet, config: Config, held: HeldOut | None, learnt: np.ndarray,
+                           test: XrayDataset, val: XrayDataset | None, taxonomy: Taxonomy) -> _Measured:
+    """Temperatures and operating points from the held-out data; metrics (with bootstrap CIs) on test."""
     calibration = fit_calibration(held, learnt, taxonomy) if held is not None and config.eval.calibrate else None
     temperature = np.asarray(calibration.temperature) if calibration and calibration.applied else None
     test_logits, test_features = predict_outputs(model, test)
@@ -139,10 +217,8 @@ def export_model(
                                                                                   raw_probs[tl.mask])
         calibration.details["test_ece_calibrated"] = expected_calibration_error(tl.targets[tl.mask],
                                                                                 test_probs[tl.mask])
-    metrics: dict[str, SplitMetrics] = {
-        "test": evaluate_predictions(tl.targets, test_probs, taxonomy, tl.mask, groups=test.groups,
-                                     n_boot=config.eval.n_boot, seed=config.eval.boot_seed),
-    }
+    metrics = {"test": evaluate_predictions(tl.targets, test_probs, taxonomy, tl.mask, groups=test.groups,
+                                            n_boot=config.eval.n_boot, seed=config.eval.boot_seed)}
     metrics["test"].temperature_applied = temperature is not None
     if val is not None:
         val_logits, _ = predict_outputs(model, val)
@@ -153,7 +229,14 @@ def export_model(
         held_probs = output_probs(held.logits, temperature, model, taxonomy)
         points = fit_operating_points(held_probs, held.labels, learnt, taxonomy, config.eval.target_sensitivity)
         metrics["test"].operating_points = measure_operating_points(points, test_probs, tl, taxonomy)
+    return _Measured(calibration, temperature, points, metrics, test_probs, raw_probs, test_features)
 
+
+def _fit_ood_and_resave(model: HiCXRNet, weights: Path, train: XrayDataset, config: Config,
+                        cv_dir: str | Path | None, held: HeldOut | None, taxonomy: Taxonomy,
+                        test_features: np.ndarray) -> OODInfo:
+    """Fit the feature reference (and population classifier), measure what they flag on test, and save their
+    tensors into the weights file."""
     reference, population, ood = fit_ood(model, train, config, cv_dir, held, taxonomy)
     flagged = reference.score(test_features) > reference.threshold
     ood["test_flagged_distance"] = float(flagged.mean())
@@ -165,56 +248,35 @@ def export_model(
         extra.update(population.to_tensors())
     ood["test_flagged"] = float(flagged.mean())
     save_model(model, weights, half=True, extra=extra)
+    return OODInfo.from_dict(ood, "ood")
 
-    plots = {"roc": plot_roc(tl.targets, test_probs, tl.mask, taxonomy.labels, prefix.parent / f"{name}_roc.png",
-                             title=f"{name}: ROC on test ({len(test)} images)").name}
-    curves = {"uncalibrated": raw_probs}
-    if temperature is not None:
-        curves["temperature-scaled"] = test_probs
+
+def _plots(prefix: Path, test: XrayDataset, measured: _Measured, taxonomy: Taxonomy) -> dict[str, str]:
+    """The ROC and reliability plots on test, next to the card; their file names."""
+    name, tl = prefix.name, test.labels
+    plots = {"roc": plot_roc(tl.targets, measured.test_probs, tl.mask, taxonomy.labels,
+                             prefix.parent / f"{name}_roc.png", title=f"{name}: ROC on test ({len(test)} images)").name}
+    curves = {"uncalibrated": measured.raw_probs}
+    if measured.temperature is not None:
+        curves["temperature-scaled"] = measured.test_probs
     plots["calibration"] = plot_calibration(tl.targets, curves, tl.mask, prefix.parent / f"{name}_calibration.png",
                                             title=f"{name}: reliability on test").name
-    cross_validation = None
-    if cv_dir is not None:
-        summary = load_cv_summary(resolve_path(cv_dir))
-        cross_validation = CrossValidationInfo.from_dict(
-            {f.name: summary.get(f.name) for f in fields(CrossValidationInfo) if f.name != "unknown"},
-            "cross-validation summary")
-        curve = resolve_path(cv_dir) / "cv_curve.png"
-        if curve.is_file():
-            shutil.copyfile(curve, prefix.parent / f"{name}_cv.png")
-            plots["cross_validation"] = f"{name}_cv.png"
+    return plots
 
-    loss_fn, table = build_loss(config, train.labels, taxonomy)
-    del loss_fn
-    m = model.config
-    card = ModelCard(
-        variant=name, model=ModelInfo.from_dict(json_model(m)), preprocessing=PreprocessingInfo(
-            input_size=m.input_size, in_channels=m.in_channels, mean=m.mean, std=m.std,
-            resize="squash, antialiased bilinear", input="grayscale in [0,1]"),
-        taxonomy=TaxonomyInfo(name=taxonomy.name, hash=taxonomy.hash, edges=taxonomy.to_dict()["edges"]),
-        loss=LossInfo(name=config.loss.name, lam=0.0 if config.loss.penalty == "none" else config.loss.lam,
-                      penalty_source=config.loss.penalty, violation=config.loss.violation,
-                      fixed_value=config.loss.fixed_value if config.loss.penalty == "fixed" else None,
-                      constraint=m.constraint),
-        penalty_table=table, calibration=calibration,
-        training=TrainingInfo.from_dict({"config": config.to_dict(), **(training or {})}, "training"),
-        data=DataInfo.from_dict({
-            "train_images": len(train), "val_images": len(ds.get("val", [])), "test_images": len(test),
-            "trained_on": "train+val" if config.data.fit_on == "train+val" else "train",
-            "sources": list(config.data.sources), "attribution": config.data.attribution}, "data"),
-        metrics=metrics, reproduce=reproduce, plots=plots,
-        limitations=data_limitations(train.labels, tl, not_learnt, taxonomy, config.data.limitations),
-        training_positives=positives, labels_not_learnt=not_learnt, labels_not_learnt_rule=rule,
-        operating_points=points, ood=OODInfo.from_dict(ood, "ood"), cross_validation=cross_validation,
-        aliases=list(aliases),
-    )
-    from core.registry import tensor_sha256
 
-    card.tensor_sha256 = tensor_sha256(weights)
-    card.write(Path(f"{prefix}.json"))
-    log.info("exported %s: test macro AUROC %s (OOD flags %.1f%% of test images)", weights,
-             metrics["test"].macro_auroc, 100 * ood["test_flagged"])
-    return card
+def _cross_validation(cv_dir: str | Path | None, prefix: Path, plots: dict[str, str]) -> CrossValidationInfo | None:
+    """The card's summary of the cross-validation (its curve copied next to the card and added to ``plots``)."""
+    if cv_dir is None:
+        return None
+    summary = load_cv_summary(resolve_path(cv_dir))
+    info = CrossValidationInfo.from_dict(
+        {f.name: summary.get(f.name) for f in fields(CrossValidationInfo) if f.name != "unknown"},
+        "cross-validation summary")
+    curve = resolve_path(cv_dir) / "cv_curve.png"
+    if curve.is_file():
+        shutil.copyfile(curve, prefix.parent / f"{prefix.name}_cv.png")
+        plots["cross_validation"] = f"{prefix.name}_cv.png"
+    return info
 
 
 def json_model(config: Any) -> dict[str, Any]:
@@ -266,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                               *(argv or sys.argv[1:])])
         card = export_model(model, config, prefix, training=training, cv_dir=args.cv, reproduce=reproduce,
                             aliases=aliases)
-    except (CardError, ConfigError, CVError, DataError, LabelError, ModelLoadError) as exc:
+    except HiCXRError as exc:  # card, config, CV, data, labels, weights, images: a message, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {prefix}.safetensors and {prefix}.json: test macro AUROC {card.macro_auroc('test')}")

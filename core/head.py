@@ -12,7 +12,9 @@ bias ``b``:
   ReLU -> GAP -> linear head this is Grad-CAM at the post-ReLU layer up to a positive factor (``1/(h*w)``);
   ``tests/test_explain.py`` checks that against pytorch-grad-cam. Under the max constraint a label's probability
   is that of one of its descendants (its *source*), so its map is the source's map: the map always shows the
-  evidence behind the number displayed.
+  evidence behind the number displayed. Likewise for an imported model's mapped head
+  (:meth:`core.model.HiCXRNet.label_logits`): a label that is the maximum of several outputs shows the map of the
+  output that gave the maximum.
 
 ``T`` is the model card's per-label temperature when calibration is applied, else 1.
 """
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from core.contract import DEFAULT_MC_SAMPLES
 from core.model import HiCXRNet, output_probabilities
 
 
@@ -99,7 +102,7 @@ def constraint_source(probs: torch.Tensor, descendants: torch.Tensor) -> torch.T
 def head_outputs(
     model: HiCXRNet,
     features: torch.Tensor,
-    mc_samples: int = 10,
+    mc_samples: int = DEFAULT_MC_SAMPLES,
     seed: int = 0,
     temperature: torch.Tensor | None = None,
     with_cams: bool = True,
@@ -127,27 +130,33 @@ def head_outputs(
 
     with torch.inference_mode():
         pooled = torch.flatten(model.pool(features), 1)  # (B, K)
-        logits = calibrated(torch.nn.functional.linear(pooled, weight, bias))
+        rows = torch.nn.functional.linear(pooled, weight, bias)  # the classifier's rows (a mapped head: not labels)
+        logits = calibrated(model.label_logits(rows))
         probability = output_probabilities(logits, descendants)
         t0 = time.perf_counter()
         masks = dropout_masks(mc_samples, pooled.shape[1], float(model.dropout.p), seed, features.device)
         # (N, B, K) masked features -> (N, B, L) probabilities; all images share the seed's N masks.
-        mc_logits = calibrated(torch.nn.functional.linear(masks[:, None, :] * pooled[None], weight, bias))
+        mc_logits = calibrated(model.label_logits(
+            torch.nn.functional.linear(masks[:, None, :] * pooled[None], weight, bias)))
         mc_probs = output_probabilities(mc_logits, descendants)
         mc_mean, mc_std = mc_probs.mean(0), mc_probs.std(0, correction=0)
         t1 = time.perf_counter()
         relative = source = None
         if with_cams:
             raw = torch.einsum("lk,bkhw->blhw", weight, features)  # once for both kinds of map
+            mapped = model.label_source(rows)
+            if mapped is not None:  # each label's map is that of the row its logit came from (none: zeros)
+                raw = torch.cat([raw, raw.new_zeros(raw.shape[0], 1, *raw.shape[2:])], dim=1)
+                raw = torch.gather(raw, 1, mapped[:, :, None, None].expand(-1, -1, *raw.shape[2:]))
             if descendants is not None:
                 source = constraint_source(torch.sigmoid(logits), descendants)
                 raw = torch.gather(raw, 1, source[:, :, None, None].expand(-1, -1, *raw.shape[2:]))
             cams = _scale_maps(raw, relative=False)
             relative = _scale_maps(raw, relative=True).float().cpu().numpy()
         else:
-            cams = features.new_zeros((features.shape[0], weight.shape[0], 0, 0))
+            cams = features.new_zeros((features.shape[0], logits.shape[1], 0, 0))
         t2 = time.perf_counter()
-        n_labels = weight.shape[0]
+        n_labels = logits.shape[1]
         if source is None:
             source = torch.arange(n_labels).expand(features.shape[0], n_labels)
         return HeadOutputs(

@@ -15,6 +15,7 @@ is never used to fit anything here; :mod:`core.export` only *measures* on it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from core.labels import LabelSet
 from core.metrics import expected_calibration_error
 from core.model import HiCXRNet, constraint_matrix, load_model, output_probabilities
 from core.ood import FeatureReference, PopulationClassifier, transfer_quantile
+from core.preprocess import Fit
 from core.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,12 @@ def measure_operating_points(points: dict[str, OperatingPoint], probs: np.ndarra
     return out
 
 
+def outlier_half(patient: str) -> int:
+    """0 or 1: which half of the outlier table's patients ``patient`` is in (0 fits the population classifier, 1
+    measures it). A hash of the id, so the halves are the same on every machine and run."""
+    return int(hashlib.sha256(f"hicxr-ood:{patient}".encode()).hexdigest(), 16) % 2
+
+
 def fit_population(model: HiCXRNet, train_features: np.ndarray, config: Config
                    ) -> tuple[PopulationClassifier | None, dict[str, Any]]:
     """The population classifier (see :mod:`core.ood`) from ``eval.ood_outliers_*``, or ``None`` when unset.
@@ -144,16 +152,13 @@ def fit_population(model: HiCXRNet, train_features: np.ndarray, config: Config
     e = config.eval
     if not e.ood_outliers_csv:
         return None, {}
-    import hashlib
-
     import pandas as pd
 
     table = pd.read_csv(resolve_path(e.ood_outliers_csv), dtype=str, keep_default_na=False)
     for column in (e.ood_outliers_path_column, e.ood_outliers_patient_column):
         if column not in table.columns:
             raise ValueError(f"{e.ood_outliers_csv}: no column {column!r} (eval.ood_outliers_*)")
-    half = table[e.ood_outliers_patient_column].map(
-        lambda p: int(hashlib.sha256(f"hicxr-ood:{p}".encode()).hexdigest(), 16) % 2)
+    half = table[e.ood_outliers_patient_column].map(outlier_half)
     fit_rows = table[half == 0].sample(min(e.ood_outliers_max, int((half == 0).sum())), random_state=0)
     held_rows = table[half == 1].sample(min(300, int((half == 1).sum())), random_state=0)
     root = resolve_path(e.ood_outliers_images)
@@ -162,7 +167,8 @@ def fit_population(model: HiCXRNet, train_features: np.ndarray, config: Config
         labels = LabelSet(paths=rows[e.ood_outliers_path_column].tolist(),
                           targets=np.zeros((len(rows), 1), np.float32), mask=np.zeros((len(rows), 1), bool),
                           labels=("none",), metadata=rows.reset_index(drop=True))
-        dataset = XrayDataset(labels, root, config.model.input_size, cache=True, progress=False)
+        dataset = XrayDataset(labels, root, config.model.input_size, cache=True, progress=False,
+                              fit=Fit.of(model.config))
         return predict_outputs(model, dataset)[1]
 
     classifier, cv_flagged = PopulationClassifier.fit(train_features, features(fit_rows),
@@ -202,7 +208,7 @@ def fit_ood(model: HiCXRNet, train: XrayDataset, config: Config, cv_dir: str | P
     quantile = 1.0 - target
     if cv_dir is not None and held is not None and held.folds is not None:
         pool = XrayDataset(held.labels, resolve_path(config.data.images), config.model.input_size, cache=True,
-                           progress=False)
+                           progress=False, fit=Fit.of(model.config))
         train_scores, held_scores = [], []
         for fold in range(int(held.folds.max()) + 1):
             fold_model = load_model(fold_weights(resolve_path(cv_dir), fold), taxonomy)

@@ -26,11 +26,12 @@ import torch
 
 from core.analysis import Analysis, find_violations
 from core.card import ModelCard
+from core.contract import DEFAULT_MC_SAMPLES
 from core.head import head_outputs
 from core.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, XrayImage, read_image
 from core.model import HiCXRNet, ModelConfig, constraint_matrix, load_model_and_extras
 from core.ood import FeatureReference, PopulationClassifier, image_warnings
-from core.preprocess import normalize, resize_square, to_model_input
+from core.preprocess import Fit, normalize, to_model_input
 from core.registry import (
     CARD_SUFFIX,
     WEIGHTS_SUFFIX,
@@ -46,9 +47,10 @@ from core.taxonomy import Taxonomy, load_taxonomy
 
 Source = bytes | bytearray | memoryview | str | os.PathLike | XrayImage
 
-DEFAULT_MC_SAMPLES = 10
 DEFAULT_SEED = 0
 DEFAULT_THRESHOLD = 0.5
+# Decoded pixels a batch may hold before it is analysed (see Predictor.iter_analyses): a 50 MP image takes 200 MB.
+DEFAULT_MAX_BATCH_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -333,8 +335,12 @@ class Predictor:
         mc_samples: int | None = None,
         seed: int | None = None,
         threshold: float | None = None,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     ) -> Iterator[BatchItem]:
         """Analyse many inputs in batches, yielding one :class:`BatchItem` per input, in order.
+
+        A batch closes at ``batch_size`` images or once its decoded images hold ``max_batch_bytes`` (whichever
+        comes first): eight 50-megapixel images would otherwise sit in memory together (1.6 GB of float32).
 
         An input that cannot be decoded yields an item with ``error`` set, and the run goes on. Results equal
         :meth:`analyse_all` on each input (masks are seeded per image), whatever the batch size.
@@ -375,7 +381,7 @@ class Predictor:
                                               "the decoder (the file is probably damaged).")
                 continue
             pending.append((index, src, image, sha, time.perf_counter() - t0))
-            if len(pending) >= batch_size:
+            if len(pending) >= batch_size or sum(p[2].pixels.nbytes for p in pending) >= max_batch_bytes:
                 yield from flush()
         yield from flush()
 
@@ -410,10 +416,11 @@ class Predictor:
         inputs: dict[tuple, tuple[torch.Tensor, float]] = {}  # variants sharing an input contract share the tensor
         for loaded in chosen:
             config = loaded.config
-            key = (config.input_size, config.in_channels, config.mean, config.std)
+            fit = Fit.of(config)
+            key = (config.input_size, config.in_channels, config.mean, config.std, fit)
             if key not in inputs:
                 t0 = time.perf_counter()
-                batch = torch.stack([torch.from_numpy(resize_square(im.pixels, config.input_size)) for im in images])
+                batch = torch.stack([torch.from_numpy(fit.apply(im.pixels, config.input_size)) for im in images])
                 inputs[key] = (normalize(batch[:, None], config).to(self.device), time.perf_counter() - t0)
             x, preprocess_s = inputs[key]
             t0 = time.perf_counter()

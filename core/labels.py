@@ -32,10 +32,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from core.errors import HiCXRError
 from core.taxonomy import Taxonomy, load_taxonomy
 
 
-class LabelError(ValueError):
+class LabelError(HiCXRError, ValueError):
     """A label table cannot be read: missing columns, bad values or an unknown format."""
 
 

@@ -1,4 +1,12 @@
-r"""Hierarchical binary cross-entropy (HBCE).
+r"""The losses, their typed output and the registry that builds them from a config.
+
+Every loss is an ``nn.Module`` whose :meth:`terms` returns a :class:`LossTerms` (the data term, the hierarchy term
+before its weight, and their weighted total) and whose ``forward`` returns the total; :func:`build_loss` picks one
+by ``config.loss.name`` from :data:`LOSSES`. Adding a variant: a class and a registered builder here, its name in
+:data:`core.config.CHOICES` (``loss.name``), and its tests; the model card describes it through
+:func:`loss_info` and :meth:`core.card_sections.LossInfo.describe`.
+
+Hierarchical binary cross-entropy (HBCE, ``hbce``):
 
 .. math::
 
@@ -22,16 +30,41 @@ official code, which clips probabilities.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.card_sections import LossInfo, PenaltyRow
+from core.penalties import data_driven_penalties, fixed_penalties, penalty_table
 from core.taxonomy import Taxonomy, violation_mask
 
+if TYPE_CHECKING:
+    from core.config import Config, LossConfig
+    from core.labels import LabelSet
+
 Violation = Literal["hard", "soft"]
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """One batch's loss and its named terms (scalars).
+
+    Attributes:
+        total: What is minimised: ``data + weight * penalty``.
+        data: The data term (masked BCE for HBCE, MCLoss for C-HMCNN).
+        penalty: The hierarchy term before its weight (0 for losses without one).
+        weight: The weight λ of the penalty in the total.
+    """
+
+    total: torch.Tensor
+    data: torch.Tensor
+    penalty: torch.Tensor
+    weight: float = 0.0
 
 
 def masked_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -82,22 +115,19 @@ class HierarchicalBCELoss(nn.Module):
         self.register_buffer("parent_index", torch.as_tensor(taxonomy.parent_index))
         self.register_buffer("child_index", torch.as_tensor(taxonomy.child_index))
 
-    def components(
-        self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        """The two terms separately: ``{"bce": ..., "penalty": ...}`` (penalty before multiplying by ``lam``)."""
+    def terms(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> LossTerms:
+        """The BCE term, the penalty term (before ``lam``) and their total for a batch."""
         bce = masked_bce_with_logits(logits.float(), targets.float(), mask)
         if self.lam == 0.0:
-            return {"bce": bce, "penalty": bce.new_zeros(())}
+            return LossTerms(total=bce, data=bce, penalty=bce.new_zeros(()), weight=0.0)
         probs = torch.sigmoid(logits.float())
         v = edge_violations(probs, self.parent_index, self.child_index, self.violation)
         penalty = (v * self.penalties).sum(dim=1).mean()
-        return {"bce": bce, "penalty": penalty}
+        return LossTerms(total=bce + self.lam * penalty, data=bce, penalty=penalty, weight=self.lam)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar loss for a batch of ``logits`` ``(B, L)``, ``targets`` ``(B, L)`` and optional ``mask``."""
-        parts = self.components(logits, targets, mask)
-        return parts["bce"] + self.lam * parts["penalty"]
+        return self.terms(logits, targets, mask).total
 
 
 class MaxConstraintLoss(nn.Module):
@@ -122,16 +152,12 @@ class MaxConstraintLoss(nn.Module):
         taxonomy: Gives the descendant matrix (:attr:`core.taxonomy.Taxonomy.descendant_matrix`).
     """
 
-    lam = 0.0
-
     def __init__(self, taxonomy: Taxonomy) -> None:
         super().__init__()
         self.register_buffer("descendants", torch.as_tensor(taxonomy.descendant_matrix))
 
-    def components(
-        self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        """``{"bce": MCLoss, "penalty": 0}`` (the same keys as :class:`HierarchicalBCELoss`)."""
+    def terms(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> LossTerms:
+        """MCLoss as the data term (no penalty term: coherence comes from the max constraint)."""
         z = logits.float()
         y = targets.float()
         known = torch.ones_like(y, dtype=torch.bool) if mask is None else mask.bool()
@@ -151,8 +177,73 @@ class MaxConstraintLoss(nn.Module):
         weight = known.to(per_entry.dtype)
         per_entry = torch.where(known, per_entry, torch.zeros_like(per_entry))
         loss = (per_entry * weight).sum() / weight.sum().clamp_min(1.0)
-        return {"bce": loss, "penalty": loss.new_zeros(())}
+        return LossTerms(total=loss, data=loss, penalty=loss.new_zeros(()), weight=0.0)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar MCLoss for a batch."""
-        return self.components(logits, targets, mask)["bce"]
+        return self.terms(logits, targets, mask).total
+
+
+# ------------------------------------------------------------------------------------------------ registry
+
+#: A builder: (config, training labels, taxonomy) -> the loss module and its penalty table for the model card.
+LossBuilder = Callable[["Config", "LabelSet", Taxonomy], tuple[nn.Module, list[PenaltyRow]]]
+#: ``loss.name`` -> its builder.
+LOSSES: dict[str, LossBuilder] = {}
+
+
+def register_loss(name: str) -> Callable[[LossBuilder], LossBuilder]:
+    """Decorator: make ``builder`` the loss called ``name`` in configs."""
+    def add(builder: LossBuilder) -> LossBuilder:
+        LOSSES[name] = builder
+        return builder
+    return add
+
+
+def build_penalties(config: Config, train_labels: LabelSet, taxonomy: Taxonomy) -> tuple[np.ndarray, float]:
+    """Edge penalties and the effective λ for ``config.loss`` (data-driven ones from the TRAIN labels)."""
+    loss = config.loss
+    if loss.penalty == "none":
+        return fixed_penalties(taxonomy, 0.0), 0.0
+    if loss.penalty == "fixed":
+        return fixed_penalties(taxonomy, loss.fixed_value), loss.lam
+    return data_driven_penalties(train_labels.targets, train_labels.mask, taxonomy, alpha=loss.alpha), loss.lam
+
+
+def penalty_rows(config: Config, train_labels: LabelSet, taxonomy: Taxonomy) -> list[PenaltyRow]:
+    """The model card's penalty table of ``config.loss`` (empty for a loss without edge penalties)."""
+    if config.loss.name == "mcloss":
+        return []
+    penalties, _ = build_penalties(config, train_labels, taxonomy)
+    return penalty_table(penalties, taxonomy, train_labels.targets, train_labels.mask)
+
+
+@register_loss("hbce")
+def _hbce(config: Config, train_labels: LabelSet, taxonomy: Taxonomy) -> tuple[nn.Module, list[PenaltyRow]]:
+    penalties, lam = build_penalties(config, train_labels, taxonomy)
+    loss = HierarchicalBCELoss(taxonomy, penalties, lam=lam, violation=config.loss.violation)
+    return loss, penalty_table(penalties, taxonomy, train_labels.targets, train_labels.mask)
+
+
+@register_loss("mcloss")
+def _mcloss(config: Config, train_labels: LabelSet, taxonomy: Taxonomy) -> tuple[nn.Module, list[PenaltyRow]]:
+    return MaxConstraintLoss(taxonomy), []
+
+
+def build_loss(config: Config, train_labels: LabelSet, taxonomy: Taxonomy) -> tuple[nn.Module, list[PenaltyRow]]:
+    """The loss ``config.loss.name`` names and its penalty table (for the model card).
+
+    Raises:
+        ValueError: no loss of that name is registered (the message lists those that are).
+    """
+    builder = LOSSES.get(config.loss.name)
+    if builder is None:
+        raise ValueError(f"unknown loss {config.loss.name!r}; registered: {', '.join(sorted(LOSSES))}")
+    return builder(config, train_labels, taxonomy)
+
+
+def loss_info(loss: LossConfig, constraint: str) -> LossInfo:
+    """The model card's ``loss`` section for a config's loss (λ is 0 when there is no penalty)."""
+    return LossInfo(name=loss.name, lam=0.0 if loss.penalty == "none" else loss.lam, penalty_source=loss.penalty,
+                    violation=loss.violation, fixed_value=loss.fixed_value if loss.penalty == "fixed" else None,
+                    constraint=constraint)

@@ -29,31 +29,37 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.models import densenet121
 
+from core.contract import CONSTRAINTS, MIN_INPUT_SIZE, OUTPUT_STRIDES, Architecture
+from core.errors import HiCXRError
 from core.taxonomy import Taxonomy, load_taxonomy
 
-MIN_INPUT_SIZE = 64
 CONFIG_KEY = "hicxr_config"
-OUTPUT_STRIDES = (8, 16, 32)
-CONSTRAINTS = ("none", "max")
+#: How the classifier's rows become the taxonomy's outputs: ``linear`` (one row per label) or ``mapped`` (rows are
+#: another model's outputs, each label the maximum of the logits of its sources; see :attr:`ModelConfig.sources`).
+HEADS = ("linear", "mapped")
+#: ``none``: the whole image is squashed to a square; ``center``: the central square of the shorter side is taken
+#: first (torchxrayvision's ``XRayCenterCrop``).
+CROPS = ("none", "center")
+#: ``bilinear``: torch's antialiased bilinear resize (HiCXR's own models); ``skimage``: scikit-image's
+#: ``transform.resize`` with anti-aliasing (torchxrayvision's ``XRayResizer``).
+RESIZES = ("bilinear", "skimage")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(HiCXRError, ValueError):
     """A weights file cannot be loaded: not safetensors, no HiCXR config, or it does not match."""
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Architecture):
     """Everything needed to rebuild a model and feed it correctly; stored inside the weights file.
+
+    The input contract and architecture defaults (``input_size``, ``in_channels``, ``mean``, ``std``, ``dropout``,
+    ``output_stride``, ``constraint``) are :class:`core.contract.Architecture`'s, shared with the training config.
 
     Attributes:
         labels: Output names in order.
         taxonomy_hash: :attr:`core.taxonomy.Taxonomy.hash` of the taxonomy the outputs follow.
         backbone: Backbone name (only ``densenet121``).
-        in_channels: 1 (grayscale, default) or 3 (gray replicated).
-        input_size: Square side the image is resized to.
-        dropout: Dropout before the linear head (also what MC sampling uses).
-        mean: Normalisation mean applied to [0, 1] pixels.
-        std: Normalisation standard deviation.
         output_stride: 32 (standard DenseNet121), 16 (the last transition's 2x2 average pool removed, so the
             last dense block runs at twice the resolution: 4x finer CAMs for about a third more compute) or 8
             (the last two transitions' pools removed: a 64 px input gives an 8 x 8 map). Pooling layers have no
@@ -61,19 +67,30 @@ class ModelConfig:
         constraint: ``none`` (independent sigmoids) or ``max``: the C-HMCNN max-constraint module, where a
             label's probability is the maximum of its own and its descendants' sigmoids (coherent by construction;
             see :func:`output_probabilities`).
+        crop: One of :data:`CROPS` (applied to the decoded image before resizing).
+        resize: One of :data:`RESIZES`.
+        head: One of :data:`HEADS`.
+        head_outputs: For a ``mapped`` head, the names of the classifier's rows (e.g. torchxrayvision's 18
+            outputs, ``""`` for an unused one); empty for a ``linear`` head.
+        sources: For a ``mapped`` head, per label (in ``labels`` order) the indices of the rows whose maximum
+            logit is the label's logit; an empty list means the model has no output for that label (its logit
+            is 0 and the card lists it as not learnt).
     """
 
-    labels: list[str]
-    taxonomy_hash: str
+    labels: list[str] = field(kw_only=True)
+    taxonomy_hash: str = field(kw_only=True)
     backbone: str = "densenet121"
-    in_channels: int = 1
-    input_size: int = 320
-    dropout: float = 0.5
-    mean: float = 0.5
-    std: float = 0.25
-    output_stride: int = 32
-    constraint: str = "none"
+    crop: str = "none"
+    resize: str = "bilinear"
+    head: str = "linear"
+    head_outputs: list[str] = field(default_factory=list)
+    sources: list[list[int]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_head_outputs(self) -> int:
+        """Rows of the classifier: one per label, or one per ``head_outputs`` entry for a mapped head."""
+        return len(self.head_outputs) if self.head == "mapped" else len(self.labels)
 
     @classmethod
     def for_taxonomy(cls, taxonomy: Taxonomy | None = None, **kwargs: Any) -> ModelConfig:
@@ -112,6 +129,7 @@ class HiCXRNet(nn.Module):
             raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {config.output_stride}")
         if config.constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {config.constraint!r}")
+        _check_contract(config)
         self.config = config
         net = densenet121(weights=None)
         if config.in_channels == 1:
@@ -130,8 +148,10 @@ class HiCXRNet(nn.Module):
         self.relu = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(net.classifier.in_features, len(config.labels))
+        self.classifier = nn.Linear(net.classifier.in_features, config.num_head_outputs)
         nn.init.zeros_(self.classifier.bias)
+        # (L, K) bool: label l takes the maximum logit over the rows k with sources[l, k] (mapped heads only).
+        self.register_buffer("sources", source_matrix(config), persistent=False)
 
     @property
     def num_features(self) -> int:
@@ -150,11 +170,64 @@ class HiCXRNet(nn.Module):
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Logits ``(B, L)`` from a feature map (or pooled, dropped-out features if ``pre_logits``)."""
         pooled = self.dropout(torch.flatten(self.pool(features), 1))
-        return pooled if pre_logits else self.classifier(pooled)
+        return pooled if pre_logits else self.label_logits(self.classifier(pooled))
+
+    def label_logits(self, raw: torch.Tensor) -> torch.Tensor:
+        """The label logits ``(..., L)`` from the classifier's rows ``(..., K)`` (the identity for a linear head).
+
+        For a mapped head a label's logit is the maximum over its sources (so its probability is the maximum of
+        theirs: the sigmoid is monotone); a label without a source gets 0.
+        """
+        if self.sources is None:
+            return raw
+        r = self.sources.to(raw.device)
+        expanded = raw.unsqueeze(-2).expand(*raw.shape[:-1], *r.shape)
+        low = torch.full((), float("-inf"), dtype=raw.dtype, device=raw.device)
+        best = torch.where(r, expanded, low).amax(dim=-1)
+        return torch.where(r.any(dim=-1), best, torch.zeros((), dtype=raw.dtype, device=raw.device))
+
+    def label_source(self, raw: torch.Tensor) -> torch.Tensor | None:
+        """``(B, L)`` index of the row whose logit each label takes (``K`` for a label without a source), or
+        ``None`` for a linear head (every label is its own row)."""
+        if self.sources is None:
+            return None
+        r = self.sources.to(raw.device)
+        expanded = raw.unsqueeze(-2).expand(*raw.shape[:-1], *r.shape)
+        low = torch.full((), float("-inf"), dtype=raw.dtype, device=raw.device)
+        index = torch.where(r, expanded, low).argmax(dim=-1)
+        return torch.where(r.any(dim=-1), index, torch.full_like(index, r.shape[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, L)``."""
         return self.forward_head(self.forward_features(x))
+
+
+def _check_contract(config: ModelConfig) -> None:
+    """Refuse an unknown crop, resize or head, or a mapped head whose sources do not fit its outputs."""
+    for name, value, allowed in (("crop", config.crop, CROPS), ("resize", config.resize, RESIZES),
+                                 ("head", config.head, HEADS)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    if config.head == "mapped":
+        if not config.head_outputs:
+            raise ValueError("a mapped head needs head_outputs")
+        if len(config.sources) != len(config.labels):
+            raise ValueError(f"a mapped head needs one source list per label ({len(config.labels)}), "
+                             f"got {len(config.sources)}")
+        bad = [k for row in config.sources for k in row if not 0 <= int(k) < len(config.head_outputs)]
+        if bad:
+            raise ValueError(f"source index {bad[0]} is outside the {len(config.head_outputs)} head outputs")
+
+
+def source_matrix(config: ModelConfig) -> torch.Tensor | None:
+    """``(L, K)`` bool matrix of a mapped head's sources, or ``None`` for a linear head."""
+    if config.head != "mapped":
+        return None
+    r = torch.zeros(len(config.labels), len(config.head_outputs), dtype=torch.bool)
+    for label, row in enumerate(config.sources):
+        for k in row:
+            r[label, int(k)] = True
+    return r
 
 
 def build_model(config: ModelConfig, pretrained_path: str | Path | None = None) -> HiCXRNet:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,12 +22,16 @@ from typing import Any, TextIO
 from PIL import Image
 from tqdm import tqdm
 
+from core.contract import DEFAULT_MC_SAMPLES
+from core.finite import invalid_analysis_message
 from core.imaging.errors import detail
 from core.inference import BatchItem, Predictor
 from core.model import ModelLoadError
+from core.pacs.cli import PacsUsageError
+from core.pacs.cli import add_arguments as add_pacs_arguments
 from core.registry import RegistryError
 from core.scan import Entry, MissingPathError, scan_paths
-from core.serialize import error_row, wide_fields, wide_row, write_csv
+from core.serialize import error_row, file_text, plain_text, wide_fields, wide_row, write_csv
 
 EXIT_OK, EXIT_REFUSED, EXIT_TOOL = 0, 1, 2
 
@@ -81,18 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image files and/or folders")
     parser.add_argument("--weights-dir", default="weights",
                         help="folder of <variant>.safetensors + <variant>.json (relative: to the repository root)")
     parser.add_argument("--variant", action="append", dest="variants", metavar="NAME",
                         help="variant to run (repeatable); 'all' for every variant; default: the default variant")
-    parser.add_argument("--mc", type=int, default=10, metavar="N", help="Monte-Carlo dropout samples (default 10)")
+    parser.add_argument("--mc", type=int, default=DEFAULT_MC_SAMPLES, metavar="N",
+                        help=f"Monte-Carlo dropout samples (default {DEFAULT_MC_SAMPLES})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
     parser.add_argument("--threshold", type=float, default=0.5, help="threshold for hierarchy violations")
     parser.add_argument("--batch-size", type=int, default=8, help="images per backbone batch (default 8)")
     parser.add_argument("--out", type=Path, metavar="FILE", help="results file, .csv or .json (default: CSV to stdout)")
     parser.add_argument("--cams", type=Path, metavar="DIR", help="write a CAM contact sheet per file and variant")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_pacs_arguments(parser)  # --pacs URL [--since] [--until] [--accession] [--send]: core/pacs/batch.py
     return parser
 
 
@@ -122,8 +127,10 @@ class ResultWriter:
         try:
             if out is not None:
                 out.parent.mkdir(parents=True, exist_ok=True)
-                self._f: TextIO = out.open("w", newline="", encoding="utf-8")
+                self._f: TextIO = out.open("w", newline="", encoding="utf-8", errors="backslashreplace")
             else:
+                if hasattr(stdout, "reconfigure"):
+                    stdout.reconfigure(errors="backslashreplace")  # a row must never fail on its text
                 self._f = stdout
             self._f.write("[" if self.json else "")
             if not self.json:
@@ -134,6 +141,7 @@ class ResultWriter:
 
     def error(self, file: str, variants: Sequence[str], message: str) -> None:
         """Rows of a file that was not analysed: one per variant, with the reason."""
+        file, message = file_text(file), plain_text(message)  # names whatever their bytes (core.serialize)
         if self.json:
             self._records_out({"file": file, "variant": v, "error": message} for v in variants)
         else:
@@ -141,6 +149,7 @@ class ResultWriter:
 
     def analyses(self, file: str, item: BatchItem) -> None:
         """Rows of an analysed file: one per variant."""
+        file = file_text(file)
         if self.json:
             self._records_out({"file": file, **a.to_dict()} for a in item.analyses.values())
         else:
@@ -170,12 +179,7 @@ def _write_cams(item: BatchItem, folder: Path, path: Path) -> None:
 
 def _invalid_output(item: BatchItem) -> str | None:
     """A message when a model produced non-finite numbers for this image (never scored as if valid)."""
-    for name, analysis in item.analyses.items():
-        values = [*analysis.mc_mean, *analysis.mc_std]
-        if not all(math.isfinite(float(v)) for v in values):
-            return (f"The analysis with {name} produced invalid numbers (not finite) for this image, so no result "
-                    "is reported. The image may hold values the model cannot handle; export it again.")
-    return None
+    return invalid_analysis_message(item.analyses)
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -189,6 +193,17 @@ def run(args: argparse.Namespace, stdout: TextIO) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.out is not None and args.out.suffix.lower() not in (".csv", ".json"):
         raise UsageError(f"--out must end in .csv or .json, got {args.out.name!r}")
+    if args.pacs is not None:
+        if args.paths:
+            raise UsageError("give image PATHs or --pacs, not both")
+        from core.pacs.batch import run_pacs  # the DICOMweb stack only when asked for
+
+        try:
+            return run_pacs(args, stdout)
+        except PacsUsageError as exc:
+            raise UsageError(str(exc)) from None
+    if not args.paths:
+        raise UsageError("give image files or folders, or --pacs URL")
     entries = collect_files(args.paths)
     if not entries:
         raise UsageError("nothing found in the given paths")

@@ -45,6 +45,7 @@ from core.config import (
     read_yaml,
     resolve_path,
 )
+from core.contract import MIN_INPUT_SIZE, OUTPUT_STRIDES, InputContract, contract_of
 from core.data import build_augment
 from core.distributed import pick_device
 from core.model import HiCXRNet, ModelConfig, save_model
@@ -83,14 +84,14 @@ class PretrainLoop:
 
 
 @dataclass
-class PretrainModel:
-    """Backbone input contract (the same as the downstream model's)."""
+class PretrainModel(InputContract):
+    """Backbone input contract (:class:`core.contract.InputContract`, the downstream model's) and output stride.
 
-    input_size: int = 64
+    The pretraining recipe's defaults are the NIH recipe's (``configs/nih_base.yaml``): 64 px at stride 8.
+    """
+
+    input_size: int = MIN_INPUT_SIZE
     output_stride: int = 8
-    in_channels: int = 1
-    mean: float = 0.5
-    std: float = 0.25
 
 
 @dataclass
@@ -132,8 +133,9 @@ def load_pretrain_config(path: str | Path, overrides: list[str] | None = None) -
     sources = config.source_configs()
     if config.method == "supervised" and not any(s.label_column for s in sources):
         raise ConfigError(f"{path}: method 'supervised' needs at least one source with a label_column")
-    if config.model.output_stride not in (8, 16, 32) or config.model.input_size < 64:
-        raise ConfigError(f"{path}: model.output_stride must be 8, 16 or 32 and model.input_size >= 64")
+    if config.model.output_stride not in OUTPUT_STRIDES or config.model.input_size < MIN_INPUT_SIZE:
+        raise ConfigError(f"{path}: model.output_stride must be one of {OUTPUT_STRIDES} and model.input_size >= "
+                          f"{MIN_INPUT_SIZE}")
     if config.train.batch_size < 2 or not 0.0 <= config.train.holdout < 0.5:
         raise ConfigError(f"{path}: train.batch_size must be >= 2 and train.holdout in [0, 0.5)")
     return config
@@ -248,8 +250,8 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> Path:
     taxonomy = load_taxonomy()
     m = config.model
     backbone = HiCXRNet(ModelConfig.for_taxonomy(
-        taxonomy, input_size=m.input_size, in_channels=m.in_channels, mean=m.mean, std=m.std,
-        output_stride=m.output_stride, extra={"pretrain": config.name, "method": config.method}))
+        taxonomy, **contract_of(m, InputContract), output_stride=m.output_stride,
+        extra={"pretrain": config.name, "method": config.method}))
     heads = {name: len(c) for name, c in images.classes.items()} if config.method != "simclr" else {}
     projection = (config.simclr.hidden_dim, config.simclr.projection_dim) if two_views else None
     net = PretrainNet(backbone, heads, projection).to(device)

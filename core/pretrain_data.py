@@ -20,6 +20,7 @@ from torchvision.transforms import v2
 
 from core.config import resolve_path
 from core.data import RandomDegrade, RandomGamma
+from core.errors import HiCXRError
 from core.imaging import ImageError, read_image, to_uint8
 from core.preprocess import resize_square
 from core.progress import progress
@@ -27,7 +28,7 @@ from core.progress import progress
 log = logging.getLogger(__name__)
 
 
-class PretrainError(RuntimeError):
+class PretrainError(HiCXRError, RuntimeError):
     """Pretraining cannot start: a source is missing or unreadable, or the config is inconsistent."""
 
 

@@ -22,8 +22,10 @@ from typing import Any, Self
 
 import numpy as np
 
+from core.errors import HiCXRError
 
-class RecordError(ValueError):
+
+class RecordError(HiCXRError, ValueError):
     """A JSON value does not fit its record's type; the message names the key."""
 
 

@@ -23,15 +23,16 @@ from functools import cached_property
 from pathlib import Path
 
 from core.card import CardError, ModelCard
+from core.config import REPO_ROOT
+from core.errors import HiCXRError
 from core.model import ModelConfig, ModelLoadError, read_model_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FILE = "default.json"
 WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".json"
 
 
-class RegistryError(ValueError):
+class RegistryError(HiCXRError, ValueError):
     """A variant is missing, or its files are unusable; the message names the file and what is wrong."""
 
 

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.imaging.reader import SPECIAL_FILE_KINDS
+
 __all__ = ["IMAGE_SUFFIXES", "Entry", "MissingPathError", "scan_paths"]
 
 # Taken in folders by extension, plus files without one (DICOMs often have none). Every format the reader opens
@@ -27,8 +29,6 @@ IMAGE_SUFFIXES = frozenset({
     ".tiff", ".webp", ".gif", ".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx", ".pgm", ".ppm", ".pbm", ".pnm",
 })  # fmt: skip
 
-_SPECIAL_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
-                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
 class MissingPathError(Exception):
@@ -106,7 +106,7 @@ def _walk(folder: Path, info: os.stat_result, visited: set[tuple[int, int]]) -> 
         elif stat.S_ISREG(target.st_mode):
             yield Entry(path, _type_reason(path))
         else:
-            kind = next((k for test, k in _SPECIAL_KINDS if test(target.st_mode)), "not a regular file")
+            kind = next((k for test, k in SPECIAL_FILE_KINDS if test(target.st_mode)), "not a regular file")
             yield Entry(path, f"Skipped: {kind}, not a regular file.")
 
 

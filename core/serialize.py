@@ -9,6 +9,8 @@ written as numbers.
 from __future__ import annotations
 
 import csv
+import os
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
@@ -16,6 +18,38 @@ from core.analysis import Analysis
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 WARNING_SEPARATOR = "; "
+
+
+def file_text(name: str | os.PathLike[str]) -> str:
+    """A file name as text that any UTF-8 writer accepts, losslessly: the name's bytes, decoded as UTF-8, with each
+    byte that is not UTF-8 written ``\\xNN`` and each backslash doubled (so ``\\xNN`` is never ambiguous).
+
+    A name read from a folder is decoded by Python with surrogate escapes (``\\udcfc`` for a Latin-1 ``ü``),
+    which a UTF-8 CSV writer refuses and JSON writes as a lone surrogate. :func:`file_bytes` gives the name's
+    bytes back. A valid UTF-8 name without a backslash is written unchanged.
+    """
+    raw = os.fsencode(name)
+    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def file_bytes(text: str) -> bytes:
+    """The bytes of the file name that :func:`file_text` wrote as ``text``."""
+    parts, pos = [], 0
+    for match in _ESCAPE.finditer(text):
+        parts.append(text[pos : match.start()].encode("utf-8"))
+        code = match.group(1)
+        parts.append(b"\\" if code == "\\" else bytes([int(code[1:], 16)]))
+        pos = match.end()
+    parts.append(text[pos:].encode("utf-8"))
+    return b"".join(parts)
+
+
+def plain_text(text: str) -> str:
+    """``text`` with any surrogate escape (an undecodable byte carried from a file name) written as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def safe_cell(value: Any) -> Any:

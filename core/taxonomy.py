@@ -24,6 +24,8 @@ import networkx as nx
 import numpy as np
 import yaml
 
+from core.errors import HiCXRError
+
 DEFAULT_TAXONOMY_PATH = Path(__file__).with_name("taxonomy.yaml")
 
 
@@ -36,7 +38,7 @@ def violation_mask(parent: Any, child: Any, threshold: float = 0.5) -> Any:
     return (parent < threshold) & (child > threshold)
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(HiCXRError, ValueError):
     """A taxonomy file is malformed: unknown or duplicate label, duplicate edge, or a cycle."""
 
 

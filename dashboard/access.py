@@ -39,6 +39,8 @@ DEFAULT_IDLE_MINUTES = 15.0
 #: How long a refused user sees the refusal before being logged out.
 REFUSAL_PAUSE_S = 4.0
 IDENTITY_KEY = "hicxr_identity"
+LOGIN_KEY = "hicxr_login"
+RUNS_KEY, SEEN_RUNS_KEY, INLINE_KEY = "hicxr_page_runs", "hicxr_idle_seen_runs", "hicxr_idle_inline"
 LOCAL_MODE_TEXT = "local mode: no login"
 
 
@@ -80,7 +82,7 @@ class AccessPolicy:
     """Who may enter, from the ``[access]`` section of the secrets.
 
     Attributes:
-        allowed_users: E-mail addresses (case-insensitive) or ``sub`` values.
+        allowed_users: E-mail addresses (matched case-insensitively) or ``sub`` values (matched exactly).
         required_claim: A claim of the ID token (e.g. ``groups``, ``roles``) that must hold one of ``required_values``.
         required_values: Accepted values of ``required_claim`` (a string claim or a list claim).
         idle_timeout_s: Seconds without interaction after which a session is logged out.
@@ -106,7 +108,7 @@ class AccessPolicy:
         if isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0:
             raise ValueError("[access] idle_timeout_minutes must be a positive number")
         claim = section.get("required_claim")
-        return cls(allowed_users=frozenset(u.lower() for u in strings("allowed_users")),
+        return cls(allowed_users=strings("allowed_users"),
                    required_claim=str(claim) if claim else None, required_values=strings("required_values"),
                    idle_timeout_s=float(minutes) * 60)
 
@@ -117,10 +119,10 @@ class AccessPolicy:
 
     def allows(self, claims: Mapping[str, Any]) -> bool:
         """True if the ID token's ``claims`` pass the allow-list or the required claim."""
-        sub = str(claims.get("sub", "")).lower()
+        sub = str(claims.get("sub", ""))  # subject IDs are case-sensitive; e-mail addresses are not
         email = str(claims.get("email", "")).lower()
         email_ok = bool(email) and claims.get("email_verified") is not False
-        if sub and sub in self.allowed_users or email_ok and email in self.allowed_users:
+        if sub and sub in self.allowed_users or email_ok and email in {u.lower() for u in self.allowed_users}:
             return True
         if self.required_claim and self.required_values:
             value = claims.get(self.required_claim)
@@ -167,7 +169,13 @@ def record(action: Action, *, subject: Subject | None = None, model_version: str
 
 
 def record_once(key: tuple, action: Action, **fields: Any) -> bool:
-    """:func:`record` the first time ``key`` is seen in this session (reruns of the page are not new actions)."""
+    """:func:`record` the first time ``key`` is seen in this session (reruns of the page are not new actions).
+
+    Called after the page's long step (an analysis), it also marks the login active: waiting for a result is not
+    idleness."""
+    login = st.session_state.get(LOGIN_KEY)
+    if login is not None:
+        _activity().touch(login, time.time())
     done: set = st.session_state.setdefault("hicxr_audited", set())
     if key in done:
         return True
@@ -189,6 +197,31 @@ def record_analysis(scan: Any, digest: str, variant: str, mc_samples: int, failu
     return record_once(("analysis", digest, variant, mc_samples), Action.IMAGE_ANALYSED,
                        subject=Subject.image(digest), model_version=model_version(scan, variant), variant=variant,
                        outcome="ok" if failure is None else "failed", detail=failure)
+
+
+def record_study_opened(study_uid: str, *, outcome: str = "ok", detail: str | None = None) -> bool:
+    """Record "study opened" (a study retrieved from the PACS worklist) once per study in this session; the study is
+    written as a salted hash of ``study_uid``. ``False`` (with a message) means: do not show the study."""
+    try:
+        subject = Subject.study(study_uid, study_salt())
+    except AuditError as err:
+        st.error(str(err), icon=":material/block:")
+        return False
+    return record_once(("study", subject.digest, outcome), Action.STUDY_OPENED, subject=subject, outcome=outcome,
+                       detail=detail)
+
+
+def record_results_sent(study_uid: str, scan: Any, variant: str, *, outcome: str = "ok",
+                        detail: str | None = None) -> bool:
+    """Record "results sent to PACS" for a study (salted hash) and the variant's model version. Call it before the
+    STOW (``outcome="requested"``; ``False``: do not send) and again with the PACS's answer (``"ok"``/``"failed"``)."""
+    try:
+        subject = Subject.study(study_uid, study_salt())
+    except AuditError as err:
+        st.error(str(err), icon=":material/block:")
+        return False
+    return record(Action.RESULTS_SENT, subject=subject, model_version=model_version(scan, variant), variant=variant,
+                  outcome=outcome, detail=detail)
 
 
 def audited_download(make: Callable[[], bytes | str], *, kind: str, subject: Subject,
@@ -272,6 +305,7 @@ def _logout(key: tuple[str, float], reason: str) -> None:
     if record(Action.LOGOUT, detail=reason):
         _activity().forget(key)
         st.session_state.pop(IDENTITY_KEY, None)
+        st.session_state.pop(LOGIN_KEY, None)
         st.logout()
     st.stop()
 
@@ -293,7 +327,12 @@ def gate() -> str:
 
     claims = dict(st.user.to_dict())
     sub = str(claims.get("sub", ""))
-    rules = policy()
+    try:
+        rules = policy()
+    except ValueError as err:  # a malformed [access] section: nobody gets in until it is fixed
+        st.error(f"The dashboard's access settings are invalid ({err}); tell the administrator.",
+                 icon=":material/block:")
+        st.stop()
     if not sub or not rules.allows(claims):
         if sub and not st.session_state.get("hicxr_refused"):
             record(Action.REFUSAL, user=sub, outcome="refused", detail="not on the access list")
@@ -315,21 +354,35 @@ def gate() -> str:
     if activity.last(key) is None and not record(Action.LOGIN):
         st.stop()  # fail closed: no entry, no entry into the app
     activity.touch(key, now)
+    st.session_state[LOGIN_KEY] = key
+    st.session_state[RUNS_KEY] = st.session_state.get(RUNS_KEY, 0) + 1
 
     with st.sidebar:
         who = claims.get("email") or claims.get("name") or sub
         st.caption(f":material/person: Logged in as **{who}**")
         if st.button("Log out", key="logout", icon=":material/logout:"):
             _logout(key, "user")
-        _watch_idle(key, rules.idle_timeout_s)
+        st.session_state[INLINE_KEY] = True
+        try:
+            _watch_idle(key, rules.idle_timeout_s)
+        finally:
+            st.session_state[INLINE_KEY] = False
     return sub
 
 
 def _watch_idle(key: tuple[str, float], timeout_s: float) -> None:
     """A timer fragment that reruns the whole page once the login has been idle too long, so the gate logs it out
-    even when nobody touches the page (its own runs do not count as activity)."""
+    even when nobody touches the page. Its own runs are not activity; but a page run that ended since its last
+    check was (a long analysis is not idleness), so the check counts from now then."""
     def check() -> None:
-        if idle_for(_activity().last(key), key[1], time.time()) > timeout_s:
+        state = st.session_state
+        if state.get(INLINE_KEY):  # the call from the page run itself: that run has not ended yet
+            return
+        runs = state.get(RUNS_KEY, 0)
+        if state.get(SEEN_RUNS_KEY) != runs:
+            state[SEEN_RUNS_KEY] = runs
+            _activity().touch(key, time.time())
+        elif idle_for(_activity().last(key), key[1], time.time()) > timeout_s:
             st.rerun(scope="app")
 
     interval = timedelta(seconds=max(1.0, min(30.0, timeout_s / 4)))

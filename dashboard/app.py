@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +25,8 @@ import streamlit as st  # noqa: E402
 from core.registry import RegistryScan  # noqa: E402
 from dashboard import access, serving  # noqa: E402
 from dashboard.components.model_card import DISCLAIMER  # noqa: E402
-from dashboard.pipeline import GENERIC_ERROR  # noqa: E402
+from dashboard.pipeline import GENERIC_ERROR, sha256  # noqa: E402
+from dashboard.ui import worklist  # noqa: E402
 from dashboard.ui.analysis_tab import render_analysis  # noqa: E402
 from dashboard.ui.card_tab import render_card  # noqa: E402
 from dashboard.ui.compare_tab import render_compare  # noqa: E402
@@ -59,6 +61,15 @@ def _footer(scan: RegistryScan | None = None) -> None:
         st.caption(f"Models' training data: {text}")
 
 
+def _pacs_digest(data: bytes) -> str:
+    """The hash of the study opened from the PACS, computed once per study and session (not on every rerun)."""
+    known = st.session_state.get("pacs_digest")
+    if known is None or known[0] is not data:
+        known = (data, sha256(data))
+        st.session_state["pacs_digest"] = known
+    return known[1]
+
+
 def main() -> None:
     """Render one run of the page."""
     st.set_page_config(page_title="HiCXR", page_icon=":material/radiology:", layout="wide")
@@ -82,7 +93,16 @@ def main() -> None:
         _footer(scan)
         return
 
-    choice = render_sidebar(scan)
+    source = worklist.render_source_picker()  # upload/sample, or the PACS worklist when a PACS is configured
+    choice = render_sidebar(scan, uploads=source != worklist.SOURCE_PACS)
+    opened = None
+    if source == worklist.SOURCE_PACS:
+        opened = worklist.render_worklist(get_predictor(str(weights_dir)), session_cache(), choice.variant,
+                                          choice.mc_samples)
+        if opened is None:
+            _footer(scan)
+            return
+        choice = replace(choice, data=opened.data, source="pacs", digest=_pacs_digest(opened.data))
     if choice.data is None:
         st.info("Upload a chest radiograph in the sidebar, or pick one of the bundled samples.")
         _footer(scan)
@@ -107,6 +127,8 @@ def main() -> None:
         variant=choice.variant, mc_samples=choice.mc_samples, analysis=outcome.analyses[choice.variant],
         image=outcome.image, taxonomy=get_taxonomy(),
     )
+    if opened is not None:
+        worklist.render_send(opened, ctx)
     renderers = (render_analysis, render_compare, render_card, render_export)
     # Lazy tabs: only the open tab runs, so the comparison's extra analyses happen only when it is opened.
     for tab, render in zip(st.tabs(TABS, key="tab", on_change="rerun"), renderers, strict=True):
@@ -123,6 +145,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-else:  # `streamlit run dashboard/app.py` serves this app: security headers, no external-address lookup
+else:  # `streamlit run dashboard/app.py` serves this app: security headers, no server name, no external lookup
     serving.disable_external_ip_lookup()
+    serving.drop_server_header()
     app = st.App(__file__, **serving.app_options())

@@ -10,12 +10,17 @@ Uploads stay in memory: nothing here writes to disk.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+from PIL import Image
+
 from core.analysis import Analysis
+from core.finite import invalid_analysis_message
 from core.imaging import ImageError, XrayImage
 from core.inference import Predictor, image_sha256
 from core.model import ModelLoadError
@@ -78,6 +83,9 @@ def analyse_bytes(
         for name in variants:
             predictor.load(name)
         analyses = predictor.analyse_all(image, list(variants), mc_samples=mc_samples, seed=seed, sha256=digest)
+        invalid = invalid_analysis_message(analyses)  # no view may render a NaN (plotly refuses NaN sizes)
+        if invalid is not None:
+            return Outcome(image=image, error=invalid, kind="image")
         return Outcome(analyses=analyses, image=image)
     except ImageError as exc:
         return Outcome(image=image, error=str(exc), kind="image")
@@ -88,32 +96,84 @@ def analyse_bytes(
         return Outcome(image=image, error=GENERIC_ERROR, kind="internal")
 
 
+# The cached copy of an image keeps this longer side at most: the viewer shows 1,024 px (image_view) and zooms to
+# twice that; the model's input is re-made from the file bytes when a variant is added later (see AnalysisCache).
+DISPLAY_COPY_MAX_SIDE = 2048
+# What one session's cache may hold: display copies (pixels and raw) and analyses (maps and display copies).
+DEFAULT_CACHE_BYTES = 256 * 2**20
+
+
+def display_copy(image: XrayImage, max_side: int = DISPLAY_COPY_MAX_SIDE) -> XrayImage:
+    """``image`` with its pixels (and raw values) box-averaged to at most ``max_side`` a side; the metadata (the
+    file's own size, window, warnings) is unchanged. Returns ``image`` itself when it is already that small."""
+    h, w = image.pixels.shape
+    if max(h, w) <= max_side:
+        return image
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+
+    def shrink(values: np.ndarray) -> np.ndarray:
+        small = Image.fromarray(np.asarray(values, dtype=np.float32), mode="F").resize(size, Image.Resampling.BOX)
+        return np.ascontiguousarray(np.asarray(small, dtype=np.float32))
+
+    raw = None if image.raw is None else shrink(image.raw)
+    return dataclasses.replace(image, pixels=np.clip(shrink(image.pixels), 0.0, 1.0), raw=raw)
+
+
+def _nbytes(*arrays: np.ndarray | None) -> int:
+    return sum(int(a.nbytes) for a in arrays if a is not None)
+
+
 class AnalysisCache:
-    """Per-session LRU of decoded images and analyses, keyed by file hash.
+    """Per-session LRU of decoded images and analyses, keyed by file hash, bounded in bytes.
+
+    The cache holds what the views need, never the original pixels: a display copy of each image (at most
+    :data:`DISPLAY_COPY_MAX_SIDE` a side, raw values included for window/level) and each analysis with its image
+    replaced by that copy. The full-resolution decode lives only until its analysis is done; a variant added
+    later decodes the file bytes again (the model's input is made from the full image, as in the CLI).
 
     Attributes:
         network_runs: How many times the network was actually run (a test hook: display controls must not
             increase it).
     """
 
-    def __init__(self, max_analyses: int = 32, max_images: int = 4) -> None:
-        """Keep at most ``max_analyses`` analyses and ``max_images`` decoded images (the biggest items)."""
+    def __init__(self, max_analyses: int = 32, max_images: int = 4, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        """Keep at most ``max_analyses`` analyses and ``max_images`` images, and at most ``max_bytes`` in all."""
         self.max_analyses = max_analyses
         self.max_images = max_images
+        self.max_bytes = max_bytes
         self._analyses: OrderedDict[tuple, Analysis] = OrderedDict()
         self._images: OrderedDict[str, XrayImage] = OrderedDict()
         self._errors: OrderedDict[str, str] = OrderedDict()
+        self._full: tuple[str, XrayImage] | None = None  # the last full decode, until its analysis is done
         self.network_runs = 0
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cached arrays (an image shared by an analysis and its display copy counts twice)."""
+        images = sum(_nbytes(im.pixels, im.raw) for im in self._images.values())
+        analyses = sum(_nbytes(a.image, a.cams, a.relative_cams) for a in self._analyses.values())
+        return images + analyses
+
     def image(self, data: bytes, digest: str, predictor: Predictor) -> XrayImage | str:
-        """The decoded image for these bytes, or the decoding error message (both cached)."""
+        """The display copy of the image for these bytes, or the decoding error message (both cached)."""
         if digest in self._errors:
             return self._errors[digest]
         if digest in self._images:
             self._images.move_to_end(digest)
             return self._images[digest]
+        decoded = self._decode(data, digest, predictor)
+        if isinstance(decoded, str):
+            return decoded
+        shown = display_copy(decoded)
+        self._full = (digest, decoded) if shown is not decoded else None
+        self._images[digest] = shown
+        self._trim()
+        return shown
+
+    def _decode(self, data: bytes, digest: str, predictor: Predictor) -> XrayImage | str:
         try:
-            decoded = predictor.decode(data, keep_raw=True)[0]
+            return predictor.decode(data, keep_raw=True)[0]
         except ImageError as exc:
             self._errors[digest] = str(exc)
             _trim(self._errors, 16)
@@ -121,9 +181,6 @@ class AnalysisCache:
         except Exception:  # noqa: BLE001 - a decoder bug must not take the page down
             logger.exception("unexpected error while decoding an image")
             return GENERIC_ERROR
-        self._images[digest] = decoded
-        _trim(self._images, self.max_images)
-        return decoded
 
     def analyses(
         self,
@@ -135,9 +192,9 @@ class AnalysisCache:
         seed: int = 0,
     ) -> Outcome:
         """Analyses of these bytes by ``variants``, running the network only for the ones not cached yet."""
-        decoded = self.image(data, digest, predictor)
-        if isinstance(decoded, str):
-            return Outcome(error=decoded, kind="image")
+        shown = self.image(data, digest, predictor)
+        if isinstance(shown, str):
+            return Outcome(error=shown, kind="image")
         found: dict[str, Analysis] = {}
         missing: list[str] = []
         for name in variants:
@@ -147,16 +204,42 @@ class AnalysisCache:
                 found[name] = self._analyses[key]
             else:
                 missing.append(name)
-        if missing:
-            outcome = analyse_bytes(predictor, data, missing, mc_samples, seed=seed, image=decoded)
+        if not missing:
+            self._full = None
+        else:
+            full: XrayImage | str = shown
+            if self._full is not None and self._full[0] == digest:
+                full = self._full[1]
+            elif shown.pixels.shape != (shown.metadata.height, shown.metadata.width):
+                full = self._decode(data, digest, predictor)  # the model reads the full image, never the copy
+                if isinstance(full, str):
+                    return Outcome(error=full, kind="image")
+            outcome = analyse_bytes(predictor, data, missing, mc_samples, seed=seed, image=full)
+            self._full = None
             self.network_runs += 1
             if not outcome.ok:
-                return outcome
+                return Outcome(analyses={}, image=shown, error=outcome.error, kind=outcome.kind)
             for name, analysis in outcome.analyses.items():
-                self._analyses[(digest, name, int(mc_samples), int(seed))] = analysis
-            _trim(self._analyses, self.max_analyses)
-            found.update(outcome.analyses)
-        return Outcome(analyses={name: found[name] for name in variants}, image=decoded)
+                kept = dataclasses.replace(analysis, image=shown.pixels)  # the display copy, for overlays
+                self._analyses[(digest, name, int(mc_samples), int(seed))] = kept
+                found[name] = kept
+            self._trim()
+        return Outcome(analyses={name: found[name] for name in variants}, image=shown)
+
+    def _trim(self) -> None:
+        """Drop the least recently used entries past the count limits, then past the byte budget (always keeping
+        the newest image and its analyses, which the page is about to show)."""
+        _trim(self._images, self.max_images)
+        _trim(self._analyses, self.max_analyses)
+        while self.nbytes > self.max_bytes and (len(self._analyses) > 1 or len(self._images) > 1):
+            newest = next(reversed(self._images), None)
+            old_analysis = next((k for k in self._analyses if k[0] != newest), None)
+            if old_analysis is not None:
+                del self._analyses[old_analysis]
+            elif len(self._images) > 1:
+                self._images.popitem(last=False)
+            else:
+                break
 
 
 def _trim(store: OrderedDict, limit: int) -> None:

@@ -24,7 +24,6 @@ from dashboard.components.cam import cam_caption, cam_overlay
 from dashboard.components.image_view import downsample
 from dashboard.components.model_card import DISCLAIMER
 
-_REPORT_EXCLUDE = ("No Finding", "Uncertain", "Abnormal")
 # Keeps the text block on one page; the JSON/CSV exports list every violation.
 _MAX_VIOLATIONS_LISTED = 5
 
@@ -196,5 +195,5 @@ def _shown_label(analysis: Analysis, label: str | None, top_k: int) -> str | Non
     """The label whose map the report shows: the reader's choice if it is learnt, else the top finding."""
     if label is not None and analysis.learnt(label):
         return label
-    top = analysis.top_findings(top_k, exclude=_REPORT_EXCLUDE)
+    top = analysis.top_findings(top_k)  # learnt findings, not the triage roots
     return top[0] if top else None

@@ -9,8 +9,7 @@ every check here runs once per server process, before the first request is answe
   operator passes :data:`RISK_FLAG` after ``--``, which names what it allows. With ``[auth]``, an access rule
   (``[access]`` in the secrets, see :mod:`dashboard.access`) is required, else nobody could be let in.
 - **Headers.** Every HTTP response carries :data:`SECURITY_HEADERS` (no framing by other sites, no MIME sniffing,
-  no referrer). The server's own ``server: uvicorn`` header is uvicorn's and can only be removed by the reverse
-  proxy (README, "TLS and a reverse proxy").
+  no referrer), and no ``server`` header naming the software (:func:`drop_server_header`).
 - **No phoning home.** ``browser.gatherUsageStats = false`` and a fixed ``server.address`` keep Streamlit from
   contacting anything at start-up; :func:`disable_external_ip_lookup` also stops the lookup of the machine's
   external address that Streamlit makes when a cross-origin page tries to open the app's websocket.
@@ -110,7 +109,7 @@ def refuse_unsafe_start(argv: Sequence[str] | None = None) -> None:
     """Exit the process (status 2) with the operator's message if :func:`current_plan` is unsafe."""
     try:
         check_start(current_plan(argv))
-    except UnsafeStartError as err:
+    except (UnsafeStartError, ValueError) as err:  # ValueError: a malformed [access] section, named in the text
         print(err, file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 
@@ -129,6 +128,27 @@ def disable_external_ip_lookup() -> None:
 
 def _no_external_ip() -> None:
     return None
+
+
+def drop_server_header() -> bool:
+    """Stop uvicorn from naming itself (``server: uvicorn``) in every response; True if it was done.
+
+    uvicorn adds the header unless its ``Config`` says ``server_header=False``, and Streamlit builds that ``Config``
+    without a way to say so. This runs while uvicorn imports ``dashboard/app.py`` (``Config.load``), so the loading
+    ``Config`` is found up the call stack; uvicorn copies ``Config.encoded_headers`` into every response (HTTP and
+    websocket) from then on. ``tests/test_serving.py`` checks the header is gone from a real server's responses.
+    """
+    import uvicorn
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, uvicorn.Config):
+            candidate.server_header = False
+            candidate.encoded_headers = [(k, v) for k, v in getattr(candidate, "encoded_headers", []) if k != b"server"]
+            return True
+        frame = frame.f_back
+    return False
 
 
 class SecurityHeadersMiddleware:

@@ -261,6 +261,34 @@ def test_bad_file_shows_its_message(page, tmp_path):
     _shot(page, "05_bad_file")
 
 
+def test_non_finite_dicoms_show_plain_messages(page, tmp_path):
+    """Issue 22: an all-NaN Float Pixel Data DICOM is refused in words; a window that overflows float32 (which once
+    turned every pixel into NaN and raised plotly's ValueError on the page) is analysed from the data range, with
+    a warning; neither shows an exception box, and no header text reaches the page."""
+    from bench import hostile
+
+    nan = tmp_path / "nan.dcm"
+    nan.write_bytes(hostile.dicom_all_nan())
+    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(nan))
+    alert = page.locator("[data-testid='stAlertContentError']").first
+    alert.wait_for()
+    assert "pixel value(s) that are not numbers (infinite or NaN)" in alert.inner_text()
+    assert page.locator(TREE).count() == 0 and page.locator("[data-testid='stException']").count() == 0
+    _shot(page, "05b_nan_dicom")
+    window = tmp_path / "window.dcm"
+    window.write_bytes(hostile.dicom_window_overflow())
+    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(window))
+    page.wait_for_selector(TREE)
+    page.get_by_text("window in the file does not fit the image data").first.wait_for()
+    assert page.locator("[data-testid='stException']").count() == 0
+    leak = tmp_path / "frames.dcm"
+    leak.write_bytes(hostile.dicom_frames_leak())
+    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(leak))
+    page.get_by_text("Number of Frames (0028,0008)").first.wait_for()
+    assert hostile.LEAK_TOKEN not in page.content()
+    assert "Traceback" not in page.content()
+
+
 def test_compare_variants_and_downloads(page):
     from core.registry import default_variant, scan_weights
 

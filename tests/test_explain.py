@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_test_model
+from gradcam_reference import CAM_METHODS, cam_with_method
 
-from core.explain import CAM_METHODS, cam_with_method, contact_sheet, overlay, upsample
+from core.explain import contact_sheet, overlay, upsample
 from core.imaging import read_image
 from core.inference import Predictor
 

@@ -222,7 +222,11 @@ def test_find_violations_hand_made(taxonomy) -> None:
 
 def test_violations_at_custom_threshold(predictor: Predictor, files: list[Path], taxonomy) -> None:
     a = predictor.analyse(files[0], threshold=0.3)
-    assert a.threshold == 0.3 and a.violations == find_violations(a.mc_mean, taxonomy, 0.3)
+    # The rule written out: the parent's MC mean below 0.3 while the child's is above it.
+    p = dict(zip(taxonomy.labels, a.mc_mean, strict=True))
+    expected = {(parent, child) for parent, child in taxonomy.edges if p[parent] < 0.3 < p[child]}
+    assert a.threshold == 0.3 and {(v.parent, v.child) for v in a.violations} == expected
+    assert all(v.parent_probability == pytest.approx(p[v.parent]) for v in a.violations)
 
 
 def test_cams_are_relu_of_weighted_features(predictor: Predictor, files: list[Path]) -> None:

@@ -41,7 +41,9 @@ def test_golden_values_by_hand(tiny, batch):
     hard = HierarchicalBCELoss(tiny, pen, lam=0.5, violation="hard")
     # image 1: parent .5 is not < .5 -> 0 ; image 2: C1 .75 > .5 with parent .25 -> 2, C2 .5 not > .5 -> 0
     assert hard(logits, targets, mask).item() == pytest.approx(bce + 0.5 * (0 + 2) / 2, abs=1e-6)
-    assert hard.components(logits, targets, mask)["bce"].item() == pytest.approx(bce, abs=1e-6)
+    terms = hard.terms(logits, targets, mask)
+    assert terms.data.item() == pytest.approx(bce, abs=1e-6) and terms.penalty.item() == pytest.approx(1.0)
+    assert terms.weight == 0.5 and terms.total.item() == pytest.approx(bce + 0.5, abs=1e-6)
 
 
 def test_lambda_zero_is_exactly_bce(taxonomy):
@@ -62,7 +64,7 @@ def test_hard_penalty_has_exactly_bce_gradient(taxonomy):
     plain = HierarchicalBCELoss(taxonomy, fixed_penalties(taxonomy), lam=0.0, violation="hard")
     (grad_plain,) = torch.autograd.grad(plain(logits, targets), logits)
     (grad_bce,) = torch.autograd.grad(F.binary_cross_entropy_with_logits(logits, targets), logits)
-    assert hard.components(logits, targets)["penalty"].item() > 0  # violations exist, yet...
+    assert hard.terms(logits, targets).penalty.item() > 0  # violations exist, yet...
     assert torch.equal(grad_hard, grad_plain)  # ...they change nothing in the gradient
     torch.testing.assert_close(grad_hard, grad_bce, rtol=1e-6, atol=1e-9)
 
@@ -99,3 +101,38 @@ def test_bad_arguments_are_rejected(taxonomy):
         HierarchicalBCELoss(taxonomy, np.ones(3, np.float32))
     with pytest.raises(ValueError, match="unknown violation"):
         HierarchicalBCELoss(taxonomy, fixed_penalties(taxonomy), violation="smooth")
+
+
+def test_build_loss_picks_the_registered_loss_and_its_penalty_table(taxonomy):
+    """Golden numbers through the registry: every output at 0.25 but Cardiomegaly at 0.75, every target 0."""
+    import pandas as pd
+
+    from core.config import CHOICES, REPO_ROOT, config_from_dict, load_config
+    from core.labels import LabelSet
+    from core.loss import LOSSES, MaxConstraintLoss, build_loss, penalty_rows
+
+    assert set(LOSSES) == set(CHOICES["loss.name"])  # every name a config may give builds a loss
+    z = torch.full((1, 21), -L3)
+    z[0, taxonomy.index("Cardiomegaly")] = L3
+    y = torch.zeros(1, 21)
+    labels = LabelSet(paths=["a.png"], targets=np.zeros((1, 21), np.float32), mask=np.ones((1, 21), bool),
+                      labels=tuple(taxonomy.labels), metadata=pd.DataFrame({"patient_id": ["p"]}))
+    bce = (20 * math.log(4 / 3) + math.log(4)) / 21  # -log(1 - .25) twenty times, -log(1 - .75) once
+    # Cardiomegaly's two parents (Cardiac, Enlarged Cardiomediastinum) at .25: two edges violated by .5 each
+    cases = {
+        "nih_bce": bce,
+        "nih_hbce_soft_fixed": bce + 1.0 * 0.5 * (0.5 + 0.5),  # lambda 1, P = .5, soft v = .75 - .25
+        "nih_hbce_fixed": bce + 1.0 * 0.5 * (1 + 1),  # hard v = 1 on both edges
+        # MCLoss: Cardiomegaly and its ancestors (Cardiac, Enlarged Cardiomediastinum, Abnormal) reach .75
+        "nih_chmcnn": (4 * math.log(4) + 17 * math.log(4 / 3)) / 21,
+    }
+    for name, expected in cases.items():
+        config = load_config(REPO_ROOT / "configs" / f"{name}.yaml")
+        loss_fn, table = build_loss(config, labels, taxonomy)
+        assert loss_fn(z, y).item() == pytest.approx(expected, abs=1e-6), name
+        assert [r.to_dict() for r in table] == [r.to_dict() for r in penalty_rows(config, labels, taxonomy)]
+        assert (table == []) == isinstance(loss_fn, MaxConstraintLoss)
+    bad = config_from_dict({"data": {"csv": "x.csv"}})
+    bad.loss.name = "focal"
+    with pytest.raises(ValueError, match="unknown loss 'focal'; registered: hbce, mcloss"):
+        build_loss(bad, labels, taxonomy)

@@ -280,6 +280,7 @@ def test_internal_error_reports_the_files_not_reached(image_dir: Path, weights: 
 
 def test_non_finite_model_output_is_never_scored() -> None:
     class Fake:
+        probability = np.array([0.5, 0.4])
         mc_mean = np.array([0.5, np.nan])
         mc_std = np.array([0.1, 0.1])
 

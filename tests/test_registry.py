@@ -130,10 +130,19 @@ def test_card_not_an_object(good_dir: Path, tmp_path: Path) -> None:
         get_variant("bce", folder)
 
 
-def test_applied_temperature_exposed(tmp_path: Path) -> None:
+def test_temperature_is_exposed_only_while_applied(tmp_path: Path) -> None:
     temps = [1.0 + 0.1 * i for i in range(21)]
     folder = make_weights_dir(tmp_path, variants=("bce",), temperatures={"bce": temps})
-    assert get_variant("bce", folder).card.temperature() == pytest.approx(temps)
+    assert get_variant("bce", folder).card.temperature() is not None
+    card = json.loads((folder / "bce.json").read_text())
+    card["calibration"]["applied"] = False  # kept for the record: inference must not divide by it
+    (folder / "bce.json").write_text(json.dumps(card))
+    variant = get_variant("bce", folder)
+    assert variant.card.temperature() is None and variant.card.calibration.temperature == pytest.approx(temps)
+    card["calibration"]["temperature"] = temps[:20]  # one short of the 21 outputs
+    (folder / "bce.json").write_text(json.dumps(card))
+    with pytest.raises(RegistryError, match="must list 21 numbers, got 20"):
+        get_variant("bce", folder)
 
 
 def test_identical_tensors_and_aliases_are_one_model(tmp_path: Path) -> None:

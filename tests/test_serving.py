@@ -197,6 +197,7 @@ def test_security_headers(local_server, path):
     assert status in (200, 404)
     for name, value in SECURITY_HEADERS.items():
         assert headers.get(name.lower()) == value, (path, name, headers)
+    assert "server" not in headers, headers  # no software name (uvicorn's own header is dropped)
 
 
 def test_no_outbound_requests(local_server, trap, tmp_path):

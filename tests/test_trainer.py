@@ -13,10 +13,11 @@ from conftest import write_tiny_nih_csv
 
 from core.config import Config, config_from_dict
 from core.data import build_datasets
+from core.loss import build_loss
 from core.model import load_model
 from core.penalties import data_driven_penalties
 from core.preprocess import normalize
-from core.trainer import METRIC_COLUMNS, TrainError, build_loss, model_config_for, train
+from core.trainer import METRIC_COLUMNS, TrainError, model_config_for, train
 
 VARIANTS = {
     "bce": {"penalty": "none", "lam": 0.0},

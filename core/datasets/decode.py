@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from core.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, read_image, to_uint8
-from core.preprocess import resize_square
+from core.preprocess import Fit
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -70,23 +70,24 @@ def _fast_levels(image: Image.Image, draft_size: int | None) -> np.ndarray | Non
     return raw.astype(np.float32) / np.float32(255.0)
 
 
-def load_resized(path: str | Path, size: int, draft: bool = False) -> np.ndarray:
-    """Decode ``path`` and resize it to ``(size, size)`` float32 in [0, 1] (the model's input contract)."""
-    return resize_square(decode_gray(path, size, draft), size)
+def load_resized(path: str | Path, size: int, draft: bool = False, fit: Fit = Fit()) -> np.ndarray:
+    """Decode ``path`` and fit it to ``(size, size)`` float32 in [0, 1] (the model's input contract)."""
+    return fit.apply(decode_gray(path, size, draft), size)
 
 
 class _DecodeJob(Dataset):
     """Item ``i``: ``(i, uint8 (S, S) image or None, error message or None)``; errors do not stop the others."""
 
-    def __init__(self, root: Path, paths: np.ndarray, size: int, draft: bool) -> None:
-        self.root, self.paths, self.size, self.draft = root, paths, size, draft
+    def __init__(self, root: Path, paths: np.ndarray, size: int, draft: bool, fit: Fit = Fit()) -> None:
+        self.root, self.paths, self.size, self.draft, self.fit = root, paths, size, draft, fit
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
-            return i, to_uint8(load_resized(self.root / self.paths[i].decode(), self.size, self.draft)), None
+            return i, to_uint8(load_resized(self.root / self.paths[i].decode(), self.size, self.draft,
+                                           self.fit)), None
         except ImageError as exc:
             return i, None, str(exc)
 
@@ -97,14 +98,15 @@ def _as_list(batch: list) -> list:
 
 def decode_many(
     root: Path, paths: np.ndarray, size: int, *, draft: bool = False, workers: int = 0, progress: bool = True,
-    desc: str = "decoding images",
+    desc: str = "decoding images", fit: Fit = Fit(),
 ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """Decode and resize every file of ``paths`` (bytes, relative to ``root``) to uint8, in order.
 
+    ``fit``: how each image is fitted to the square (the model's crop and resize).
     ``workers`` > 0 decodes in that many DataLoader worker processes; 0 decodes here, one file after another.
     Yields ``(index, image or None, error message or None)``.
     """
-    loader = DataLoader(_DecodeJob(root, paths, size, draft), batch_size=32, num_workers=workers,
+    loader = DataLoader(_DecodeJob(root, paths, size, draft, fit), batch_size=32, num_workers=workers,
                         collate_fn=_as_list)
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for batch in loader:

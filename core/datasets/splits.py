@@ -12,13 +12,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from core.errors import HiCXRError
+
 SPLITS = ("train", "val", "test")
 
 #: Split values as the datasets write them -> the project's names (MIMIC writes ``validate``).
 SPLIT_ALIASES: dict[str, str] = {"valid": "val", "validate": "val", "validation": "val"}
 
 
-class SplitError(ValueError):
+class SplitError(HiCXRError, ValueError):
     """Split fractions or values cannot be used."""
 
 

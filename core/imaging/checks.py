@@ -10,7 +10,9 @@ Every reader applies them, in this order, so a file is judged the same whatever 
 3. **Content**, on the grey levels as displayed (after window and inversion; :func:`check_content`), measured on a
    sample of at most ~512 x 512 pixels:
 
-   * refused: a single grey level; *almost no contrast* (the 1st to 99th percentile span less than
+   * refused: a value that is not finite (a window or rescale out of range); a single grey level; *two grey
+     levels only* (a 1-bit file, a mask or line art: a radiograph has continuous grey levels); *almost no
+     contrast* (the 1st to 99th percentile span less than
      :data:`MIN_CONTRAST` of the grey scale); *almost all black or white* (at least :data:`MAX_CLIPPED` of the
      pixels within 2% of black, or of white); *noise* (neighbouring pixels uncorrelated: mean horizontal and
      vertical lag-1 correlation below :data:`MIN_NEIGHBOUR_CORRELATION`; radiographs are smooth);
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.imaging.errors import BlankImageError, CorruptImageError, DegenerateImageError
+from core.imaging.errors import BlankImageError, CorruptImageError, DegenerateImageError, ImageError
 
 __all__ = [
     "MAX_ASPECT",
@@ -42,6 +44,7 @@ __all__ = [
     "check_finite",
     "check_geometry",
     "check_not_uniform",
+    "nothing_to_read",
 ]
 
 MIN_SIDE = 64
@@ -110,29 +113,61 @@ def _neighbour_correlation(sample: np.ndarray) -> float:
     return (corr(centred[:, :-1], centred[:, 1:]) + corr(centred[:-1], centred[1:])) / 2.0
 
 
-def check_content(pixels: np.ndarray, notes: list[str]) -> None:
-    """Refuse an image with nothing to read, or append a warning to ``notes`` (displayed pixels in [0, 1])."""
+def _black_white(sample: np.ndarray) -> tuple[float, float]:
+    return float(np.mean(sample <= _NEAR)), float(np.mean(sample >= 1.0 - _NEAR))
+
+
+def nothing_to_read(pixels: np.ndarray) -> str | None:
+    """Why these displayed grey levels show nothing to read, or None (see :func:`_verdict`)."""
+    verdict = _verdict(pixels)
+    return None if verdict is None else verdict[1]
+
+
+def _verdict(pixels: np.ndarray) -> tuple[type[ImageError], str] | None:
+    """Why these displayed grey levels (in [0, 1]) show nothing to read, or None: non-finite values, two grey
+    levels only, almost all black or white, or almost no contrast (the refusals of :func:`check_content`, noise
+    aside). Readers also use it to judge a header's window or VOI LUT before trusting it."""
     sample = _sample(pixels)
-    black, white = float(np.mean(sample <= _NEAR)), float(np.mean(sample >= 1.0 - _NEAR))
+    lo, hi = float(sample.min()), float(sample.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return CorruptImageError, (
+            "The image's grey levels could not be computed (they are not finite numbers), so it cannot be read "
+            "reliably: the file's pixel, rescale or window values are out of range. Export the X-ray again."
+        )
+    if hi > lo and not np.count_nonzero((sample != lo) & (sample != hi)):
+        return DegenerateImageError, (
+            "The image has only two grey levels (black and white): it is a mask, line art or a thresholded "
+            "image, not a radiograph. Upload the X-ray itself."
+        )
+    black, white = _black_white(sample)
     for share, tone, cause in ((black, "black", "under-exposed or windowed too dark"),
                                (white, "white", "over-exposed, saturated or windowed too bright")):
         if share >= MAX_CLIPPED:
-            raise DegenerateImageError(
+            return DegenerateImageError, (
                 f"The image is almost entirely {tone} ({share:.0%} of its pixels): there is no X-ray to read. "
                 f"It may be {cause}; check the export settings and upload the radiograph again."
             )
     low, high = np.percentile(sample, [1.0, 99.0])
     if high - low < MIN_CONTRAST:
-        raise DegenerateImageError(
+        return DegenerateImageError, (
             f"The image has almost no contrast (98% of its pixels lie within {high - low:.1%} of the grey scale): "
             "there is no X-ray to read. Check that the right image was exported, with a usable window."
         )
+    return None
+
+
+def check_content(pixels: np.ndarray, notes: list[str]) -> None:
+    """Refuse an image with nothing to read, or append a warning to ``notes`` (displayed pixels in [0, 1])."""
+    verdict = _verdict(pixels)
+    if verdict is not None:
+        raise verdict[0](verdict[1])
+    sample = _sample(pixels)
     if _neighbour_correlation(sample) < MIN_NEIGHBOUR_CORRELATION:
         raise DegenerateImageError(
             "The image looks like random noise, not a radiograph (neighbouring pixels are unrelated). "
             "Check that the right file was exported."
         )
-    for share, tone in ((black, "black"), (white, "white")):
+    for share, tone in zip(_black_white(sample), ("black", "white"), strict=True):
         if share > WARN_CLIPPED:
             notes.append(f"{share:.0%} of the image is {tone}: check exposure and window before reading the result")
 

@@ -22,8 +22,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import math
 import struct
+import warnings
+from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
 
@@ -48,11 +53,10 @@ from core.imaging.errors import (
     CorruptImageError,
     UnsupportedDicomError,
     UnsupportedModalityError,
-    detail,
     too_many_pixels,
 )
 from core.imaging.gray import luma
-from core.imaging.limits import check_declared, check_deflated_dicom, check_stored_size
+from core.imaging.limits import check_declared, check_deflated_dicom, check_stored_size, dicom_meta
 from core.imaging.types import ImageMetadata, XrayImage
 from core.imaging.window import apply_window
 
@@ -70,14 +74,74 @@ _MODALITY_NAMES = {
 _JPEG_SYNTAXES = frozenset({f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81)})
 _J2K_SYNTAXES = frozenset({f"1.2.840.10008.1.2.4.{n}" for n in (90, 91, 92, 93, 201, 202, 203)})
 _RLE_SYNTAX = "1.2.840.10008.1.2.5"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_LUMA_PLANE_PHOTOMETRIC = frozenset({"YBR_FULL", "YBR_FULL_422"})
+_GREY_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2", OTHER})
+
+
+def _check_frame_count(ds: Any, notes: list[str]) -> None:
+    """A Number of Frames that is not a positive integer is replaced by 1 (the frame HiCXR reads) with a note
+    naming the attribute; its text, which may be anything a site typed, is never quoted."""
+    if "NumberOfFrames" not in ds:
+        return
+    value = number(ds, "NumberOfFrames")
+    if value is None or value < 1 or not float(value).is_integer():
+        notes.append("Number of Frames (0028,0008) is not a positive whole number: the first frame is read")
+        ds.NumberOfFrames = 1
+
+
+# pydicom reports header problems through its logger *and* warnings.warn (pydicom.misc.warn_and_log), and both
+# quote the header's value ("Unknown encoding 'ISO_IR DOE^JOHN'"). Its logger is routed to the read in progress
+# (a context variable: each dashboard session thread has its own), where the message is rephrased into a note that
+# names the attribute only, and never propagates to the server log; its warnings are not printed.
+_CAPTURED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("hicxr_pydicom_notes", default=None)
+_REPHRASED = (
+    (("encoding", "character set"), "the file's Specific Character Set (0008,0005) is not a DICOM defined term: "
+                                    "header text read with the default character set"),
+)
+
+
+class _PydicomNotes(logging.Handler):
+    """Turns pydicom's log records into notes of the read in progress; their text is never kept."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        notes = _CAPTURED.get()
+        if notes is None or record.levelno < logging.WARNING:
+            return
+        message = record.getMessage().lower()
+        for keys, note in _REPHRASED:
+            if any(k in message for k in keys) and note not in notes:
+                notes.append(note)
+
+
+_QUIETED = False
 
 
 def _pydicom() -> Any:
-    """pydicom, with reading validation off (see the module docstring); imported on first use only."""
+    """pydicom, with reading validation off and its messages captured (see above); imported on first use only."""
+    global _QUIETED
     import pydicom
 
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    if not _QUIETED:
+        _QUIETED = True
+        log = logging.getLogger("pydicom")
+        log.addHandler(_PydicomNotes())
+        log.propagate = False
+    # Idempotent (an equal filter is replaced, not added), and renewed each time because a test harness or an
+    # application may reset the warning filters.
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     return pydicom
+
+
+@contextlib.contextmanager
+def _capturing(notes: list[str]) -> Iterator[None]:
+    """Within this block pydicom's header complaints become (rephrased) entries of ``notes``."""
+    token = _CAPTURED.set(notes)
+    try:
+        yield
+    finally:
+        _CAPTURED.reset(token)
 
 
 def parse(data: bytes, max_bytes: int) -> Any:
@@ -89,12 +153,65 @@ def parse(data: bytes, max_bytes: int) -> Any:
     """
     check_deflated_dicom(data, max_bytes)
     pydicom = _pydicom()
+    notes: list[str] = []
     try:
-        return pydicom.dcmread(BytesIO(data), force=True)
+        with _capturing(notes):
+            ds = pydicom.dcmread(BytesIO(data), force=True)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files
+        ds, error = None, exc
+    if ds is None or not _has_pixels(ds):
+        # A file meta that names the wrong uncompressed encoding (big endian over a little endian body, say)
+        # parses into garbage with no image: the dataset is read with the encoding its own bytes follow.
+        reread = _reread_as_encoded(data, ds)
+        if reread is not None:
+            return reread
+    if ds is None:
         raise CorruptImageError(
-            f"This DICOM file is damaged and cannot be read ({type(exc).__name__}). Export it again from PACS."
+            f"This DICOM file is damaged and cannot be read ({type(error).__name__}). Export it again from PACS."
         ) from None
+    ds.hicxr_notes = notes  # what pydicom said while parsing, rephrased; read_dicom starts from these
+    return ds
+
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_UNCOMPRESSED = {  # tried in this order: the common encodings first
+    "1.2.840.10008.1.2.1": (False, True), "1.2.840.10008.1.2": (True, True), "1.2.840.10008.1.2.2": (False, False),
+}  # fmt: skip
+
+
+def _has_pixels(ds: Any) -> bool:
+    try:
+        return any(k in ds for k in _PIXEL_KEYWORDS)
+    except Exception:  # noqa: BLE001 - a garbage parse can fail on lookup too
+        return False
+
+
+def _reread_as_encoded(data: bytes, ds: Any | None) -> Any | None:
+    """The dataset read with another uncompressed encoding than its file meta names, if that one holds an image."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset
+    from pydicom.uid import UID
+
+    offset, declared = dicom_meta(data)
+    if declared not in _UNCOMPRESSED or offset >= len(data):
+        return None
+    for uid, (implicit, little) in _UNCOMPRESSED.items():
+        if uid == declared:
+            continue
+        try:
+            candidate = read_dataset(BytesIO(data[offset:]), implicit, little)
+            ok = _has_pixels(candidate) and (number(candidate, "Rows") or 0) > 0
+        except Exception:  # noqa: BLE001 - the wrong encoding fails in arbitrary ways
+            continue
+        if ok:
+            meta = FileMetaDataset(ds.file_meta) if ds is not None and getattr(ds, "file_meta", None) else None
+            candidate.file_meta = meta if meta is not None else FileMetaDataset()
+            candidate.file_meta.TransferSyntaxUID = UID(uid)
+            candidate.set_original_encoding(implicit, little)
+            candidate.hicxr_notes = [f"the file meta names {UID(declared).name} but the data set is encoded as "
+                                    f"{UID(uid).name}: read as encoded"]
+            return candidate
+    return None
 
 
 def parse_headerless(data: bytes, max_bytes: int) -> Any | None:
@@ -111,8 +228,13 @@ def parse_headerless(data: bytes, max_bytes: int) -> Any | None:
 
 def read_dicom(data: bytes, ds: Any, max_pixels: int, keep_raw: bool) -> XrayImage:
     """Decode frame 0 of a parsed DICOM dataset (see the module docstring); raises :class:`ImageError` subclasses."""
-    notes: list[str] = []
-    if "PixelData" not in ds:
+    notes: list[str] = list(getattr(ds, "hicxr_notes", None) or [])
+    with _capturing(notes):
+        return _read_dicom(ds, max_pixels, keep_raw, notes)
+
+
+def _read_dicom(ds: Any, max_pixels: int, keep_raw: bool, notes: list[str]) -> XrayImage:
+    if not _has_pixels(ds):
         raise CorruptImageError(
             "This DICOM file holds no image (no Pixel Data): it may be a report, a structured report or a "
             "presentation state. Open the image itself (the X-ray series) and upload that file."
@@ -131,10 +253,12 @@ def read_dicom(data: bytes, ds: Any, max_pixels: int, keep_raw: bool) -> XrayIma
         raise too_many_pixels(cols, rows, max_pixels)
     check_geometry(cols, rows)
     samples, allocated = int(number(ds, "SamplesPerPixel") or 1), int(number(ds, "BitsAllocated") or 16)
-    if samples not in (1, 3) or not 1 <= allocated <= 32:
+    widest = 64 if "DoubleFloatPixelData" in ds else 32
+    if samples not in (1, 3) or not 1 <= allocated <= widest:
         raise UnsupportedDicomError(
             f"This DICOM image has {samples} sample(s) per pixel of {allocated} bits; HiCXR reads grayscale or "
-            "RGB images of up to 32 bits. Export the X-ray as a grayscale DICOM, PNG or JPEG."
+            "RGB images of up to 32 bits (64 for Double Float Pixel Data). Export the X-ray as a grayscale DICOM, "
+            "PNG or JPEG."
         )
     check_stored_size(cols, rows, samples, allocated, max_pixels, "This DICOM image")
     if photometric == "PALETTE COLOR":
@@ -142,11 +266,19 @@ def read_dicom(data: bytes, ds: Any, max_pixels: int, keep_raw: bool) -> XrayIma
             "This DICOM uses a colour palette (PALETTE COLOR), which is not a radiograph's grey scale. "
             "Export the X-ray as a grayscale DICOM, PNG or JPEG."
         )
+    if samples == 1 and photometric is not None and photometric not in _GREY_PHOTOMETRIC:
+        # The header contradicts itself; one sample per pixel can only be grey levels.
+        notes.append(f"the file says {photometric} (colour) but holds one sample per pixel: read as grayscale")
+        ds.PhotometricInterpretation = "MONOCHROME2"
+    _check_frame_count(ds, notes)
 
     ts_name, ts_uid = _ensure_transfer_syntax(ds, notes)
     n_frames = max(1, int(number(ds, "NumberOfFrames") or 1))
     _check_codestream(ds, ts_uid, ts_name, n_frames, (cols, rows, samples, allocated), max_pixels)
-    stored = _decode_first_frame(ds, ts_name, n_frames, notes)
+    # YBR_FULL(_422) is kept as decoded: its Y plane *is* the luma (ITU-R 601), so no RGB is ever made. pydicom's
+    # YBR -> RGB conversion works in float64 and took a 49.6 MP colour JPEG-in-DICOM to 1.2 GB.
+    luma_plane = samples == 3 and photometric in _LUMA_PLANE_PHOTOMETRIC
+    stored = _decode_first_frame(ds, ts_name, n_frames, notes, keep_ybr=luma_plane)
     if stored.shape[:2] != (rows, cols):
         raise CorruptImageError(
             f"This DICOM file is damaged: its image data decodes to {stored.shape[1]} x {stored.shape[0]} pixels "
@@ -159,7 +291,7 @@ def read_dicom(data: bytes, ds: Any, max_pixels: int, keep_raw: bool) -> XrayIma
     if stored.ndim == 3:
         # Colour: no modality/VOI LUT applies; show the luma through the nominal range of the stored bits.
         notes.append(f"colour DICOM ({photometric}) converted to grayscale")
-        raw = luma(stored)
+        raw = stored[..., 0].astype(np.float32) if luma_plane else luma(stored)
         del stored
         check_not_uniform(raw)
         scale = float(2 ** (bits_stored or 8) - 1)
@@ -268,7 +400,7 @@ def _check_codestream(
     except Exception as exc:  # noqa: BLE001 - broken fragment structure
         raise CorruptImageError(
             f"The compressed image data in this DICOM file ({ts_name}) is damaged: its fragments cannot be read. "
-            f"Export it again. (Technical detail: {detail(exc)})"
+            f"Export it again. (Technical detail: {type(exc).__name__})"
         ) from None
     if ts_uid == _RLE_SYNTAX:
         # RLE decodes into Rows x Columns x planes from the header (already checked); the stream's own header only
@@ -294,7 +426,7 @@ def _check_codestream(
         )
 
 
-def _decode_first_frame(ds: Any, ts_name: str, n_frames: int, notes: list[str]) -> np.ndarray:
+def _decode_first_frame(ds: Any, ts_name: str, n_frames: int, notes: list[str], keep_ybr: bool = False) -> np.ndarray:
     """Decode only frame 0: (rows, cols) for grayscale, (rows, cols, 3) RGB for colour."""
     from pydicom.pixels import get_decoder, pixel_array
 
@@ -310,13 +442,13 @@ def _decode_first_frame(ds: Any, ts_name: str, n_frames: int, notes: list[str]) 
     if n_frames > 1:
         notes.append(f"multi-frame DICOM: first of {n_frames} frames shown")
     try:
-        stored = pixel_array(ds, index=0)
+        stored = pixel_array(ds, index=0, raw=keep_ybr)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - codec plugins raise arbitrary types on bad data
         raise CorruptImageError(
             f"The image data in this DICOM file ({ts_name}) could not be decoded: the file may be damaged or "
-            f"incomplete. Export it again from PACS. (Technical detail: {detail(exc)})"
+            f"incomplete. Export it again from PACS. (Technical detail: {type(exc).__name__})"
         ) from None
     if stored.ndim not in (2, 3) or (stored.ndim == 3 and stored.shape[-1] != 3):
         raise UnsupportedDicomError(
@@ -348,21 +480,38 @@ def _modality_lut(stored: np.ndarray, ds: Any) -> np.ndarray:
         except Exception as exc:  # noqa: BLE001 - a malformed Modality LUT must become a readable message
             raise CorruptImageError(
                 "The rescaling information (Modality LUT) in this DICOM file is invalid. Export the X-ray again. "
-                f"(Technical detail: {detail(exc)})"
+                f"(Technical detail: {type(exc).__name__})"
             ) from None
-    raw = stored.astype(np.float32)
-    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        slope, intercept = _rescale_value(ds, "RescaleSlope"), _rescale_value(ds, "RescaleIntercept")
-        if slope == 0:
-            raise CorruptImageError(
-                "The rescaling information in this DICOM file is broken: its Rescale Slope is 0, which maps every "
-                "pixel to the same value. Export the X-ray again."
-            )
-        # In place, in float32: a 50-megapixel image costs one float copy here, not pydicom's float64 two.
-        # Overflow to infinity is not silenced into garbage: check_finite refuses it right after.
-        with np.errstate(over="ignore", invalid="ignore"):
-            if slope != 1:
-                raw *= np.float32(slope)
-            if intercept != 0:
-                raw += np.float32(intercept)
+    if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+        return stored.astype(np.float32)
+    slope, intercept = _rescale_value(ds, "RescaleSlope"), _rescale_value(ds, "RescaleIntercept")
+    if slope == 0:
+        raise CorruptImageError(
+            "The rescaling information in this DICOM file is broken: its Rescale Slope is 0, which maps every "
+            "pixel to the same value. Export the X-ray again."
+        )
+    if slope == 1 and intercept == 0:
+        return stored.astype(np.float32)
+    # The rescaled range is checked in float64 before any pixel is computed: float32 (what the pipeline holds)
+    # must represent it, and must still tell its extremes apart (a slope of 1e-50 underflows every value to 0).
+    lo, hi = float(stored.min()), float(stored.max())
+    ends = sorted((lo * slope + intercept, hi * slope + intercept))
+    if max(abs(ends[0]), abs(ends[1])) > _FLOAT32_MAX:
+        raise CorruptImageError(
+            "The rescaling information (Rescale Slope/Intercept) in this DICOM file maps the pixel values beyond "
+            "the range of numbers an image can hold (about 3.4e38), so the grey levels cannot be computed. Export "
+            "the X-ray again."
+        )
+    if hi > lo and not np.float32(ends[1]) - np.float32(ends[0]) > 0:
+        raise CorruptImageError(
+            "The rescaling information (Rescale Slope/Intercept) in this DICOM file is so small (or the intercept "
+            "so large) that distinct pixel values become the same number, so the image cannot be shown. Export "
+            "the X-ray again."
+        )
+    raw = np.empty(stored.shape, dtype=np.float32)
+    for top in range(0, stored.shape[0], 256):  # float64 in row blocks, float32 out: one float32 copy in all
+        block = stored[top : top + 256].astype(np.float64)
+        block *= slope
+        block += intercept
+        raw[top : top + 256] = block
     return raw

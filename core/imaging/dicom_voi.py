@@ -2,8 +2,9 @@
 
 * **VOI.** A VOI LUT Sequence goes through pydicom's ``apply_voi_lut``; otherwise the first Window Center/Width
   through :func:`core.imaging.window.apply_window` (the function the dashboard re-windows with, so the default view
-  is reproduced exactly); otherwise the data's min-max. A header window that leaves almost nothing visible is
-  replaced by min-max, with a warning.
+  is reproduced exactly); otherwise the data's min-max. A header window or VOI LUT whose image would be refused
+  by the content rule (:func:`core.imaging.checks.nothing_to_read`: almost all black or white, no contrast, two
+  grey levels, not finite) while the data range is readable is replaced by the data range, with a warning.
 * **Header contradicted by the pixels.** Some converters rewrite the header to MONOCHROME1 without inverting the
   pixels (the ``Fake_MONOHR1`` test file of torchxrayvision is such a case). For a frontal chest (ViewPosition
   PA/AP, BodyPartExamined a chest term) whose header asks for inversion, the inversion is skipped when the result
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from core.imaging.checks import nothing_to_read
 from core.imaging.coded import CHEST_BODY_PARTS, FRONTAL_VIEWS
 from core.imaging.dicom_fields import get, number, text
 from core.imaging.window import WindowFunction, apply_window
@@ -30,8 +32,6 @@ __all__ = ["POLARITY_MARGIN", "apply_voi", "contradicts_inversion"]
 # header asks for, so a miss falls back to trusting the header.
 POLARITY_MARGIN = 0.2
 
-# A header window that maps more than this fraction of pixels to pure black or white shows nothing useful.
-_MAX_CLIPPED_FRACTION = 0.98
 _FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
 
@@ -41,6 +41,10 @@ def apply_voi(
     """Return (pixels in [0, 1], window applied or None, default window for re-windowing, window function)."""
     lo, hi = float(raw.min()), float(raw.max())
     minmax = ((lo + hi) / 2.0, hi - lo)
+
+    def data_range(note: str) -> tuple[np.ndarray, None, tuple[float, float], WindowFunction]:
+        notes.append(note)
+        return apply_window(raw, *minmax, function="LINEAR_EXACT"), None, minmax, "LINEAR_EXACT"
 
     if get(ds, "VOILUTSequence") is not None:
         from pydicom.pixels import apply_voi_lut
@@ -52,9 +56,14 @@ def apply_voi(
             out_lo = out_hi = 0.0
         if out_hi > out_lo and np.isfinite([out_lo, out_hi]).all():
             # The LUT is not a window, so a re-windowing viewer starts from the data range instead.
+            # LUT entries are at most 16 bits: float32 holds them and their range exactly.
             lut_out -= np.float32(out_lo)
             lut_out /= np.float32(out_hi - out_lo)
-            return lut_out, None, minmax, "LINEAR_EXACT"
+            pixels = lut_out
+            if nothing_to_read(pixels) is None or nothing_to_read(_minmax_view(raw, minmax)) is not None:
+                return pixels, None, minmax, "LINEAR_EXACT"
+            return data_range("VOI LUT in the file leaves almost nothing visible: grey levels scaled to the data "
+                              "range instead")
         notes.append("VOI LUT in the file is unusable: grey levels scaled to the data range instead")
 
     center, width = number(ds, "WindowCenter"), number(ds, "WindowWidth")
@@ -63,13 +72,21 @@ def apply_voi(
         function = "LINEAR"
     if center is not None and width is not None and width > 0:
         pixels = apply_window(raw, center, width, function=function)  # type: ignore[arg-type]
-        clipped = float(np.mean((pixels <= 0.0) | (pixels >= 1.0)))
-        if clipped <= _MAX_CLIPPED_FRACTION:
+        # A header window is trusted unless the image it gives has nothing to read (the content rule of
+        # core.imaging.checks) while the data range has something: then the data range, with a warning.
+        if nothing_to_read(pixels) is None or nothing_to_read(_minmax_view(raw, minmax)) is not None:
             return pixels, (center, width), (center, width), function  # type: ignore[return-value]
-        notes.append("window in the file does not fit the image data: grey levels scaled to the data range")
-    elif center is not None or width is not None:
-        notes.append("window in the file is invalid: grey levels scaled to the data range")
+        del pixels
+        return data_range("window in the file does not fit the image data: grey levels scaled to the data range")
+    if center is not None or width is not None:
+        return data_range("window in the file is invalid: grey levels scaled to the data range")
     return apply_window(raw, *minmax, function="LINEAR_EXACT"), None, minmax, "LINEAR_EXACT"
+
+
+def _minmax_view(raw: np.ndarray, minmax: tuple[float, float]) -> np.ndarray:
+    """A small data-range view of ``raw``, enough for :func:`nothing_to_read` (which samples ~512 px a side)."""
+    step = max(1, -(-max(raw.shape) // 512))
+    return apply_window(raw[::step, ::step], *minmax, function="LINEAR_EXACT")
 
 
 def _box_mean(image: np.ndarray, rows: tuple[float, float], cols: tuple[float, float]) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from core.errors import HiCXRError
+
 __all__ = [
     "BlankImageError",
     "CorruptImageError",
@@ -19,7 +21,7 @@ __all__ = [
 ]
 
 
-class ImageError(ValueError):
+class ImageError(HiCXRError, ValueError):
     """Base class of every file problem; ``str(e)`` tells a clinician what is wrong and what to do."""
 
 
@@ -55,15 +57,20 @@ class BlankImageError(DegenerateImageError):
     """The image has no pixels or a single grey level, so there is nothing to read."""
 
 
-# Library messages sometimes quote the offending header value ("invalid value 'DOE^JOHN' for VR ..."), and any
+# DICOM readers give the exception type only (pydicom's messages quote element values unquoted too). Other
+# libraries' messages sometimes quote the offending header value ("invalid value 'DOE^JOHN' for VR ..."), and any
 # header value may be a name or a record number a site wrote there: quoted text never reaches a message.
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+# Python's repr escapes a quote of the other kind with a backslash, so quoted runs honour escapes; a quote left
+# unpaired (a value holding both kinds) ends the message there.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_STRAY_QUOTE = re.compile(r"['\"`].*")
 
 
 def detail(exc: BaseException) -> str:
     """First line of an exception, quoted values removed, shortened: enough for a support ticket, nothing more."""
     first = (str(exc).strip().splitlines() or [""])[0]
-    first = _QUOTED.sub("'…'", first)
+    first = _QUOTED.sub("'…'", first).replace("'…'", "\0")
+    first = _STRAY_QUOTE.sub("…", first).replace("\0", "'…'")
     text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
 

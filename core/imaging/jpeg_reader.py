@@ -60,8 +60,10 @@ def read_libjpeg(data: bytes, declared: Declared, keep_raw: bool) -> XrayImage:
         bits, scale = 8, 255.0
     else:
         bits, scale = deep_scale(values)
+    notes: list[str] = []
     if values.ndim == 3:
         raw, mode = luma(values), "RGB"
+        notes.append(f"colour {declared.codec} ({mode}) converted to grayscale")
     else:
         raw, mode = values.astype(np.float32), ("L" if declared.bits <= 8 else "I;16")
-    return finish(raw, fmt=declared.codec, mode=mode, bits=bits, scale=scale, notes=[], keep_raw=keep_raw)
+    return finish(raw, fmt=declared.codec, mode=mode, bits=bits, scale=scale, notes=notes, keep_raw=keep_raw)

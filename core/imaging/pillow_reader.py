@@ -53,11 +53,44 @@ def read_pillow(data: bytes, max_pixels: int, keep_raw: bool) -> XrayImage | Non
             f"The PNG file is damaged or incomplete: its image data ends after about {missing[0]} of its "
             f"{missing[1]} rows (it may have been cut off during export or copy). Export it again."
         )
-    image = _open(data)
+    image = _open(_without_png_text(data))
     if image is None:
         return None
     with image:
         return _read(image, max_pixels, keep_raw)
+
+
+_PNG_TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+
+
+def _without_png_text(data: bytes) -> bytes:
+    """A PNG without its text chunks (comments, which never hold pixels); any other bytes unchanged.
+
+    Pillow refuses a PNG whose compressed comment inflates past ``PngImagePlugin.MAX_TEXT_CHUNK`` (1 MB) as if the
+    image were damaged; that limit is a process-wide global and protects memory, so it is left alone and the
+    comments are dropped before Pillow sees the file. Chunks are walked by their declared lengths; a damaged
+    layout is left for Pillow to report.
+    """
+    if not data.startswith(headers.PNG_SIGNATURE):
+        return data
+    pos, start, found = len(headers.PNG_SIGNATURE), 0, False
+    kept: list[bytes] = []
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            break
+        if kind in _PNG_TEXT_CHUNKS:
+            kept.append(data[start:pos])
+            start, found = end, True
+        pos = end
+        if kind == b"IEND":
+            break
+    if not found:
+        return data
+    kept.append(data[start:])
+    return b"".join(kept)
 
 
 def _open(data: bytes) -> Image.Image | None:
@@ -103,6 +136,8 @@ def _read(image: Image.Image, max_pixels: int, keep_raw: bool) -> XrayImage:
             # Phones and some exporters store "rotate on display" in EXIF instead of rotating the pixels.
             image = ImageOps.exif_transpose(image)
         raw, bits, scale = _levels(image, notes)
+        if _is_colour(image):
+            notes.append(f"colour {fmt} ({mode}) converted to grayscale")
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -117,6 +152,21 @@ def _read(image: Image.Image, max_pixels: int, keep_raw: bool) -> XrayImage:
             f"Upload it again or export a new copy. (Technical detail: {detail(exc)})"
         ) from None
     return finish(raw, fmt=fmt, mode=mode, bits=bits, scale=scale, notes=notes, keep_raw=keep_raw)
+
+
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def _is_colour(image: Image.Image) -> bool:
+    """True for a file stored in colour (RGB, CMYK, CIELAB, YCbCr, a non-grey palette), as a colour DICOM is:
+    the analysis reads its luma, and the reader is told so."""
+    if image.mode in _GREY_MODES:
+        return False
+    if image.mode in ("P", "PA"):
+        palette = image.getpalette("RGB") or []
+        entries = np.asarray(palette, dtype=np.int16).reshape(-1, 3)
+        return bool(np.any(entries != entries[:, :1]))
+    return True
 
 
 def _levels(image: Image.Image, notes: list[str]) -> tuple[np.ndarray, int | None, float | None]:

@@ -8,7 +8,9 @@ import os
 import stat
 from pathlib import Path
 
-from core.imaging import dicom_reader
+import numpy as np
+
+from core.imaging import dicom_reader, headers
 from core.imaging.errors import (
     CorruptImageError,
     EmptyFileError,
@@ -27,17 +29,20 @@ DEFAULT_MAX_PIXELS = 50_000_000
 
 logger = logging.getLogger("hicxr.imaging")
 
-_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+#: Special files the reader refuses without opening them (a FIFO would block), and how a message names each;
+#: :mod:`core.scan` reports them with the same words.
+SPECIAL_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
 def is_dicom(data: bytes) -> bool:
     """Return True if ``data`` is a DICOM image file.
 
-    True for the standard ``DICM`` marker at offset 128, and for old ACR-NEMA files without preamble that parse
-    and declare Rows, Columns and Pixel Data.
+    True for the standard ``DICM`` marker at offset 128 (or at byte 0: a file written without its preamble) in
+    a file that is not one of the image formats (see :func:`_decode`), and for old ACR-NEMA files without
+    preamble that parse and declare Rows, Columns and Pixel Data.
     """
-    if data[128:132] == b"DICM":
+    if data[:4] == b"DICM" or (data[128:132] == b"DICM" and headers.sniff(data) is None):
         return True
     try:
         return dicom_reader.parse_headerless(data, DEFAULT_MAX_BYTES) is not None
@@ -70,7 +75,7 @@ def read_image(
     else:
         raise TypeError(f"read_image() expects bytes or a path, not {type(source).__name__}")
     try:
-        return _decode(data, name, max_bytes, max_pixels, keep_raw)
+        return _check_finite_output(_decode(data, name, max_bytes, max_pixels, keep_raw))
     except ImageError:
         raise
     except MemoryError:
@@ -86,15 +91,63 @@ def read_image(
 
 
 def _decode(data: bytes, name: str | None, max_bytes: int, max_pixels: int, keep_raw: bool) -> XrayImage:
-    if data[128:132] == b"DICM":
-        return dicom_reader.read_dicom(data, dicom_reader.parse(data, max_bytes), max_pixels, keep_raw)
-    image = read_pillow(data, max_pixels, keep_raw)
+    """Dispatch on content: each format's own signature first, then what decodes.
+
+    A file that starts with an image format's signature (PNG, JPEG, JPEG 2000, TIFF, GIF, WebP) is that image,
+    even if its bytes 128-131 happen to read ``DICM``; it is read as DICOM only if it does not decode as an image
+    and carries the marker (a DICOM whose preamble holds an image header). A DICOM written without its 128-byte
+    preamble (``DICM`` at byte 0) is read as if it had one.
+    """
+    if data[:4] == b"DICM":
+        data = bytes(128) + data
+    marker = data[128:132] == b"DICM"
+    if marker and headers.sniff(data) is None:
+        try:
+            return dicom_reader.read_dicom(data, dicom_reader.parse(data, max_bytes), max_pixels, keep_raw)
+        except ImageError as dicom_error:
+            # A format without a signature headers.sniff knows (BMP, PNM) may hold DICM at 128 too.
+            try:
+                image = read_pillow(data, max_pixels, keep_raw)
+            except ImageError:
+                image = None
+            if image is None:
+                raise dicom_error from None
+            return image
+    try:
+        image = read_pillow(data, max_pixels, keep_raw)
+    except ImageError:
+        if not marker:
+            raise
+        try:  # an image header in a DICOM preamble (DICOM-TIFF dual files, say) that does not decode as one
+            return dicom_reader.read_dicom(data, dicom_reader.parse(data, max_bytes), max_pixels, keep_raw)
+        except ImageError:
+            pass
+        raise  # the image reader's reason: the file starts as that image
     if image is not None:
         return image
     ds = dicom_reader.parse_headerless(data, max_bytes)
+    if ds is None and len(data) > 136 and not any(data[:128]):
+        # A zero preamble without the DICM marker (a writer that forgot it): the data set starts at 128.
+        data = data[128:]
+        ds = dicom_reader.parse_headerless(data, max_bytes)
     if ds is not None:
         return dicom_reader.read_dicom(data, ds, max_pixels, keep_raw)
     raise UnsupportedFormatError(_not_an_image_message(data, name))
+
+
+def _check_finite_output(image: XrayImage) -> XrayImage:
+    """The last guard before any model or view: displayed grey levels that are not all finite are refused.
+
+    Every step that computes them (rescale, window, LUT, luma) is computed in float64 or range-checked, so this
+    should never fire; if it does, the image is refused here, with a plain reason, not after the model.
+    """
+    pixels = image.pixels
+    if not (np.isfinite(pixels.min()) and np.isfinite(pixels.max())):
+        raise CorruptImageError(
+            "The image's grey levels could not be computed (they are not finite numbers), so it cannot be read "
+            "reliably: the file's pixel, rescale or window values are out of range. Export the X-ray again."
+        )
+    return image
 
 
 def _check_byte_size(n_bytes: int, max_bytes: int) -> None:
@@ -123,7 +176,7 @@ def _read_path(path: Path, max_bytes: int) -> bytes:
         raise ImageError(f"The file {path.name!r} could not be opened ({exc.strerror}).") from None
     if stat.S_ISDIR(info.st_mode):
         raise ImageError(f"{path.name!r} is a folder, not an image file. Choose one image file inside it.")
-    for test, kind in _FILE_KINDS:
+    for test, kind in SPECIAL_FILE_KINDS:
         if test(info.st_mode):
             raise UnsupportedFormatError(f"{path.name!r} is {kind}, not a regular file: HiCXR reads image files only.")
     _check_byte_size(info.st_size, max_bytes)

@@ -50,6 +50,7 @@ __all__ = [
 
 logger = logging.getLogger("hicxr.pacs")
 logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # its INFO lines carry study/instance UIDs
+logging.getLogger("retrying").setLevel(logging.ERROR)  # a traceback (with request URLs) per quick retry
 
 T = TypeVar("T")
 CHEST_MODALITIES = ("CR", "DX")
@@ -362,7 +363,7 @@ class PacsClient:
                 raise PacsResponseError(f"The PACS sent {len(parts)} parts for one instance; expected one.")
             return bytes(parts[0])
 
-        data = self._call("retrieving an image", get)
+        data = _as_part10(self._call("retrieving an image", get))
         if len(data) > self.max_bytes:
             raise PacsTooLargeError(f"The instance is {len(data) / 2**20:.1f} MB; the limit is "
                                     f"{self.max_bytes / 2**20:.0f} MB, as for uploads.")
@@ -405,6 +406,14 @@ class PacsClient:
                     outcome.failed.pop(uid, None)
                     del pending[uid]
         return outcome
+
+
+def _as_part10(data: bytes) -> bytes:
+    """A DICOM file as PS3.10 bytes: some servers (Orthanc among them) send the file meta group without the
+    128-byte preamble and ``DICM`` marker in a WADO-RS part; they are put back so the part reads as the file."""
+    if data[128:132] != b"DICM" and data[:2] == b"\x02\x00" and data[4:6] in (b"UL", b"OB", b"UI"):
+        return bytes(128) + b"DICM" + data
+    return data
 
 
 def _int(value: Any) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class DevPacs:
         self.server.stop()
 
 
-def start_seeded(shared_data: Path, *, nih_count: int = 4, real_dicoms: bool = True, port: int = 0,
+def start_seeded(shared_data: Path, *, nih_count: int = 4, real_dicoms: bool | Sequence[str] = True, port: int = 0,
                  storage_dir: Path | None = None, user: str = "", password: str = "") -> DevPacs:
     """Start a local Orthanc and store the seed set (see :func:`core.pacs.wrap.demo_studies`) through STOW-RS.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -162,14 +162,18 @@ def _nih_rows(labels_csv: Path, split: str, count: int) -> list[dict[str, str]]:
     return rows[:count]
 
 
-def demo_studies(shared_data: Path, *, nih_count: int = 4, real_dicoms: bool = True,
+def demo_studies(shared_data: Path, *, nih_count: int = 4, real_dicoms: bool | Sequence[str] = True,
                  first_date: dt.date = dt.date(2026, 11, 2)) -> list[SeedStudy]:
-    """The seed set: the real DICOMs of ``shared_data/dicom`` (their own headers), ``nih_count`` NIH test films as
-    made-up DX studies (one a day from ``first_date``), a CT study, an SR-only study and a lateral-only study."""
+    """The seed set: the real DICOMs of ``shared_data/dicom`` (their own headers; ``real_dicoms``: all, none, or
+    these file names), ``nih_count`` NIH test films as made-up DX studies (one a day from ``first_date``), a CT
+    study, an SR-only study and a lateral-only study."""
     studies: list[SeedStudy] = []
     if real_dicoms:
         by_study: dict[str, SeedStudy] = {}
-        for path in sorted((shared_data / "dicom").glob("*.dcm")):
+        paths = sorted((shared_data / "dicom").glob("*.dcm"))
+        if not isinstance(real_dicoms, bool):
+            paths = [p for p in paths if p.name in set(real_dicoms)]
+        for path in paths:
             ds = read_dicom_file(path)
             uid = str(ds.StudyInstanceUID)
             entry = by_study.setdefault(uid, SeedStudy("chest", uid, str(ds.get("AccessionNumber", "")),

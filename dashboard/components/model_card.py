@@ -210,3 +210,40 @@ def plot_paths(card: ModelCard, weights_dir: str | Path) -> dict[str, Path]:
         if path.is_relative_to(folder) and path.is_file():
             found[str(name)] = path
     return found
+
+
+def pointing_frame(card: ModelCard) -> tuple[pd.DataFrame, str] | None:
+    """The pointing game as a table (the map, the centre and a random point) and a one-line verdict; ``None``
+    when the card has none."""
+    result = card.pointing
+    if result is None or not result.pairs:
+        return None
+    rows = [
+        {"pointer": "the model's map (its maximum)", "hits": result.hits, "share": result.rate},
+        {"pointer": "the image centre (baseline)", "hits": result.centre_hits, "share": result.centre_rate},
+        {"pointer": "a random point (expected)", "hits": None, "share": result.random_rate},
+    ]
+    for split, entry in sorted(result.by_split.items()):
+        if entry.pairs:
+            rows.append({"pointer": f"the map, {split} images only ({entry.pairs})", "hits": entry.hits,
+                         "share": entry.hits / entry.pairs})
+    if result.rate is None or result.centre_rate is None:
+        verdict = "Not enough boxed images to judge."
+    elif result.rate > result.centre_rate:
+        verdict = (f"The maps point into the radiologists' box more often than the image centre does "
+                   f"({result.pairs} findings).")
+    else:
+        verdict = (f"The maps do no better than always pointing at the image centre ({result.pairs} findings): "
+                   "they are not evidence of where the finding is.")
+    return pd.DataFrame(rows), verdict
+
+
+def label_map_frame(card: ModelCard) -> pd.DataFrame | None:
+    """An imported model's label map (taxonomy label, how it is obtained, from which outputs), or ``None``."""
+    imported = card.imported
+    if imported is None:
+        return None
+    kinds = {"direct": "its own output", "nih": "NIH class(es) standing in", "derived": "derived, not learnt (max)",
+             "none": "no output: not learnt"}
+    return pd.DataFrame([{"label": row.label, "from": kinds.get(row.kind, row.kind), "outputs": ", ".join(row.outputs)}
+                         for row in imported.label_map])

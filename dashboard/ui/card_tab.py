@@ -10,9 +10,11 @@ from dashboard.components.model_card import (
     auroc_frame,
     calibration_frame,
     data_sources,
+    label_map_frame,
     or_unknown,
     penalty_frame,
     plot_paths,
+    pointing_frame,
     summary_table,
 )
 from dashboard.ui.state import Context
@@ -27,6 +29,12 @@ def render_card(ctx: Context) -> None:
     labels = variant.labels
 
     st.warning(DISCLAIMER)
+    imported = card.imported
+    if imported is not None:
+        random = (" — RANDOMLY INITIALISED: not the trained weights; every number and map is meaningless"
+                  if imported.randomly_initialised else "")
+        st.info(f"Imported from {imported.source or '?'} ({imported.weights or '?'}){random}. "
+                "Its test figures are measured here like every variant's.")
     left, right = st.columns([1.0, 1.2], gap="medium")
     with left:
         st.subheader("Summary")
@@ -70,6 +78,22 @@ def render_card(ctx: Context) -> None:
         st.markdown(line)
     if card.attribution:
         st.caption(card.attribution)
+
+    pointing = pointing_frame(card)
+    st.subheader("Where the maps point")
+    if pointing is None:
+        st.info("No pointing game in this model card (`python -m core.pointing --write` measures it).")
+    else:
+        frame, verdict = pointing
+        st.write(verdict)
+        st.dataframe(frame, hide_index=True, key="card_pointing",
+                     column_config={"share": st.column_config.NumberColumn(format="%.3f")})
+        st.caption("Pointing game against NIH's radiologist boxes: a hit is the map's maximum inside a box of that "
+                   "finding. Most boxed images here are training images.")
+    mapping = label_map_frame(card)
+    if mapping is not None:
+        st.subheader("How its outputs map onto the taxonomy")
+        st.dataframe(mapping, hide_index=True, key="card_label_map")
 
     penalties = penalty_frame(card)
     calibration = calibration_frame(card, labels)

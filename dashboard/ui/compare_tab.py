@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dashboard.access import record_analysis
 from dashboard.components.cam import cam_overlay
 from dashboard.components.compare import comparison_frame, grouped_bar_figure, violations_frame
 from dashboard.components.tree import taxonomy_figure
@@ -37,6 +38,8 @@ def render_compare(ctx: Context) -> None:
         return
     with st.spinner(f"Analysing with {len(chosen)} variants…"):
         outcome = ctx.cache.analyses(ctx.predictor, ctx.data, ctx.digest, chosen, ctx.mc_samples)
+    if not all(record_analysis(ctx.scan, ctx.digest, name, ctx.mc_samples, outcome.kind) for name in chosen):
+        return  # fail closed: the audit log could not be written (the message is on the page)
     if not outcome.ok:
         st.error(outcome.error)
         return

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from core.contract import DEFAULT_MC_SAMPLES
 from core.registry import RegistryScan
 from dashboard.pipeline import sha256
 from dashboard.ui.state import SAMPLES, SAMPLES_DIR, get_scan
@@ -54,17 +55,20 @@ def _upload_digest(upload) -> str:
     return known[1]
 
 
-def render_sidebar(scan: RegistryScan) -> Choice:
-    """Draw the sidebar and return what the user chose."""
+def render_sidebar(scan: RegistryScan, uploads: bool = True) -> Choice:
+    """Draw the sidebar and return what the user chose (``uploads=False``: the image comes from the PACS worklist,
+    so neither uploader nor samples are drawn and ``data`` is ``None``)."""
+    upload = sample = None
     with st.sidebar:
-        st.header("Image")
-        # No type filter: DICOM files often have no extension, and core.imaging names the problem with any
-        # other file better than the uploader's generic refusal would.
-        upload = st.file_uploader("Upload a chest radiograph", type=None, key="upload", help=UPLOAD_HELP)
-        sample = st.selectbox(
-            "…or try a bundled sample", list(SAMPLES), key="sample", disabled=upload is not None,
-            help="Real, public, de-identified images; see dashboard/samples/ATTRIBUTION.md.",
-        )
+        if uploads:
+            st.header("Image")
+            # No type filter: DICOM files often have no extension, and core.imaging names the problem with any
+            # other file better than the uploader's generic refusal would.
+            upload = st.file_uploader("Upload a chest radiograph", type=None, key="upload", help=UPLOAD_HELP)
+            sample = st.selectbox(
+                "…or try a bundled sample", list(SAMPLES), key="sample", disabled=upload is not None,
+                help="Real, public, de-identified images; see dashboard/samples/ATTRIBUTION.md.",
+            )
         st.header("Model")
         names = scan.distinct_names()
         default = scan.default_name
@@ -77,7 +81,7 @@ def render_sidebar(scan: RegistryScan) -> Choice:
         )
         st.caption(descriptions.get(variant, ""))
         mc = st.slider(
-            "Monte-Carlo dropout samples", min_value=1, max_value=50, value=10, key="mc_samples",
+            "Monte-Carlo dropout samples", min_value=1, max_value=50, value=DEFAULT_MC_SAMPLES, key="mc_samples",
             help="More samples give a steadier uncertainty estimate (the halo and ± values); 1 turns it off.",
         )
         if scan.problems:
@@ -89,6 +93,8 @@ def render_sidebar(scan: RegistryScan) -> Choice:
                      help="Read the weights folder again (after adding or replacing a variant)."):
             get_scan.clear()
             st.rerun()
+    if not uploads:
+        return Choice(data=None, source="pacs", variant=variant, mc_samples=int(mc))
     if upload is not None:
         return Choice(data=upload.getvalue(), source="upload", variant=variant, mc_samples=int(mc),
                       digest=_upload_digest(upload))
