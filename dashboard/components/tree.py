@@ -38,7 +38,7 @@ POSITIVE_COLOR = "#c2185b"
 NOT_LEARNT_COLOR = "#9ca3af"
 HALO_COLOR = "rgba(230, 126, 34, 0.35)"
 LABEL_FONT_PX = 12
-CALLED_RING = NODE_SIZE + 12
+CALLED_RING = NODE_SIZE + 5  # just outside the node's white outline, clear of its caption
 # Words too long for one caption line break here (a hyphen is added), so no caption runs into its neighbour's.
 _BREAKS = {"Cardiomediastinum": 6}
 
@@ -281,7 +281,7 @@ def taxonomy_figure(
     fig.add_trace(go.Scatter(
         x=[xs[i] for i in called], y=[ys[i] for i in called], mode="markers", hoverinfo="skip", showlegend=False,
         name="called", customdata=[labels[i] for i in called],
-        marker=dict(size=CALLED_RING, symbol="circle-open", color=POSITIVE_COLOR, line=dict(width=3.5)),
+        marker=dict(size=CALLED_RING, symbol="circle-open", color=POSITIVE_COLOR, line=dict(width=3)),
     ))
     if selected in labels:
         # The selection frames the node and its caption (a tinted box), unlike any ring.
@@ -303,7 +303,7 @@ def taxonomy_figure(
 
     fig.add_trace(nodes(shown, "labels", "#1a202c", dict(
         size=NODE_SIZE, color=[mean[labels[i]] for i in shown], colorscale=COLORSCALE, cmin=0.0, cmax=1.0,
-        line=dict(width=1.0, color="#ffffff"),
+        line=dict(width=1.5, color="#ffffff"),
         colorbar=dict(title=dict(text="P (MC mean)", side="right"), thickness=10, len=0.7, x=1.0, xpad=0,
                       tickfont=dict(size=LABEL_FONT_PX)))))
     # Not-learnt outputs: a hollow grey ring, no number; their output is not a probability worth reading.

@@ -93,9 +93,11 @@ def _viewer(ctx: Context) -> None:
     show_map = c4.toggle("Map beside the radiograph", value=True, key="show_map",
                          help="The map pane follows the radiograph's window/level, invert and zoom.")
     layer_key = (ctx.digest, ctx.variant, ctx.mc_samples, selected, colormap, opacity, threshold)
+    # A label the model never learnt has no map worth drawing: its pane shows the image alone, and says so.
+    learnt = analysis.learnt(selected)
     overlay = ctx.memo("layer", layer_key, lambda: png_bytes(cam_layer(
         analysis, selected, _layer_shape(display.levels.shape), colormap=colormap, opacity=opacity,
-        threshold=threshold))) if show_map else None
+        threshold=threshold))) if show_map and learnt else None
     with viewer_slot:
         _draw_viewer(ctx, display, overlay, layer_key, show_map)
 
@@ -105,12 +107,15 @@ def _draw_viewer(ctx: Context, display, overlay: bytes | None, layer_key: tuple,
     selected = ctx.selected_label()
     radiograph_viewer(
         display, ctx.digest, key=VIEWER_KEY, initial=st.session_state.get(ctx.view_key),
-        overlay_png=overlay, overlay_id=repr(layer_key), map_title=f"{selected} · {_value(analysis, selected)}",
+        overlay_png=overlay, overlay_id=repr(layer_key) if overlay else "none",
+        map_title=f"{selected} · {_value(analysis, selected)}" + ("" if analysis.learnt(selected) else ": no map"),
         labels=tree_order(ctx.taxonomy), selected=selected, height=VIEWER_HEIGHT, show_map=show_map,
     )
+    about = cam_caption(analysis, selected) if analysis.learnt(selected) else "No map: the model never learnt " \
+        "this label (too few positive training images), so neither its output nor its map means anything."
     with st.container(key="viewer_caption"):
-        st.caption(f"{selected} · {_value(analysis, selected)} — {cam_caption(analysis, selected)} Window/level, "
-                   "invert and zoom change the display only: the model saw the file's own window.")
+        st.caption(f"{selected} · {_value(analysis, selected)} — {about} Window/level, invert and zoom change the "
+                   "display only: the model saw the file's own window.")
 
 
 def _layer_shape(shape: tuple[int, int], max_side: int = 256) -> tuple[int, int]:
