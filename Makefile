@@ -45,11 +45,12 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(PY) bench/train_step.py
 	$(PY) bench/inference.py
 	$(PY) bench/loader.py
 	$(PY) bench/robustness.py
+	$(PY) bench/pacs.py
 	$(PY) bench/dashboard.py
 
 clean:

@@ -12,7 +12,7 @@ from core.pacs.devserver import start_seeded
 from core.pacs.results import read_sr
 from dashboard.ui.state import ENV_WEIGHTS_DIR
 
-pytestmark = pytest.mark.pacs
+pytestmark = [pytest.mark.pacs, pytest.mark.slow]  # real Orthanc + model analyses through it
 
 APP = REPO_ROOT / "dashboard" / "app.py"
 
