@@ -7,6 +7,7 @@ no ML logic of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from dataclasses import replace
@@ -104,7 +105,8 @@ def main() -> None:
             return
         choice = replace(choice, data=opened.data, source="pacs", digest=_pacs_digest(opened.data))
     if choice.data is None:
-        st.info("Upload a chest radiograph in the sidebar, or pick one of the bundled samples.")
+        st.info("Upload a chest radiograph in the sidebar, or pick one of the bundled samples. Nothing is analysed "
+                "until you do.", icon=":material/upload_file:")
         _footer(scan)
         return
 
@@ -122,11 +124,17 @@ def main() -> None:
         return
 
     warm_variants(str(weights_dir), tuple(scan.distinct_names()))  # after the first analysis, once per process
+    analysis = outcome.analyses[choice.variant]
+    if choice.sample is not None:  # a copy: the cached record stays as the engine made it
+        analysis = dataclasses.replace(analysis, sample=choice.sample)
     ctx = Context(
         weights_dir=weights_dir, scan=scan, predictor=predictor, cache=cache, data=choice.data, digest=digest,
-        variant=choice.variant, mc_samples=choice.mc_samples, analysis=outcome.analyses[choice.variant],
+        variant=choice.variant, mc_samples=choice.mc_samples, analysis=analysis,
         image=outcome.image, taxonomy=get_taxonomy(),
     )
+    if analysis.sample:
+        st.info(f"**Sample image** ({analysis.sample}): a bundled public radiograph, not a patient's film. Results "
+                "and exports are labelled as a sample.", icon=":material/science:")
     if opened is not None:
         worklist.render_send(opened, ctx)
     renderers = (render_analysis, render_compare, render_card, render_export)

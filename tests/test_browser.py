@@ -109,9 +109,20 @@ def page(browser, server):
     pg = context.new_page()
     pg.set_default_timeout(RENDER_TIMEOUT_MS)
     pg.goto(server)
-    pg.wait_for_selector(TREE)
+    _pick_sample(pg, FIRST_SAMPLE)
     yield pg
     context.close()
+
+
+#: The sample the page fixture picks (nothing is analysed before a pick).
+FIRST_SAMPLE = "Cardiomegaly · NIH PNG"
+
+
+def _pick_sample(page, name: str) -> None:
+    """Pick a bundled sample in the sidebar and wait for its tree."""
+    page.locator(".st-key-sample").click()
+    page.get_by_role("option", name=name, exact=True).click()
+    page.wait_for_selector(TREE)
 
 
 def _shot(page, name: str) -> Path:
@@ -332,7 +343,7 @@ def test_compare_variants_and_downloads(page):
         page.get_by_role("button", name="Download JSON").click()
     payload = json.loads(Path(info.value.path()).read_text())
     assert payload["model_id"] == default and len(payload["labels"]) == 21
-    assert payload["labels"]["Fracture"]["call"] == "not learnt" and "warnings" in payload
+    assert payload["labels"]["Fracture"]["call"] == "" and "warnings" in payload
     with page.expect_download() as info:
         page.get_by_role("button", name="Download PDF report").click()
     pdf = Path(info.value.path()).read_bytes()
@@ -344,13 +355,52 @@ def test_compare_variants_and_downloads(page):
     _shot(page, "08_export")
 
 
-def test_out_of_population_image_is_warned_next_to_the_tree(page, shared_data):
+def test_first_screen_analyses_nothing(browser, server):
+    context = browser.new_context(viewport={"width": 1600, "height": 1200})
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(RENDER_TIMEOUT_MS)
+        pg.goto(server)
+        pg.get_by_text("Nothing is analysed until you do").wait_for()
+        assert pg.locator(TREE).count() == 0 and pg.locator("[data-testid='stDataFrame']").count() == 0
+        _shot(pg, "00_first_screen")
+    finally:
+        context.close()
+
+
+def _banner(page) -> str:
+    banner = page.locator("[data-testid='stAlertContentError']")
+    banner.first.wait_for()
+    return " ".join(banner.all_inner_texts())
+
+
+def test_out_of_population_dog_has_the_banner_and_no_calls(page, shared_data):
     _upload(page, shared_data / "dicom" / "highdicom_dx_image_DX_MONO1_canine_thorax.dcm")
-    warning = page.locator("[data-testid='stAlertContentWarning']")
-    warning.first.wait_for()
-    text = " ".join(warning.all_inner_texts())
-    assert "under 18" in text or "unlike the adult" in text
-    _shot(page, "09_out_of_population")
+    text = _banner(page)
+    assert "do not apply" in text and "under 18" in text and "No finding is called" in text
+    assert "▲" not in _tree_text(page)
+    _shot(page, "09_out_of_population_dog")
+
+
+def test_out_of_population_child_has_the_banner_and_no_calls(page, shared_data):
+    from core.card_evidence import kermany_heldout
+
+    # A film of a patient the population classifier never saw.
+    kermany = kermany_heldout(pd.read_csv(shared_data / "other" / "kermany" / "labels.csv"))
+    child = shared_data / "other" / "kermany" / "images" / kermany["file"].iloc[0]
+    _upload(page, child)
+    text = _banner(page)
+    assert "do not apply" in text and "child" in text
+    assert "▲" not in _tree_text(page)
+    _shot(page, "10_out_of_population_child")
+
+
+def test_normal_film_has_no_banner_and_few_calls(page):
+    _pick_sample(page, "No finding · NIH PNG")
+    page.get_by_text("Sample image").first.wait_for()
+    assert page.locator("[data-testid='stAlertContentError']").count() == 0
+    assert _tree_text(page).count("▲") <= 1
+    _shot(page, "11_normal_film")
 
 
 # ------------------------------------------------------------------------------------- the viewer (issue 18)
@@ -393,7 +443,7 @@ def test_viewer_presets_drag_readout_reset_and_the_map_follows(page, shared_data
     file_window = f"C {round(center)} / W {round(width)}"
     viewer.locator("#wl0").filter(has_text=file_window).wait_for()
     before = [frame.evaluate(CANVAS_MEAN, f"c{k}") for k in (0, 1)]
-    _shot(page, "10_viewer_file_window")
+    _shot(page, "20_viewer_file_window")
 
     # Presets: each sets both panes to its window; the map pane is redrawn with the radiograph's window.
     viewer.get_by_role("button", name="Lung", exact=True).click()
@@ -403,7 +453,7 @@ def test_viewer_presets_drag_readout_reset_and_the_map_follows(page, shared_data
     assert _window_text(page, 1) == lung  # the map pane follows the window
     after = [frame.evaluate(CANVAS_MEAN, f"c{k}") for k in (0, 1)]
     assert abs(after[0] - before[0]) > 5 and abs(after[1] - before[1]) > 2
-    _shot(page, "11_viewer_lung_preset")
+    _shot(page, "21_viewer_lung_preset")
 
     # Mouse drag: right widens the window, down moves the level; both panes follow, and the page keeps the window.
     pane = viewer.locator("#p0").bounding_box()
@@ -431,14 +481,14 @@ def test_viewer_presets_drag_readout_reset_and_the_map_follows(page, shared_data
     viewer.get_by_role("button", name="Invert", exact=True).click()
     assert "125%" in _window_text(page, 0) and "125%" in _window_text(page, 1)
     assert "inverted" in _window_text(page, 1)
-    _shot(page, "12_viewer_dragged_zoomed_inverted")
+    _shot(page, "22_viewer_dragged_zoomed_inverted")
 
     # Reset: the file's own window, no invert, fitted.
     viewer.get_by_role("button", name="Reset", exact=True).click()
     assert _window_text(page, 0).startswith(file_window) and "100%" in _window_text(page, 0)
     assert "inverted" not in _window_text(page, 0)
     assert abs(frame.evaluate(CANVAS_MEAN, "c0") - before[0]) < 1.0
-    _shot(page, "13_viewer_reset")
+    _shot(page, "23_viewer_reset")
 
 
 def test_keyboard_selects_tree_nodes(page):
@@ -465,7 +515,7 @@ def test_keyboard_selects_tree_nodes(page):
         arg=following)
     _settled(page)
     _images_loaded(page)
-    _shot(page, "14_keyboard_selection")
+    _shot(page, "24_keyboard_selection")
 
 
 @pytest.mark.parametrize("width", [1280, 1920])
@@ -475,7 +525,7 @@ def test_compare_grid_never_overlaps(browser, server, width):
         page = context.new_page()
         page.set_default_timeout(RENDER_TIMEOUT_MS)
         page.goto(server)
-        page.wait_for_selector(TREE)
+        _pick_sample(page, FIRST_SAMPLE)
         page.get_by_role("tab", name="Compare variants").click()
         tiles = page.locator(".st-key-compare_maps [data-testid='stImage']")
         page.wait_for_function(
@@ -499,6 +549,6 @@ def test_compare_grid_never_overlaps(browser, server, width):
         page.mouse.move(0, 0)
         page.locator(".st-key-compare_maps").scroll_into_view_if_needed()  # the page scrolls inside its main block
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"15_compare_{width}.png"))
+        page.screenshot(path=str(ARTIFACTS / f"25_compare_{width}.png"))
     finally:
         context.close()

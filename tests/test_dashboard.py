@@ -91,7 +91,17 @@ def _app(weights_dir: Path, monkeypatch) -> AppTest:
     monkeypatch.setenv(ENV_WEIGHTS_DIR, str(weights_dir))
     at = AppTest.from_file(str(APP), default_timeout=APP_TIMEOUT)
     at.run()
+    if any(getattr(s, "key", None) == "sample" for s in at.selectbox):  # a page with models: pick a sample
+        _first_screen_is_empty(at)
+        at.selectbox(key="sample").set_value(PNG_SAMPLE).run()
     return at
+
+
+def _first_screen_is_empty(at: AppTest) -> None:
+    """The first screen analyses nothing: no tree, no table, only the invitation to upload or pick a sample."""
+    assert not at.exception and not at.dataframe and at.selectbox(key="sample").value is None
+    assert not any(getattr(c, "key", None) == "tree" for c in at.get("plotly_chart"))
+    assert any("Nothing is analysed until you do" in i.value for i in at.info)
 
 
 def _no_failure(at: AppTest) -> None:

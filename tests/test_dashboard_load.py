@@ -113,8 +113,9 @@ async def _browser_session(browser, url: str, path: Path, labels: list[str]) -> 
         page = await context.new_page()
         page.set_default_timeout(RENDER_TIMEOUT_MS)
         await page.goto(url)
-        await page.wait_for_selector(TREE)  # the default sample is analysed first
-        before = await page.locator(TREE).first.text_content()
+        # Nothing is analysed before an upload: the first screen has no tree.
+        await page.locator("[data-testid='stFileUploader']").wait_for()
+        before = ""
         await page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(path))
         await page.wait_for_function(
             "([sel, before]) => { const el = document.querySelector(sel);"

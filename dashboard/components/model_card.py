@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.calls import card_evidence
 from core.card import ModelCard, finite
 
 DISCLAIMER = "Research use only. Not a medical device: not for diagnosis, triage or treatment decisions."
@@ -48,11 +49,13 @@ def auroc_frame(card: ModelCard, labels: Sequence[str], split: str = "test") -> 
     Labels the card does not report get empty (NaN) cells, so the table always has one row per output.
     """
     metrics = card.split_metrics(split)
+    _, evidence = card_evidence(card)
+    points = evidence.thresholds() if evidence is not None else {}
     rows = []
     for label in labels:
         entry = metrics.label(label)
         low, high = _ci(entry.auroc_ci)
-        point = card.operating_points.get(label)
+        point = points.get(label)
         rows.append(
             {
                 "label": label,
@@ -65,13 +68,27 @@ def auroc_frame(card: ModelCard, labels: Sequence[str], split: str = "test") -> 
                 "ece": _number(entry.ece),
                 "positives": entry.positives,
                 "known": entry.known,
-                "operating point": point.threshold if point else None,
+                "operating point": point,
             }
         )
     frame = pd.DataFrame(rows)
     for column in ("auroc", "ci_low", "ci_high", "average_precision", "ece"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
+
+
+def call_frame(card: ModelCard) -> pd.DataFrame:
+    """The call rule's per-label inputs (:mod:`core.calls`): held-out AUROC and interval, counts, whether the label
+    can be called, its operating point with the held-out sensitivity and specificity there, or why not."""
+    _, evidence = card_evidence(card)
+    rows = []
+    for label, e in (evidence.labels.items() if evidence is not None else ()):
+        rows.append({"label": label, "held-out AUROC": e.auroc,
+                     "CI low": e.auroc_ci[0] if e.auroc_ci else None, "CI high": e.auroc_ci[1] if e.auroc_ci else None,
+                     "positives": e.positives, "negatives": e.negatives, "callable": e.callable,
+                     "operating point": e.threshold, "sensitivity": e.sensitivity, "specificity": e.specificity,
+                     "why not": e.reason})
+    return pd.DataFrame(rows)
 
 
 def auroc_figure(frame: pd.DataFrame, title: str = "Per-label test AUROC (95% CI)", height: int | None = None

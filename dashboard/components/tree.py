@@ -1,8 +1,9 @@
 """The taxonomy DAG as a plotly figure: nodes coloured by probability, halos sized by MC uncertainty.
 
 What each mark claims: the node colour is the MC-mean probability (perceptually uniform, colour-blind-safe
-viridis scale); a thick dark outline and "▲" mean the probability is at or above the label's operating point
-(the threshold reaching the card's target sensitivity on held-out data), i.e. the model calls it positive; a
+viridis scale); a pink ring around the node and "▲" mean the record's call is ``above`` (:mod:`core.calls`: a label the
+model separates on held-out data, at or above its operating point), i.e. the model calls it positive; out of
+population every node is grey and nothing is marked; a
 hollow grey node marked "not learnt" is an output the model had too few positive training images to learn (no
 number is shown for it); a red dashed edge is a hierarchy violation by the project's one rule (child above 0.5
 while its parent is below 0.5, on the MC means; edges touching a not-learnt label are never flagged).
@@ -15,6 +16,7 @@ two parents), so every parent -> child edge is drawn; none is dropped to make it
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -24,6 +26,8 @@ from core.analysis import Analysis
 from core.taxonomy import Taxonomy
 
 COLORSCALE = "Viridis"
+#: Out of population: probabilities drawn in light greys only, so no colour reads as a finding.
+GREYED_SCALE = [[0.0, "#e5e7eb"], [1.0, "#9ca3af"]]
 NODE_SIZE = 22
 # Halo ring thickness in px per unit of MC standard deviation: linear, so the visual reads as a measure.
 HALO_PX_PER_STD = 120.0
@@ -148,16 +152,24 @@ def node_hover(analysis: Analysis, label: str, auroc_note: str | None, training_
         f"n={analysis.mc_samples})",
         f"deterministic P = {float(analysis.probability[i]):.3f}",
     ]
+    # The decision is the record's (core.calls): never re-derived here.
+    decision, reason = analysis.call(label), analysis.call_reason(label)
     threshold = analysis.operating_points.get(label)
-    if threshold is None:
-        lines.append("no operating point (too few held-out positives to set one)")
+    if decision == "above":
+        lines.append(f"▲ called positive: at or above its operating point {threshold:.3f}"
+                     + (f" ({reason})" if reason else ""))
+    elif decision == "below":
+        lines.append(f"below its operating point {threshold:.3f}: not called")
     else:
-        verdict = "at or above: the model calls it positive" if analysis.call(label) == "above" else "below"
-        lines.append(f"operating point {threshold:.3f} ({verdict})")
+        lines.append(_wrap_hover(reason or "no call"))
     if analysis.cam_labels and analysis.cam_labels[i] != label:
         lines.append(f"probability (and map) from its descendant {analysis.cam_labels[i]} (max constraint)")
     lines.append(f"test AUROC {auroc_note}" if auroc_note else "test AUROC: not reported")
     return "<br>".join(lines)
+
+
+def _wrap_hover(text: str, width: int = 70) -> str:
+    return "<br>".join(textwrap.wrap(text, width))
 
 
 def _wrap(label: str, width: int = 12) -> str:
@@ -301,9 +313,11 @@ def taxonomy_figure(
             unselected=dict(marker=dict(opacity=1.0), textfont=dict(color=text_color)),
         )
 
-    fig.add_trace(nodes(shown, "labels", "#1a202c", dict(
-        size=NODE_SIZE, color=[mean[labels[i]] for i in shown], colorscale=COLORSCALE, cmin=0.0, cmax=1.0,
-        line=dict(width=1.5, color="#ffffff"),
+    # Out of population the outputs do not apply: the probabilities are greyed (a grey scale, no colour bar).
+    greyed = analysis.out_of_population
+    fig.add_trace(nodes(shown, "labels", "#6b7280" if greyed else "#1a202c", dict(
+        size=NODE_SIZE, color=[mean[labels[i]] for i in shown], colorscale=GREYED_SCALE if greyed else COLORSCALE,
+        cmin=0.0, cmax=1.0, showscale=not greyed, line=dict(width=1.5, color="#ffffff"),
         colorbar=dict(title=dict(text="P (MC mean)", side="right"), thickness=10, len=0.7, x=1.0, xpad=0,
                       tickfont=dict(size=LABEL_FONT_PX)))))
     # Not-learnt outputs: a hollow grey ring, no number; their output is not a probability worth reading.
@@ -311,8 +325,8 @@ def taxonomy_figure(
         size=NODE_SIZE, color=NOT_LEARNT_COLOR, symbol="circle-open", line=dict(width=2.5))))
     # Legend entries for the marks (dummy points outside the view).
     for name, marker in (
-        ("▲ called: at/above operating point", dict(size=14, symbol="circle-open", color=POSITIVE_COLOR,
-                                                   line=dict(width=3))),
+        ("▲ called positive (a label the model separates, at/above its operating point)",
+         dict(size=14, symbol="circle-open", color=POSITIVE_COLOR, line=dict(width=3))),
         ("selected (shown in the viewer)", dict(size=14, symbol="square", color=SELECTED_FILL,
                                                 line=dict(width=2, color=SELECTED_COLOR))),
         ("not learnt (no meaningful output)", dict(size=12, color=NOT_LEARNT_COLOR, symbol="circle-open",

@@ -11,7 +11,9 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
+from core.calls import card_rule
 from core.imaging import XrayImage
+from core.ood import is_technical_note
 from dashboard.components.cam import COLORMAPS, cam_caption, cam_layer, cam_overlay, gallery_labels
 from dashboard.components.image_view import is_dicom_metadata, metadata_table
 from dashboard.components.tree import label_from_selection, taxonomy_figure, tree_order
@@ -24,20 +26,38 @@ TREE_HEIGHT = 600
 
 
 def _value(analysis, label: str) -> str:
-    """``P = mean ± std`` with its operating-point verdict, or "not learnt"."""
+    """``P = mean ± std`` with the record's call on it, or "not learnt"."""
     if not analysis.learnt(label):
         return "not learnt (no meaningful output)"
     i = analysis.index(label)
     text = f"P = {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f}"
-    threshold = analysis.operating_points.get(label)
-    if threshold is not None:
-        text += f" ({'at/above' if analysis.call(label) == 'above' else 'below'} operating point {threshold:.2f})"
+    decision, threshold = analysis.call(label), analysis.operating_points.get(label)
+    if decision in ("above", "below"):
+        text += f" ({'called: at/above' if decision == 'above' else 'below'} operating point {threshold:.2f})"
+    elif decision == "no call":
+        text += " (no call)"
+    else:
+        text += " (does not apply: out of population)"
     return text
+
+
+def population_banner(analysis) -> None:
+    """The banner at the top of the page when the image is outside the training population: the outputs do not
+    apply, which check fired, and that nothing is called."""
+    if not analysis.out_of_population:
+        return
+    checks = "; ".join(c.message for c in analysis.population_checks)
+    st.error(f"**The outputs do not apply to this image.** It is outside the population the model was trained on "
+             f"(adult frontal chest radiographs): {checks} No finding is called; the probabilities below are "
+             "greyed and shown for reference only.", icon=":material/block:")
 
 
 def render_analysis(ctx: Context) -> None:
     """Draw the Analysis tab for the current image and variant: the viewer first (above the fold), then the tree
     and the table of every output, then the image's details."""
+    population_banner(ctx.analysis)
+    if ctx.analysis.sample:
+        st.caption(f":orange-badge[SAMPLE IMAGE] {ctx.analysis.sample}: a bundled public image, not a patient's film.")
     _workspace(ctx)
     _metadata_panel(ctx.image)
 
@@ -48,8 +68,10 @@ def _workspace(ctx: Context) -> None:
     panel, from cached records (no hashing, no file read, no network pass)."""
     _take_viewer_value(ctx)
     analysis = ctx.analysis
+    in_banner = {c.message for c in analysis.population_checks}
     for warning in analysis.warnings:
-        st.warning(warning, icon=":material/warning:")
+        if warning not in in_banner:  # the banner already says it
+            st.warning(warning, icon=":material/warning:")
     _viewer(ctx)
     # Full width for the tree, so its 12 px captions never collide at 1,280 px; the table below shows every row.
     st.subheader("Findings in the clinical taxonomy")
@@ -110,6 +132,7 @@ def _draw_viewer(ctx: Context, display, overlay: bytes | None, layer_key: tuple,
         overlay_png=overlay, overlay_id=repr(layer_key) if overlay else "none",
         map_title=f"{selected} · {_value(analysis, selected)}" + ("" if analysis.learnt(selected) else ": no map"),
         labels=tree_order(ctx.taxonomy), selected=selected, height=VIEWER_HEIGHT, show_map=show_map,
+        image_title="Radiograph · SAMPLE IMAGE (not a patient's film)" if analysis.sample else "Radiograph",
     )
     about = cam_caption(analysis, selected) if analysis.learnt(selected) else "No map: the model never learnt " \
         "this label (too few positive training images), so neither its output nor its map means anything."
@@ -128,8 +151,10 @@ def _layer_shape(shape: tuple[int, int], max_side: int = 256) -> tuple[int, int]
 
 def _metadata_panel(image: XrayImage) -> None:
     meta = image.metadata.to_dict()
-    for warning in meta.get("warnings") or []:
-        st.warning(warning)
+    # Technical notes about the file, once and in grey; clinical warnings are shown above the tree.
+    for note in meta.get("warnings") or []:
+        if is_technical_note(note):
+            st.caption(f":material/description: File note: {note}")
     # DICOM headers say more (modality, view, bits, photometric), so their details start open.
     with st.expander("Image details", expanded=is_dicom_metadata(meta)):
         st.table(metadata_table(meta).set_index("field"))
@@ -161,13 +186,13 @@ def _tree(ctx: Context) -> None:
     st.radio("Findings in tree order (keyboard: Tab here, then the arrow keys)", tree_order(ctx.taxonomy),
              key="label_pick", on_change=_on_label_pick, horizontal=True,
              format_func=lambda label: _pick_text(analysis, label))
-    target = _target_sensitivity(card)
+    rule = card_rule(ctx.get_variant(ctx.variant).card)
     st.caption(
         "Node colour: probability (mean of the MC dropout samples). Orange halo: uncertainty (their standard "
-        "deviation). ▲ and a pink ring around the node: at or above the label's operating point, the probability "
-        f"at which the model reaches {target} sensitivity on held-out images, so the model calls it positive. "
-        f"Blue box: the label shown in the viewer. Hollow grey ring: not learnt (too few positive training images). "
-        f"Red dashed edge: a violation, the child above {analysis.threshold:.1f} while its parent is below "
+        f"deviation). ▲ and a pink ring around the node: the model calls the label positive. {rule.describe()} "
+        "Hover a node for its call or the reason it has none. Blue box: the label shown in the viewer. Hollow grey "
+        "ring: not learnt (too few positive training images). Red dashed edge: "
+        f"a violation, the child above {analysis.threshold:.1f} while its parent is below "
         f"{analysis.threshold:.1f}. Click a node to see its map."
     )
     if analysis.violations:
@@ -180,11 +205,6 @@ def _pick_text(analysis, label: str) -> str:
         return f"{label} (not learnt)"
     mark = " ▲" if analysis.call(label) == "above" else ""
     return f"{label} {analysis.mc_mean[analysis.index(label)]:.2f}{mark}"
-
-
-def _target_sensitivity(card) -> str:
-    targets = {p.target_sensitivity for p in card.operating_points.values()}
-    return f"{targets.pop():.0%}" if len(targets) == 1 else "the card's target"
 
 
 def _findings_table(ctx: Context) -> None:
@@ -209,6 +229,7 @@ def _findings_table(ctx: Context) -> None:
             "± std": shown(analysis.mc_std, learnt),
             "operating point": [analysis.operating_points.get(label, float("nan")) for label in analysis.labels],
             "call": [analysis.call(label) for label in analysis.labels],
+            "why": [analysis.call_reason(label) for label in analysis.labels],
             "test AUROC": [auroc_cell(label) for label in analysis.labels],
             "parents": [", ".join(ctx.taxonomy.parents(label)) for label in analysis.labels],
         }
@@ -225,14 +246,20 @@ def _findings_table(ctx: Context) -> None:
             "± std": st.column_config.NumberColumn(format="%.3f", width=60),
             "test AUROC": st.column_config.TextColumn(width=185),
             "operating point": st.column_config.NumberColumn(
-                format="%.3f", width=85, help=f"Probability at which the model reaches {_target_sensitivity(card)} "
-                "sensitivity on held-out images: at or above it, the model calls the label positive."),
-            "call": st.column_config.TextColumn(help="The MC mean against the operating point.", width=75),
+                format="%.3f", width=85, help="Only for labels the model separates on held-out images: at or "
+                "above it, the model calls the label positive (see the model card's call rule)."),
+            "call": st.column_config.TextColumn(
+                help="above / below the operating point; 'no call' where the model cannot separate the finding; "
+                "empty when not learnt or out of population.", width=75),
+            "why": st.column_config.TextColumn(help="Why a label has no call, or how a group came to be called."),
         },
         key="findings_table",
     )
-    st.caption("Empty probability: the label was not learnt, so its output is not shown. 'call' compares the MC "
-               "mean with the label's operating point; a probability below 0.5 can still be a positive call.")
+    st.caption("Empty probability: the label was not learnt, so its output is not shown. "
+               + ("The image is outside the training population: no label is called and the probabilities do not "
+                  "apply. " if analysis.out_of_population else "")
+               + f"{card_rule(ctx.get_variant(ctx.variant).card).describe()} The model saw a "
+               f"{analysis.extra.get('input_size', '?')} px copy of the image.")
 
 
 def _gallery(ctx: Context) -> None:

@@ -27,6 +27,8 @@ class Choice:
     Attributes:
         data: File bytes to analyse, or ``None`` if nothing is chosen.
         source: ``"upload"`` or the sample's display name (never the uploaded file's name).
+        sample: The bundled sample's display name when the image is one (labelled as a sample everywhere), else
+            ``None``.
         variant: Chosen model variant.
         mc_samples: Monte-Carlo dropout samples.
         digest: SHA-256 of ``data`` (hashed once per file, not per rerun); ``""`` without data.
@@ -37,6 +39,7 @@ class Choice:
     variant: str
     mc_samples: int
     digest: str = ""
+    sample: str | None = None
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -65,8 +68,10 @@ def render_sidebar(scan: RegistryScan, uploads: bool = True) -> Choice:
             # No type filter: DICOM files often have no extension, and core.imaging names the problem with any
             # other file better than the uploader's generic refusal would.
             upload = st.file_uploader("Upload a chest radiograph", type=None, key="upload", help=UPLOAD_HELP)
+            # No sample is preselected: nothing is analysed until the user uploads an image or picks a sample.
             sample = st.selectbox(
-                "…or try a bundled sample", list(SAMPLES), key="sample", disabled=upload is not None,
+                "…or try a bundled sample", list(SAMPLES), index=None, key="sample", disabled=upload is not None,
+                placeholder="Choose a sample image",
                 help="Real, public, de-identified images; see dashboard/samples/ATTRIBUTION.md.",
             )
         st.header("Model")
@@ -98,5 +103,7 @@ def render_sidebar(scan: RegistryScan, uploads: bool = True) -> Choice:
     if upload is not None:
         return Choice(data=upload.getvalue(), source="upload", variant=variant, mc_samples=int(mc),
                       digest=_upload_digest(upload))
+    if sample is None:
+        return Choice(data=None, source="", variant=variant, mc_samples=int(mc))
     data, digest = _sample(SAMPLES[sample])
-    return Choice(data=data, source=sample, variant=variant, mc_samples=int(mc), digest=digest)
+    return Choice(data=data, source=sample, variant=variant, mc_samples=int(mc), digest=digest, sample=sample)
