@@ -508,6 +508,7 @@ def test_app_variant_choice(weights_dir, predictor, monkeypatch):
     assert "bce |" in " ".join(c.value for c in at.sidebar.caption)
 
 
+@pytest.mark.slow  # every tab of the page, with analyses of several variants
 def test_app_compare_model_card_and_export_tabs(weights_dir, predictor, monkeypatch):
     at = _app(weights_dir, monkeypatch)
     at.session_state["tab"] = "Compare variants"
