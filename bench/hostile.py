@@ -444,6 +444,13 @@ def dicom_zero_preamble_no_marker() -> bytes:
     return bytes(128) + _image_elements(256, 256, {}) + _element(0x7FE0, 0x0010, b"OB", chest_like().tobytes())
 
 
+def dicom_tiff_preamble() -> bytes:
+    """A DX DICOM whose preamble starts with a TIFF header (the DICOM-TIFF dual layout of PS3.10 7.5)."""
+    data = bytearray(dicom_native(chest_like()))
+    data[0:8] = b"II*\x00" + struct.pack("<I", 8)
+    return bytes(data)
+
+
 def dicom_no_preamble() -> bytes:
     """A DX DICOM written without its 128-byte preamble: ``DICM`` at byte 0."""
     return dicom_with(chest_like(), {}, preamble=False)
@@ -575,6 +582,7 @@ ODD_CASES: dict[str, tuple[str, Callable[[], bytes], str, str]] = {
     "jpeg_dicm_at_128": ("jpg", jpeg_with_dicm_at_128, "read", ""),
     "png_big_text": ("png", png_big_text, "read", ""),
     "dicom_no_preamble": ("dcm", dicom_no_preamble, "read", ""),
+    "dicom_tiff_preamble": ("dcm", dicom_tiff_preamble, "read", ""),
     # the marker sits in the palette, which is then not grey: read, with the colour warning
     "bmp_dicm_at_128": ("bmp", bmp_with_dicm_at_128, "warned", "colour BMP"),
     "dicom_zero_preamble_no_marker": ("dcm", dicom_zero_preamble_no_marker, "warned", "old ACR-NEMA file"),

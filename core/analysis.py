@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.calls import NO_CALL, NONE, Call, Calls
+from core.ood import PopulationCheck
 from core.taxonomy import Taxonomy
 
 #: The taxonomy's roots, which say "something / nothing / unsure" rather than name a finding: left out of rankings
@@ -72,13 +74,24 @@ class Analysis:
             also for a label whose evidence is negative everywhere (its Grad-CAM in ``cams`` is then empty).
         cam_labels: For each label, the label whose map ``cams`` holds: itself, except for a C-HMCNN model, whose
             label probability is that of a descendant (the map then shows that descendant's evidence).
-        operating_points: Label -> the displayed probability at or above which the model calls it positive (the
-            threshold reaching the model card's target sensitivity on held-out data); labels without one are absent.
+        operating_points: Label -> the operating point of each *callable* label under the card's call rule (the
+            displayed probability at or above which the model calls it positive); other labels are absent.
         not_learnt: Labels the model had too few positive training images to learn: their outputs carry no meaning.
         ood_score: Feature-distance score of the image against the model's training images (``None`` when the
             model has no reference); a warning is added when it exceeds the reference's threshold.
         warnings: Messages for the reader about this input (e.g. an image unlike the training population, a
             degenerate image analysed anyway); empty when there is nothing to say.
+        calls: The decision on every label (:class:`core.calls.Calls`, made once by :func:`core.calls.decide_calls`
+            from the model card): ``calls.calls[label].decision`` is ``"above"``, ``"below"``, ``"no call"`` or
+            ``""`` (not learnt, or out of population), with its ``reason``. Every view and export reads it (use
+            :meth:`call` and :meth:`call_reason`); ``None`` only for a record built by hand.
+        population_checks: The checks that found the image outside the training population
+            (:class:`core.ood.PopulationCheck`: ``name``, ``message``); when any fired, no label is called and the
+            outputs do not apply.
+        notes: Technical notes about the file (how it was decoded: old ACR-NEMA file, MONOCHROME1 polarity, ...),
+            kept apart from the clinical :attr:`warnings` and shown once.
+        sample: The name of the bundled sample image when the input is one (not a patient's film): every view and
+            export labels it as a sample; ``None`` for the user's own image.
     """
 
     model_id: str
@@ -101,6 +114,10 @@ class Analysis:
     operating_points: dict[str, float] = field(default_factory=dict)
     not_learnt: list[str] = field(default_factory=list)
     ood_score: float | None = None
+    calls: Calls | None = None
+    population_checks: list[PopulationCheck] = field(default_factory=list)
+    sample: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def index(self, label: str) -> int:
         """Position of ``label`` in :attr:`labels`."""
@@ -130,31 +147,55 @@ class Analysis:
         """False for a label the model never learnt (see :attr:`not_learnt`)."""
         return label not in self.not_learnt
 
+    @property
+    def out_of_population(self) -> bool:
+        """True when a population check fired: the outputs do not apply and nothing is called."""
+        return bool(self.population_checks)
+
     def call(self, label: str) -> str:
-        """``"above"`` / ``"below"`` the label's operating point (MC mean), ``"not learnt"``, or ``"no operating
-        point"`` when the card gives none."""
+        """The decision on ``label`` (from :attr:`calls`): ``"above"``, ``"below"``, ``"no call"``, or ``""`` when
+        the label is not learnt or the image is out of population."""
+        return self._call(label).decision
+
+    def call_reason(self, label: str) -> str:
+        """Why ``label`` has no call (or how a group came to be called); empty for a plain above/below."""
+        return self._call(label).reason
+
+    def _call(self, label: str) -> Call:
+        if self.calls is not None and label in self.calls.calls:
+            return self.calls.calls[label]
+        # A record built by hand, without decisions: compare with the operating points it was given.
         if not self.learnt(label):
-            return "not learnt"
+            return Call(label, NONE, None, None, "not learnt")
+        if self.out_of_population:
+            return Call(label, NONE, None, None, "out of population")
         threshold = self.operating_points.get(label)
+        p = float(self.mc_mean[self.index(label)])
         if threshold is None:
-            return "no operating point"
-        return "above" if float(self.mc_mean[self.index(label)]) >= threshold else "below"
+            return Call(label, NO_CALL, p, None, "no call: no operating point")
+        return Call(label, "above" if p >= threshold else "below", p, threshold)
 
     def to_dict(self, include_cams: bool = False) -> dict[str, Any]:
         """JSON-ready form; CAMs (as nested lists) only if ``include_cams``; the image is never included."""
         out: dict[str, Any] = {
             "model_id": self.model_id,
+            "sample": self.sample,
             "image_sha256": self.image_sha256,
             "mc_samples": self.mc_samples,
             "threshold": self.threshold,
+            "input_size": self.extra.get("input_size"),
+            "out_of_population": [{"check": c.name, "message": c.message} for c in self.population_checks],
+            "call_rule": self.calls.rule if self.calls is not None else "",
             "labels": {
                 label: {
+                    # A label the model never learnt has no number anywhere (its output carries no meaning).
                     "learnt": self.learnt(label),
-                    "probability": float(self.probability[i]),
-                    "mc_mean": float(self.mc_mean[i]),
-                    "mc_std": float(self.mc_std[i]),
+                    "probability": float(self.probability[i]) if self.learnt(label) else None,
+                    "mc_mean": float(self.mc_mean[i]) if self.learnt(label) else None,
+                    "mc_std": float(self.mc_std[i]) if self.learnt(label) else None,
                     "operating_point": self.operating_points.get(label),
                     "call": self.call(label),
+                    "call_reason": self.call_reason(label),
                     "map_of": (self.cam_labels or self.labels)[i],
                 }
                 for i, label in enumerate(self.labels)
@@ -163,6 +204,7 @@ class Analysis:
             "ood_score": self.ood_score,
             "violations": [v.__dict__ for v in self.violations],
             "warnings": list(self.warnings),
+            "file_notes": list(self.notes),
             "image_metadata": self.image_metadata,
             "timings": self.timings,
             "extra": self.extra,

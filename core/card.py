@@ -22,7 +22,8 @@ Schema (keys of the JSON object, the record that types each):
   ``labels_not_learnt_rule``), ``operating_points`` (label -> :class:`OperatingPoint`), ``ood``
   (:class:`~core.card_sections.OODInfo`), ``tensor_sha256`` (hash of the model tensors: two variants with the same
   hash are the same model), ``cross_validation`` (:class:`~core.card_sections.CrossValidationInfo`), ``aliases``
-  (other names of the same model).
+  (other names of the same model), ``call_rule`` and ``call_evidence`` (:class:`core.calls.CallRule`,
+  :class:`core.calls.CallEvidence`: the rule that decides calls and its per-label inputs from held-out images).
 
 Unknown keys are kept (``unknown``, at the top and in every section) and written back, so a newer card survives a
 round trip through older code.
@@ -39,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from core.calls import CallEvidence, CallRule
 from core.card_sections import (
     CrossValidationInfo,
     DataInfo,
@@ -223,6 +225,9 @@ class ModelCard(Record):
     cross_validation: CrossValidationInfo | None = None
     plots: dict[str, str] = omitted_when_empty(dict)
     aliases: list[str] = omitted_when_empty(list)
+    #: The rule that decides calls and its per-label inputs measured on held-out images (:mod:`core.calls`).
+    call_rule: CallRule | None = optional()
+    call_evidence: CallEvidence | None = optional()
     pointing: PointingInfo | None = optional()
     imported: ImportedInfo | None = optional()
 

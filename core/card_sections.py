@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.record import Record, keyed, optional
+from core.record import Record, keyed, omitted_when_empty, optional
 
 
 @dataclass
@@ -211,6 +211,9 @@ class OODInfo(Record):
     test_flagged_distance: float | None = None
     test_flagged_population: float | None = None
     test_flagged: float | None = None
+    #: Image set -> ``images`` and the share flagged by each check (``header``, ``distance``, ``population``,
+    #: ``any``): false alarms on adult films, detection on held-out pediatric films (``python -m core.card_evidence``).
+    measured: dict[str, dict[str, float]] = omitted_when_empty(dict)
 
 
 @dataclass

@@ -25,14 +25,25 @@ import numpy as np
 import torch
 
 from core.analysis import Analysis, find_violations
+from core.calls import CallEvidence, CallRule, card_evidence, decide_calls
 from core.card import ModelCard
 from core.contract import DEFAULT_MC_SAMPLES
 from core.head import head_outputs
 from core.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, XrayImage, read_image
-from core.model import HiCXRNet, ModelConfig, constraint_matrix, load_model, read_extra_tensors
-from core.ood import FeatureReference, PopulationClassifier, image_warnings
+from core.model import HiCXRNet, ModelConfig, constraint_matrix, load_model_and_extras
+from core.ood import FeatureReference, PopulationClassifier, image_warnings, is_technical_note, population_checks
 from core.preprocess import Fit, normalize, to_model_input
-from core.registry import RegistryError, Variant, default_variant, get_variant, list_variants, resolve_weights_dir
+from core.registry import (
+    CARD_SUFFIX,
+    WEIGHTS_SUFFIX,
+    RegistryError,
+    Variant,
+    default_variant,
+    get_variant,
+    list_variants,
+    load_variant,
+    resolve_weights_dir,
+)
 from core.taxonomy import Taxonomy, load_taxonomy
 
 Source = bytes | bytearray | memoryview | str | os.PathLike | XrayImage
@@ -73,6 +84,8 @@ class LoadedVariant:
         variant: Its registry entry, when loaded from a weights folder.
         ood: The out-of-distribution feature reference stored with the weights, or ``None``.
         population: The population (pediatric film) classifier stored with the weights, or ``None``.
+        call_rule: The card's call rule (:mod:`core.calls`).
+        call_evidence: The card's per-label call inputs, or ``None`` (then nothing is callable).
     """
 
     name: str
@@ -83,6 +96,8 @@ class LoadedVariant:
     variant: Variant | None = None
     ood: FeatureReference | None = None
     population: PopulationClassifier | None = None
+    call_rule: CallRule = CallRule()
+    call_evidence: CallEvidence | None = None
 
     @property
     def not_learnt(self) -> list[str]:
@@ -91,8 +106,8 @@ class LoadedVariant:
 
     @property
     def operating_points(self) -> dict[str, float]:
-        """Label -> operating threshold from the card."""
-        return {k: p.threshold for k, p in self.card.operating_points.items()} if self.card is not None else {}
+        """Label -> operating point of each callable label under the card's call rule."""
+        return self.call_evidence.thresholds() if self.call_evidence is not None else {}
 
     @property
     def config(self) -> ModelConfig:
@@ -193,9 +208,14 @@ class Predictor:
         with self._lock:
             if name in self._loaded:
                 return self._loaded[name]
-        variant = get_variant(name, self.weights_dir)
-        model = load_model(variant.weights_path, self.taxonomy, device=self.device)
-        extra = read_extra_tensors(variant.weights_path)
+        weights = self.weights_dir / f"{name}{WEIGHTS_SUFFIX}"
+        if weights.is_file() and weights.with_suffix(CARD_SUFFIX).is_file():
+            # The common case opens the weights file once: config, model tensors and the OOD reference together.
+            model, extra = load_model_and_extras(weights, self.taxonomy, self.device)
+            variant = load_variant(self.weights_dir, name, config=model.config)
+        else:  # an alias, or a broken variant: the registry resolves it or names the problem
+            variant = get_variant(name, self.weights_dir)
+            model, extra = load_model_and_extras(variant.weights_path, self.taxonomy, self.device)
         return self._register(name, model, variant.card, variant, FeatureReference.from_tensors(extra),
                               PopulationClassifier.from_tensors(extra))
 
@@ -218,9 +238,11 @@ class Predictor:
                 raise RegistryError(f"variant {name!r}: calibration.temperature needs one number per label")
             temperature = torch.from_numpy(temps).to(self.device)
         descendants = constraint_matrix(model.config, self.taxonomy)
+        rule, evidence = card_evidence(card) if card is not None else (CallRule(), None)
         loaded = LoadedVariant(name=name, model=model, card=card, temperature=temperature,
                                descendants=None if descendants is None else descendants.to(self.device),
-                               variant=variant, ood=ood, population=population)
+                               variant=variant, ood=ood, population=population, call_rule=rule,
+                               call_evidence=evidence)
         with self._lock:
             self._loaded.setdefault(name, loaded)
             return self._loaded[name]
@@ -425,6 +447,9 @@ class Predictor:
                     "cam": out.timings["cam"] / n,
                 }
                 timings["total"] = sum(timings.values())
+                checks = population_checks(
+                    image.metadata, None if scores is None else (float(scores[i]), loaded.ood),
+                    None if kids is None else (float(kids[i]), loaded.population))
                 results[i][loaded.name] = Analysis(
                     model_id=loaded.name,
                     labels=list(config.labels),
@@ -437,10 +462,11 @@ class Predictor:
                     relative_cams=None if out.relative_cams is None else out.relative_cams[i],
                     image=image.pixels,
                     image_metadata=image.metadata.to_dict(),
-                    warnings=image_warnings(
-                        image.metadata, image.pixels.shape, config.input_size,
-                        None if scores is None else (float(scores[i]), loaded.ood),
-                        None if kids is None else (float(kids[i]), loaded.population)),
+                    warnings=image_warnings(image.metadata, image.pixels.shape, config.input_size, checks=checks),
+                    population_checks=checks,
+                    notes=[n for n in image.metadata.warnings if is_technical_note(n)],
+                    calls=decide_calls(out.mc_mean[i], config.labels, loaded.call_evidence, self.taxonomy,
+                                       loaded.not_learnt, [c.name for c in checks], loaded.call_rule),
                     operating_points=loaded.operating_points,
                     not_learnt=loaded.not_learnt,
                     ood_score=None if scores is None else float(scores[i]),

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.imaging.coded import CHEST_BODY_PARTS
+
 PREFIX = "ood."
 NON_FRONTAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "RLD", "LLD", "LLO", "RLO", "OBL"})
 
@@ -224,18 +226,68 @@ def feature_warning(score: float, reference: FeatureReference) -> str | None:
             "with extra caution.")
 
 
+#: Starts of the decoder's notes that are about the file, not the patient's image (how it was decoded): shown once,
+#: as technical file notes, apart from the clinical warnings.
+TECHNICAL_NOTE_STARTS = ("old ACR-NEMA file", "the file says MONOCHROME", "colour DICOM", "multi-frame",
+                         "VOI LUT in the file", "window in the file", "transparency ignored")
+
+
+def is_technical_note(note: str) -> bool:
+    """True for a decoder note about the file itself (see :data:`TECHNICAL_NOTE_STARTS`)."""
+    return note.startswith(TECHNICAL_NOTE_STARTS)
+
+
+@dataclass(frozen=True)
+class PopulationCheck:
+    """A check that found the image outside the training population (adult frontal chest radiographs).
+
+    Attributes:
+        name: Which check fired, in a few words (``"view"``, ``"patient age"``, ``"body part"``,
+            ``"looks like a child's film"``, ``"feature distance"``): the reason no label is called.
+        message: The warning shown to the reader.
+    """
+
+    name: str
+    message: str
+
+
+def population_checks(metadata: Any, distance: tuple[float, FeatureReference] | None = None,
+                      population: tuple[float, PopulationClassifier] | None = None) -> list[PopulationCheck]:
+    """The population checks that fire for one image, in order: the header (view, age band, body part), the
+    pediatric-film classifier, the feature distance. Any of them means the model's outputs do not apply."""
+    data = metadata.to_dict() if hasattr(metadata, "to_dict") else dict(metadata)
+    out = []
+    view = str(data.get("view_position") or "").upper()
+    for warning in header_warnings(data):
+        out.append(PopulationCheck("view" if view in NON_FRONTAL_VIEWS and view in warning else "patient age",
+                                   warning))
+    body = data.get("body_part")
+    if body is not None and str(body).upper() not in CHEST_BODY_PARTS:
+        out.append(PopulationCheck("body part", f"The file says the body part is {body}, not the chest; the models "
+                                                "read chest radiographs only."))
+    if population is not None and (message := population_warning(*population)):
+        out.append(PopulationCheck("looks like a child's film", message))
+    if distance is not None and (message := feature_warning(*distance)):
+        out.append(PopulationCheck("feature distance", message))
+    return out
+
+
 def image_warnings(metadata: Any, shape: tuple[int, ...], input_size: int,
                    distance: tuple[float, FeatureReference] | None = None,
-                   population: tuple[float, PopulationClassifier] | None = None) -> list[str]:
-    """Every warning the reader sees for one analysed image, in order: the decoder's notes, what the header says,
-    an image smaller than the model's input, then the two feature checks (score and its reference, if any)."""
-    out = list(metadata.warnings)
-    out += [w for w in header_warnings(metadata.to_dict()) if w not in out]
+                   population: tuple[float, PopulationClassifier] | None = None,
+                   checks: list[PopulationCheck] | None = None) -> list[str]:
+    """Every clinical warning for one analysed image, in order: the decoder's notes (technical file notes left out:
+    see :func:`is_technical_note`), what the header says,
+    an image smaller than the model's input, then the two feature checks (``checks``: from
+    :func:`population_checks`, computed here when not given)."""
+    if checks is None:
+        checks = population_checks(metadata, distance, population)
+    header = [c.message for c in checks if c.name in ("view", "patient age")]
+    features = [c.message for c in checks if c.name in ("looks like a child's film", "feature distance")]
+    out = [w for w in metadata.warnings if not is_technical_note(w)]
+    out += [w for w in header if w not in out]
     if min(shape) < input_size:
         out.append(f"The image ({shape[1]} x {shape[0]} px) is smaller than this model's {input_size} px input and "
                    "was enlarged: fine detail the model expects is missing.")
-    if population is not None:
-        out.append(population_warning(*population))
-    if distance is not None:
-        out.append(feature_warning(*distance))
+    out += features
     return [w for w in out if w]

@@ -70,20 +70,30 @@ def write_csv(f: TextIO, fields: Sequence[str], rows: Iterable[dict[str, Any]], 
 
 
 def wide_fields(labels: Sequence[str]) -> list[str]:
-    """Columns of the batch CLI's CSV: ``file, variant, error, warnings``, then ``<label>, <label>_std``."""
-    return ["file", "variant", "error", "warnings"] + [c for label in labels for c in (label, f"{label}_std")]
+    """Columns of the batch CLI's CSV: ``file, variant, error, warnings, file_notes, out_of_population, input_size``
+    (``file_notes``: technical notes about the file, apart from the clinical warnings), then per
+    label ``<label>, <label>_std, <label>_call``."""
+    return ["file", "variant", "error", "warnings", "file_notes", "out_of_population", "input_size"] + [
+        c for label in labels for c in (label, f"{label}_std", f"{label}_call")]
 
 
 def wide_row(analysis: Analysis, file: str) -> dict[str, Any]:
-    """One CLI CSV row: the Monte-Carlo mean and standard deviation of every learnt label (empty cells for a label
-    the model never learnt), and the warnings."""
+    """One CLI CSV row: the Monte-Carlo mean, standard deviation and call of every learnt label (empty cells for a
+    label the model never learnt), the warnings, the population checks that fired and the model's input size.
+
+    ``<label>_call`` is the record's decision (:mod:`core.calls`): ``above``, ``below``, ``no call``, or empty when
+    the label is not learnt or the image is out of population."""
     row: dict[str, Any] = {"file": file, "variant": analysis.model_id, "error": "",
-                           "warnings": WARNING_SEPARATOR.join(analysis.warnings)}
+                           "warnings": WARNING_SEPARATOR.join(analysis.warnings),
+                           "file_notes": WARNING_SEPARATOR.join(analysis.notes),
+                           "out_of_population": WARNING_SEPARATOR.join(c.name for c in analysis.population_checks),
+                           "input_size": analysis.extra.get("input_size", "")}
     for i, label in enumerate(analysis.labels):
         # A label the model never learnt has no meaningful output: its cells stay empty rather than read as 0.
         learnt = analysis.learnt(label)
         row[label] = f"{analysis.mc_mean[i]:.6f}" if learnt else ""
         row[f"{label}_std"] = f"{analysis.mc_std[i]:.6f}" if learnt else ""
+        row[f"{label}_call"] = analysis.call(label)
     return row
 
 
@@ -98,8 +108,9 @@ def record(analysis: Analysis, include_cams: bool = False) -> dict[str, Any]:
 
 
 #: Columns of the per-label (long) CSV of one analysis, as the dashboard exports it.
-LONG_FIELDS = ["model_id", "label", "learnt", "probability", "mc_mean", "mc_std", "operating_point", "call",
-               "violates_parent", "map_of", "warnings"]
+LONG_FIELDS = ["model_id", "sample", "label", "learnt", "probability", "mc_mean", "mc_std", "operating_point", "call",
+               "call_reason", "violates_parent", "map_of", "out_of_population", "input_size", "warnings",
+               "file_notes"]
 
 
 def long_rows(analysis: Analysis) -> list[dict[str, Any]]:
@@ -110,13 +121,17 @@ def long_rows(analysis: Analysis) -> list[dict[str, Any]]:
         learnt = analysis.learnt(label)
         threshold = analysis.operating_points.get(label)
         rows.append({
-            "model_id": analysis.model_id, "label": label, "learnt": learnt,
+            "model_id": analysis.model_id, "sample": analysis.sample or "", "label": label, "learnt": learnt,
             "probability": f"{analysis.probability[i]:.6f}" if learnt else "",
             "mc_mean": f"{analysis.mc_mean[i]:.6f}" if learnt else "",
             "mc_std": f"{analysis.mc_std[i]:.6f}" if learnt else "",
             "operating_point": "" if threshold is None else f"{threshold:.6f}",
-            "call": analysis.call(label), "violates_parent": label in children,
-            "map_of": (analysis.cam_labels or analysis.labels)[i],
-            "warnings": WARNING_SEPARATOR.join(analysis.warnings) if i == 0 else "",
+            "call": analysis.call(label), "call_reason": analysis.call_reason(label),
+            "violates_parent": label in children, "map_of": (analysis.cam_labels or analysis.labels)[i],
+            # Every row carries the image's warnings and checks: a row read alone must not lose them.
+            "out_of_population": WARNING_SEPARATOR.join(c.name for c in analysis.population_checks),
+            "input_size": analysis.extra.get("input_size", ""),
+            "warnings": WARNING_SEPARATOR.join(analysis.warnings),
+            "file_notes": WARNING_SEPARATOR.join(analysis.notes),
         })
     return rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,10 @@ if str(ROOT) not in sys.path:
 
 from core.pacs.devserver import start_seeded  # noqa: E402
 from core.pacs.orthanc import OrthancError  # noqa: E402
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "dicom").is_dir():
         print(f"pacs-demo: the sample data is not at {args.data} (expected dicom/ and nih/ there)", file=sys.stderr)
         return 2
+    # `kill`, a closed terminal or a CI timeout end the demo like Ctrl-C: through the finally below, which stops
+    # the dashboard and Orthanc by their pids and removes the storage (Python's default would leave them running).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
     try:
         pacs = start_seeded(args.data, nih_count=args.nih)
     except OrthancError as exc:

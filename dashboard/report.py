@@ -87,7 +87,8 @@ def report_figure(
         label: The label whose map is shown (the one the reader selected); the top finding if ``None``.
     """
     image = downsample(np.asarray(display_image if display_image is not None else analysis.image), 768)
-    top = analysis.top_findings(top_k)  # learnt findings, not the triage roots
+    findings, groups = _findings_then_groups(analysis)
+    top = findings[:top_k]
     fig = Figure(figsize=(8.27, 11.69))
     # Fixed rectangles (figure fractions) rather than a grid: the bar chart needs a wide left margin for names.
     head = fig.add_axes((0.06, 0.9, 0.9, 0.07))
@@ -101,13 +102,22 @@ def report_figure(
         0, 0.15,
         f"Model {analysis.model_id}  |  MC dropout samples {analysis.mc_samples}  |  "
         f"generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n"
-        f"Image: {image_desc}  |  SHA-256 {analysis.image_sha256[:16] or 'n/a'}",
+        f"Image: {image_desc}  |  SHA-256 {analysis.image_sha256[:16] or 'n/a'}  |  "
+        f"the model saw a {analysis.extra.get('input_size', '?')} px copy",
         fontsize=8, va="top", color="#333333",
     )
+    if analysis.out_of_population:
+        # At the top of the page, not in the small print: nothing below applies to this image.
+        checks = " ".join(c.message for c in analysis.population_checks)
+        fig.text(0.06, 0.893, textwrap.fill("THE OUTPUTS DO NOT APPLY TO THIS IMAGE: it is outside the population the "
+                                            f"model was trained on. {checks} No finding is called.", 118),
+                 fontsize=7.5, fontweight="bold", color="#7f1d1d", va="top",
+                 bbox=dict(facecolor="#fde8e8", edgecolor="#9b2c2c", boxstyle="round,pad=0.4"))
 
     ax_img = fig.add_axes((0.06, 0.53, 0.43, 0.31))
     ax_img.imshow(image, cmap="gray", vmin=0, vmax=1)
-    ax_img.set_title("Radiograph", fontsize=10)
+    ax_img.set_title("Radiograph" + (f" · SAMPLE IMAGE ({analysis.sample})" if analysis.sample else ""), fontsize=10,
+                     color="#b45309" if analysis.sample else "black")
     ax_img.axis("off")
     ax_cam = fig.add_axes((0.52, 0.53, 0.43, 0.31))
     shown = _shown_label(analysis, label, top_k)
@@ -122,10 +132,12 @@ def report_figure(
     ax_cam.axis("off")
 
     ax_bar = fig.add_axes((0.3, 0.235, 0.64, 0.225))
-    order = [i for i in np.argsort(-np.asarray(analysis.mc_mean, dtype=float), kind="stable")
-             if analysis.learnt(analysis.labels[i])]
-    names = [analysis.labels[i] for i in order]
-    colours = ["#7b1e1e" if analysis.call(n) == "above" else "#2b6cb0" for n in names]
+    # Findings first (most probable first), then the groups and triage outputs (Abnormal, Opacity, ...), so a
+    # group's higher probability never pushes the findings it summarises down the page.
+    names = findings + groups
+    order = [analysis.index(n) for n in names]
+    colours = ["#9ca3af" if analysis.out_of_population else "#7b1e1e" if analysis.call(n) == "above" else "#2b6cb0"
+               for n in names]
     ax_bar.barh(
         range(len(names)), [analysis.mc_mean[i] for i in order], xerr=[analysis.mc_std[i] for i in order],
         color=colours, error_kw=dict(ecolor="#222222", elinewidth=0.8, capsize=2),
@@ -134,26 +146,32 @@ def report_figure(
         threshold = analysis.operating_points.get(n)
         if threshold is not None:
             ax_bar.plot([threshold, threshold], [row - 0.42, row + 0.42], color="#111111", linewidth=1.2)
-    ax_bar.set_yticks(range(len(names)), names, fontsize=7)
+    ax_bar.set_yticks(range(len(names)), [n if n in findings else f"{n} (group)" for n in names], fontsize=7)
+    if findings and groups:
+        ax_bar.axhline(len(findings) - 0.5, color="#888888", linewidth=0.8, linestyle=":")
     ax_bar.invert_yaxis()
     ax_bar.set_xlim(0, 1)
-    ax_bar.set_xlabel("Probability (MC mean ± std); black tick: the label's operating point; dark red: at or "
-                      "above it (called positive)", fontsize=7.5)
+    ax_bar.set_xlabel("Probability (MC mean ± std); black tick: the operating point of a label the model separates; "
+                      "dark red: called positive" + ("; grey: out of population, nothing applies"
+                                                     if analysis.out_of_population else ""), fontsize=7.5)
     ax_bar.tick_params(axis="x", labelsize=7)
     ax_bar.set_title("All learnt outputs", fontsize=9)
 
     ax_txt = fig.add_axes((0.06, 0.03, 0.9, 0.16))
     ax_txt.axis("off")
-    lines = [f"Warning: {w}" for w in analysis.warnings]
+    in_banner = {c.message for c in analysis.population_checks}
+    lines = [f"Warning: {w}" for w in analysis.warnings if w not in in_banner]
     if analysis.not_learnt:
         lines.append(f"Not learnt, so not shown (too few positive training images): {', '.join(analysis.not_learnt)}.")
-    lines.append("Top findings (MC mean ± std; against the label's operating point; model's test AUROC):")
+    lines.append("Top findings, groups left out (MC mean ± std; the call; model's test AUROC):")
     for finding in top:
         i = analysis.index(finding)
         auroc_txt = (auroc_notes or {}).get(finding, "not reported")
         threshold = analysis.operating_points.get(finding)
-        call = (f"{analysis.call(finding)} operating point {threshold:.2f}" if threshold is not None
-                else "no operating point")
+        decision = analysis.call(finding)  # the record's decision (core.calls), never re-derived
+        call = (f"called: at/above operating point {threshold:.2f}" if decision == "above"
+                else f"below operating point {threshold:.2f}" if decision == "below"
+                else "no call" if decision == "no call" else "does not apply (out of population)")
         mean, std = analysis.mc_mean[i], analysis.mc_std[i]
         lines.append(f"  {finding}: {mean:.2f} ± {std:.2f}; {call}; test AUROC {auroc_txt}")
     if analysis.violations:
@@ -173,6 +191,17 @@ def report_figure(
     if attribution:
         ax_txt.text(0, -0.08, textwrap.fill(attribution, 150), fontsize=6.5, color="#555555", va="top")
     return fig
+
+
+def _findings_then_groups(analysis: Analysis) -> tuple[list[str], list[str]]:
+    """Learnt outputs split into findings (the CheXpert observations but No Finding) and groups (the taxonomy's
+    derived labels and No Finding), each most probable first."""
+    from core.taxonomy import load_taxonomy
+
+    chexpert = set(load_taxonomy().chexpert_labels) - {"No Finding"}
+    order = [analysis.labels[i] for i in np.argsort(-np.asarray(analysis.mc_mean, dtype=float), kind="stable")
+             if analysis.learnt(analysis.labels[i])]
+    return [n for n in order if n in chexpert], [n for n in order if n not in chexpert]
 
 
 def _shown_label(analysis: Analysis, label: str | None, top_k: int) -> str | None:

@@ -66,7 +66,8 @@ def make_model_card(model, variant: str, *, test_macro_auroc: float | None = Non
                     operating_points: dict[str, float] | None = None) -> dict:
     """A model card following the project schema for ``model`` (metrics are placeholders unless given).
 
-    ``not_learnt`` labels get 0 training positives; ``operating_points`` maps labels to thresholds.
+    ``not_learnt`` labels get 0 training positives; ``operating_points`` maps labels to thresholds, and the card's
+    ``call_evidence`` declares exactly those labels callable at them (every other label reads "no call").
     """
     from datetime import date
 
@@ -105,6 +106,10 @@ def make_model_card(model, variant: str, *, test_macro_auroc: float | None = Non
         "operating_points": {label: {"threshold": t, "target_sensitivity": 0.8, "sensitivity": 0.8,
                                      "specificity": 0.5, "positives": 20, "negatives": 100}
                              for label, t in (operating_points or {}).items()},
+        "call_evidence": {"source": "test fixture", "labels": {
+            label: {"auroc": 0.8, "auroc_ci": [0.7, 0.9], "ci_method": "test fixture", "positives": 20,
+                    "negatives": 100, "threshold": t, "sensitivity": 0.8, "specificity": 0.8, "callable": True}
+            for label, t in (operating_points or {}).items()}},
         "intended_use": "tests only",
         "limitations": "random weights: the outputs mean nothing",
     }

@@ -46,6 +46,8 @@ def _app(weights_dir: Path, monkeypatch) -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=120)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
+    at.selectbox(key="sample").set_value(PNG_SAMPLE).run()  # nothing is analysed before a pick
+    assert not at.exception, [e.value for e in at.exception]
     return at
 
 
@@ -64,7 +66,7 @@ def test_not_learnt_labels_and_operating_points_on_the_page(weights_dir, monkeyp
     assert not set(nodes["customdata"]) & set(NOT_LEARNT)
     table = next(d.value for d in at.dataframe if "P (MC mean)" in d.value.columns).set_index("label")
     for label in NOT_LEARNT:
-        assert np.isnan(table.loc[label, "P (MC mean)"]) and table.loc[label, "call"] == "not learnt"
+        assert np.isnan(table.loc[label, "P (MC mean)"]) and table.loc[label, "call"] == ""
         assert "not learnt" in table.loc[label, "test AUROC"]
     assert table.loc["Edema", "call"] == "below"  # operating point 0.99
     # An AUROC from one test positive is 0 or 1 by luck: it is quoted as such, and every AUROC with its count.
@@ -75,8 +77,15 @@ def test_not_learnt_labels_and_operating_points_on_the_page(weights_dir, monkeyp
     assert table.loc["Cardiomegaly", "operating point"] == pytest.approx(0.3)
     assert any("operating point" in c.value for c in at.caption)
     # The label shown first is a learnt one, and the map's caption says what kind of picture it is.
-    assert at.selectbox(key="label_pick").value not in NOT_LEARNT
+    assert at.radio(key="label_pick").value not in NOT_LEARNT
     assert any("Grad-CAM" in c.value or "relative map" in c.value for c in at.caption)
+    # Picking a label the model never learnt draws no map over the image, and says why.
+    at.radio(key="label_pick").set_value("Fracture").run()
+    (viewer,) = [c for c in at.get("component_instance") if c.proto.component_name.endswith("hicxr_viewer")]
+    args = json.loads(viewer.proto.json_args)
+    assert args["overlay_id"] == "none" and args["map_title"].endswith(": no map")
+    assert not [a for a in viewer.proto.special_args if a.key == "overlay" and a.bytes]
+    assert any(c.value.startswith("Fracture · not learnt") and "No map" in c.value for c in at.caption)
 
 
 def test_identical_variants_are_one_entry(weights_dir, monkeypatch):
@@ -97,12 +106,13 @@ def test_exports_and_pdf_follow_the_reader(weights_dir):
     analysis = predictor.analyse((SAMPLES_DIR / SAMPLES[PNG_SAMPLE]).read_bytes())
     assert analysis.not_learnt == list(NOT_LEARNT)
     payload = json.loads(analysis_json(analysis))
-    assert payload["labels"]["Fracture"]["call"] == "not learnt" and payload["not_learnt"] == list(NOT_LEARNT)
+    assert payload["labels"]["Fracture"]["call"] == "" and payload["not_learnt"] == list(NOT_LEARNT)
     assert payload["labels"]["Cardiomegaly"]["operating_point"] == pytest.approx(0.3)
     assert not set(payload["top_findings"]) & set(NOT_LEARNT)
     rows = analysis_csv(analysis).decode().splitlines()
     fracture = next(r for r in rows if ",Fracture," in r)
-    assert ",not learnt," in fracture and ",,," in fracture  # no probability for a label never learnt
+    # No number for a label never learnt: probability, MC mean, std, operating point and call are empty.
+    assert ",Fracture,False,,,,,,not learnt" in fracture
     dark = np.zeros_like(analysis.image)  # what the reader displayed (here: windowed to black)
     fig: Figure = report_figure(analysis, label="Edema", display_image=dark)
     titles = [ax.get_title() for ax in fig.axes]

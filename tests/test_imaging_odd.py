@@ -62,6 +62,7 @@ def test_images_with_dicm_at_128_keep_their_pixels() -> None:
     np.testing.assert_allclose(png.pixels * 255.0, hostile.chest_like(128, 128), atol=0.01)
     assert read_image(hostile.jpeg_with_dicm_at_128()).metadata.format == "JPEG"
     assert read_image(hostile.dicom_no_preamble()).metadata.format == "DICOM"
+    assert read_image(hostile.dicom_tiff_preamble()).metadata.format == "DICOM"  # DICOM-TIFF dual: DICOM first
 
 
 def test_float_pixel_data_is_read_with_its_values() -> None:

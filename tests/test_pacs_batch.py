@@ -21,7 +21,7 @@ from core.pacs.devserver import start_seeded
 from core.pacs.results import read_sr
 from core.predict import main
 
-pytestmark = pytest.mark.pacs
+pytestmark = [pytest.mark.pacs, pytest.mark.slow]  # real Orthanc + model analyses through it
 
 REAL = "pljd_RG1_JLSN_CR_MONO1_JPEGLS_near_lossless_chest.dcm"  # a real CR chest film, 440 x 440 JPEG-LS
 
@@ -97,7 +97,7 @@ def test_studies_are_analysed_sent_and_read_back_as_the_csv_says(first_run, pacs
         assert set(reading.findings) == set(predictor.taxonomy.labels) - not_learnt
         for label, found in reading.findings.items():
             assert f"{found['probability']:.6f}" == row[label] and f"{found['std']:.6f}" == row[f"{label}_std"]
-            if label in card.operating_points:
+            if found["operating_point"] is not None:  # a label the record has an operating point for
                 assert found["operating_point"] == pytest.approx(card.operating_points[label].threshold)
             if f"{label}_call" in row:  # the record's call, as the CSV has it (core/calls.py's one rule)
                 assert found["call"] == row[f"{label}_call"]

@@ -132,8 +132,8 @@ def test_csv_all_variants_with_a_bad_file(image_dir: Path, weights: Path, tmp_pa
     rows = _read_csv(out)
     assert len(rows) == 6 * 2  # four files tried, two entries skipped with a reason: every entry has rows
     labels = list(taxonomy.labels)
-    expected_columns = ["file", "variant", "error", "warnings"]
-    expected_columns += [c for label in labels for c in (label, f"{label}_std")]
+    expected_columns = ["file", "variant", "error", "warnings", "file_notes", "out_of_population", "input_size"]
+    expected_columns += [c for label in labels for c in (label, f"{label}_std", f"{label}_call")]
     assert list(rows[0].keys()) == expected_columns
     assert {r["variant"] for r in rows} == {"bce", "hbce_soft"}
     bad = [r for r in rows if r["file"].endswith(("broken.png", "notes.txt", ".hidden.png"))]
@@ -145,6 +145,8 @@ def test_csv_all_variants_with_a_bad_file(image_dir: Path, weights: Path, tmp_pa
         a = predictor.analyse(r["file"], r["variant"])
         np.testing.assert_allclose([float(r[label]) for label in labels], a.mc_mean, atol=2e-6)
         np.testing.assert_allclose([float(r[f"{label}_std"]) for label in labels], a.mc_std, atol=2e-6)
+        assert [r[f"{label}_call"] for label in labels] == [a.call(label) for label in labels]
+        assert r["input_size"] == "64"
     err = capsys.readouterr().err
     assert "3 of 6 file(s) analysed" in err and "1 refused; 2 skipped" in err
 
@@ -159,7 +161,7 @@ def test_json_default_variant_and_cams(image_dir: Path, weights: Path, tmp_path:
     assert [r["file"] for r in records] == files
     assert all(r["model_id"] == "hbce_soft" and r["mc_samples"] == 3 for r in records)  # the default variant
     assert set(records[1]["labels"]["Cardiomegaly"]) == {"learnt", "probability", "mc_mean", "mc_std",
-                                                         "operating_point", "call", "map_of"}
+                                                         "operating_point", "call", "call_reason", "map_of"}
     assert records[1]["image_metadata"]["format"] == "DICOM"
     sheets = sorted(p.name for p in cams.iterdir())
     assert sheets == ["0000_a_hbce_soft.png", "0001_c_hbce_soft.png"]

@@ -93,15 +93,17 @@ def read_image(
 def _decode(data: bytes, name: str | None, max_bytes: int, max_pixels: int, keep_raw: bool) -> XrayImage:
     """Dispatch on content: each format's own signature first, then what decodes.
 
-    A file that starts with an image format's signature (PNG, JPEG, JPEG 2000, TIFF, GIF, WebP) is that image,
-    even if its bytes 128-131 happen to read ``DICM``; it is read as DICOM only if it does not decode as an image
-    and carries the marker (a DICOM whose preamble holds an image header). A DICOM written without its 128-byte
-    preamble (``DICM`` at byte 0) is read as if it had one.
+    A file that starts with an image format's signature (PNG, JPEG, JPEG 2000, GIF, WebP) is that image, even if
+    its bytes 128-131 happen to read ``DICM``; it is read as DICOM only if it does not decode as an image and
+    carries the marker. A TIFF header before the marker is the DICOM-TIFF dual layout: DICOM first, then TIFF.
+    A DICOM written without its 128-byte preamble (``DICM`` at byte 0) is read as if it had one.
     """
     if data[:4] == b"DICM":
         data = bytes(128) + data
     marker = data[128:132] == b"DICM"
-    if marker and headers.sniff(data) is None:
+    declared = headers.sniff(data) if marker else None
+    # A TIFF header in the preamble is DICOM's own dual-personality layout (PS3.10 7.5): DICOM first, there.
+    if marker and (declared is None or declared.codec == "TIFF"):
         try:
             return dicom_reader.read_dicom(data, dicom_reader.parse(data, max_bytes), max_pixels, keep_raw)
         except ImageError as dicom_error:

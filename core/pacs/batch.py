@@ -32,6 +32,7 @@ from pydicom.uid import generate_uid
 from tqdm import tqdm
 
 from core.analysis import Analysis
+from core.finite import invalid_analysis_message
 from core.imaging.errors import ImageError, detail
 from core.inference import Predictor
 from core.pacs.cli import PacsUsageError
@@ -223,6 +224,11 @@ class PacsRun:
                 raise
             except (ImageError, PacsError) as exc:
                 rows.error(ref.key, todo, str(exc))
+                self.counts.refused += 1
+                continue
+            invalid = invalid_analysis_message(analyses)  # never a NaN in a row or an SR sent to the PACS
+            if invalid is not None:
+                rows.error(ref.key, todo, invalid)
                 self.counts.refused += 1
                 continue
             sent = {v: "" for v in todo}

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.calls import card_evidence
 from core.card import ModelCard, finite
 
 DISCLAIMER = "Research use only. Not a medical device: not for diagnosis, triage or treatment decisions."
@@ -48,11 +49,13 @@ def auroc_frame(card: ModelCard, labels: Sequence[str], split: str = "test") -> 
     Labels the card does not report get empty (NaN) cells, so the table always has one row per output.
     """
     metrics = card.split_metrics(split)
+    _, evidence = card_evidence(card)
+    points = evidence.thresholds() if evidence is not None else {}
     rows = []
     for label in labels:
         entry = metrics.label(label)
         low, high = _ci(entry.auroc_ci)
-        point = card.operating_points.get(label)
+        point = points.get(label)
         rows.append(
             {
                 "label": label,
@@ -65,7 +68,7 @@ def auroc_frame(card: ModelCard, labels: Sequence[str], split: str = "test") -> 
                 "ece": _number(entry.ece),
                 "positives": entry.positives,
                 "known": entry.known,
-                "operating point": point.threshold if point else None,
+                "operating point": point,
             }
         )
     frame = pd.DataFrame(rows)
@@ -74,26 +77,66 @@ def auroc_frame(card: ModelCard, labels: Sequence[str], split: str = "test") -> 
     return frame
 
 
-def auroc_figure(frame: pd.DataFrame, title: str = "Per-label test AUROC (95% CI)", height: int = 560) -> go.Figure:
-    """Horizontal bars of AUROC with CI whiskers, from :func:`auroc_frame`; labels without AUROC are left out."""
-    shown = frame.dropna(subset=["auroc"]).iloc[::-1]
+def call_frame(card: ModelCard) -> pd.DataFrame:
+    """The call rule's per-label inputs (:mod:`core.calls`): held-out AUROC and interval, counts, whether the label
+    can be called, its operating point with the held-out sensitivity and specificity there, or why not."""
+    _, evidence = card_evidence(card)
+    rows = []
+    for label, e in (evidence.labels.items() if evidence is not None else ()):
+        rows.append({"label": label, "held-out AUROC": e.auroc,
+                     "CI low": e.auroc_ci[0] if e.auroc_ci else None, "CI high": e.auroc_ci[1] if e.auroc_ci else None,
+                     "positives": e.positives, "negatives": e.negatives, "callable": e.callable,
+                     "operating point": e.threshold, "sensitivity": e.sensitivity, "specificity": e.specificity,
+                     "why not": e.reason})
+    return pd.DataFrame(rows)
+
+
+def auroc_figure(frame: pd.DataFrame, title: str = "Per-label test AUROC (95% CI)", height: int | None = None
+                 ) -> go.Figure:
+    """Horizontal bars of AUROC with CI whiskers and each label's test positives, from :func:`auroc_frame`.
+
+    A label with fewer than :data:`FEW_TEST_POSITIVES` test positives is drawn apart, at the bottom, as a hollow
+    grey bar marked "unreliable": an AUROC from one positive is 0 or 1 by luck (Edema's 1.000), and must not look
+    like the model's best label. Labels without an AUROC are left out.
+    """
+    shown = frame.dropna(subset=["auroc"]).copy()
+    positives = pd.to_numeric(shown["positives"], errors="coerce")
+    shown["few"] = positives.isna() | (positives < FEW_TEST_POSITIVES)
+    # Reliable labels best first, then the unreliable ones; plotly draws the first category at the bottom.
+    shown = pd.concat([shown[~shown["few"]].sort_values("auroc", ascending=False),
+                       shown[shown["few"]].sort_values("auroc", ascending=False)]).iloc[::-1]
+    names = [f"{lab} ({int(n)} test +)" if pd.notna(n) else f"{lab} (positives not reported)"
+             for lab, n in zip(shown["label"], pd.to_numeric(shown["positives"], errors="coerce"), strict=True)]
     upper = (shown["ci_high"] - shown["auroc"]).clip(lower=0).fillna(0)
     lower = (shown["auroc"] - shown["ci_low"]).clip(lower=0).fillna(0)
+    ci = [f"{a:.3f} (CI {lo:.2f}–{hi:.2f})" if pd.notna(lo) and pd.notna(hi) else f"{a:.3f} (no CI)"
+          for a, lo, hi in zip(shown["auroc"], shown["ci_low"], shown["ci_high"], strict=True)]
+    text = [f"{c} · unreliable" if few else c for c, few in zip(ci, shown["few"], strict=True)]
     fig = go.Figure(
         go.Bar(
             x=shown["auroc"],
-            y=shown["label"],
+            y=names,
             orientation="h",
-            marker_color="#2b6cb0",
-            error_x=dict(type="data", symmetric=False, array=upper, arrayminus=lower, thickness=1.2),
-            hovertemplate="%{y}: AUROC %{x:.3f}<extra></extra>",
+            marker=dict(color=["rgba(0,0,0,0)" if few else "#2b6cb0" for few in shown["few"]],
+                        line=dict(color=["#6b7280" if few else "#2b6cb0" for few in shown["few"]], width=1.5),
+                        pattern=dict(shape=["/" if few else "" for few in shown["few"]], fgcolor="#9ca3af")),
+            error_x=dict(type="data", symmetric=False, array=upper, arrayminus=lower, thickness=1.5, color="#1a202c"),
+            text=text,
+            textposition="inside",
+            insidetextanchor="start",
+            textfont=dict(size=12, color=["#1a202c" if few else "#ffffff" for few in shown["few"]]),
+            hovertemplate="%{y}: AUROC %{text}<extra></extra>",
         )
     )
     fig.add_vline(x=0.5, line=dict(color="#a0aec0", dash="dot"), annotation_text="chance", annotation_position="top")
+    if shown["few"].any() and (~shown["few"]).any():
+        fig.add_hline(y=int(shown["few"].sum()) - 0.5, line=dict(color="#9ca3af", width=1))
     fig.update_layout(
-        title=dict(text=title),
-        height=height,
-        xaxis=dict(title="AUROC", range=[0.0, 1.0]),
+        title=dict(text=title + f"; hollow: fewer than {FEW_TEST_POSITIVES} test positives, unreliable"),
+        height=height or 90 + 30 * len(shown),
+        xaxis=dict(title="AUROC", range=[0.0, 1.0], tickfont=dict(size=12)),
+        yaxis=dict(tickfont=dict(size=12)),
+        font=dict(size=12),
         margin=dict(l=10, r=10, t=50, b=10),
         paper_bgcolor="rgba(0,0,0,0)",
         plot_bgcolor="rgba(0,0,0,0)",

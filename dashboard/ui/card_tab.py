@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.calls import card_evidence
 from dashboard.components.model_card import (
     DISCLAIMER,
     auroc_figure,
     auroc_frame,
     calibration_frame,
+    call_frame,
     data_sources,
     label_map_frame,
     or_unknown,
@@ -53,6 +55,20 @@ def render_card(ctx: Context) -> None:
             st.dataframe(frame, hide_index=True, width="stretch", key="card_auroc_table",
                          column_config={c: st.column_config.NumberColumn(format="%.3f")
                                         for c in ("auroc", "ci_low", "ci_high", "average_precision", "ece")})
+
+    st.subheader("When the model makes a call")
+    rule, evidence = card_evidence(card)
+    st.write(rule.describe())
+    if evidence is not None:
+        st.caption(f"Measured on: {evidence.source}. Interval: "
+                   f"{', '.join(sorted({e.ci_method for e in evidence.labels.values()}))}. The test split is never "
+                   "used to decide a call.")
+        st.dataframe(call_frame(card), hide_index=True, width="stretch", key="card_calls",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
+                                    ("held-out AUROC", "CI low", "CI high", "operating point", "sensitivity",
+                                     "specificity")})
+    else:
+        st.info("This model card gives no held-out evidence for calls: the model calls nothing.")
 
     plots = plot_paths(card, ctx.weights_dir)
     if plots:

@@ -107,16 +107,14 @@ def _plan(client: PacsClient, study_uid: str) -> StudyPlan:
     return plans[study_uid]
 
 
-def _sort_key(study: StudySummary, triage: dict) -> tuple:
+def _sort_key(study: StudySummary, position: int, triage: dict) -> tuple:
+    """Triaged studies first (called Abnormal, then the rest, each by probability), then the others in the PACS
+    search's order (newest first, undated last)."""
     found = triage.get(study.study_uid)
     if found is None:
-        return (2, 0.0, _negated(study.date + study.time))
+        return (2, 0.0, position)
     rank = {"above": 0, "below": 1}.get(found["call"], 1)  # no call: ranked among the below, by probability
-    return (rank, -found["probability"], _negated(study.date + study.time))
-
-
-def _negated(text: str) -> str:
-    return "".join(chr(0x10FFFF - ord(c)) for c in text)
+    return (rank, -found["probability"], position)
 
 
 def _rows(studies: list[StudySummary], client: PacsClient, settings: PacsSettings) -> list[dict]:
@@ -217,7 +215,8 @@ def render_worklist(predictor, cache, variant: str, mc_samples: int) -> OpenStud
         except PacsError as exc:
             st.error(str(exc), icon=":material/cloud_off:")
     try:
-        studies = sorted(studies, key=lambda s: _sort_key(s, state["triage"]))
+        order = {s.study_uid: k for k, s in enumerate(studies)}
+        studies = sorted(studies, key=lambda s: _sort_key(s, order[s.study_uid], state["triage"]))
         rows = _rows(studies, client, settings)
     except PacsError as exc:
         st.error(str(exc), icon=":material/cloud_off:")
