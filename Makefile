@@ -2,6 +2,8 @@
 #   make dashboard   set up .venv and start the dashboard on the shipped weights (http://localhost:8501)
 #   make test        set up .venv (and Debian chromium for the browser tests) and run the whole test suite
 PYTHON ?= python3
+# The dashboard's port: `make dashboard PORT=8600`.
+PORT ?= 8501
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -17,7 +19,7 @@ $(STAMP): requirements.txt
 setup: $(STAMP)
 
 dashboard: $(STAMP)
-	$(VENV)/bin/streamlit run dashboard/app.py
+	$(VENV)/bin/streamlit run dashboard/app.py --server.port $(PORT)
 
 # A local Orthanc seeded with the sample DICOMs and the dashboard pointed at it (Ctrl-C stops both).
 pacs-demo: $(STAMP) system-deps
@@ -49,6 +51,7 @@ bench: $(STAMP) system-deps
 	$(PY) bench/loader.py
 	$(PY) bench/robustness.py
 	$(PY) bench/pacs.py
+	$(PY) bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

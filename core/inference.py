@@ -30,10 +30,20 @@ from core.card import ModelCard
 from core.contract import DEFAULT_MC_SAMPLES
 from core.head import head_outputs
 from core.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, XrayImage, read_image
-from core.model import HiCXRNet, ModelConfig, constraint_matrix, load_model, read_extra_tensors
+from core.model import HiCXRNet, ModelConfig, constraint_matrix, load_model_and_extras
 from core.ood import FeatureReference, PopulationClassifier, image_warnings, is_technical_note, population_checks
 from core.preprocess import Fit, normalize, to_model_input
-from core.registry import RegistryError, Variant, default_variant, get_variant, list_variants, resolve_weights_dir
+from core.registry import (
+    CARD_SUFFIX,
+    WEIGHTS_SUFFIX,
+    RegistryError,
+    Variant,
+    default_variant,
+    get_variant,
+    list_variants,
+    load_variant,
+    resolve_weights_dir,
+)
 from core.taxonomy import Taxonomy, load_taxonomy
 
 Source = bytes | bytearray | memoryview | str | os.PathLike | XrayImage
@@ -198,9 +208,14 @@ class Predictor:
         with self._lock:
             if name in self._loaded:
                 return self._loaded[name]
-        variant = get_variant(name, self.weights_dir)
-        model = load_model(variant.weights_path, self.taxonomy, device=self.device)
-        extra = read_extra_tensors(variant.weights_path)
+        weights = self.weights_dir / f"{name}{WEIGHTS_SUFFIX}"
+        if weights.is_file() and weights.with_suffix(CARD_SUFFIX).is_file():
+            # The common case opens the weights file once: config, model tensors and the OOD reference together.
+            model, extra = load_model_and_extras(weights, self.taxonomy, self.device)
+            variant = load_variant(self.weights_dir, name, config=model.config)
+        else:  # an alias, or a broken variant: the registry resolves it or names the problem
+            variant = get_variant(name, self.weights_dir)
+            model, extra = load_model_and_extras(variant.weights_path, self.taxonomy, self.device)
         return self._register(name, model, variant.card, variant, FeatureReference.from_tensors(extra),
                               PopulationClassifier.from_tensors(extra))
 

@@ -334,6 +334,10 @@ def read_model_config(path: str | Path) -> ModelConfig:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return _config_from_metadata(path, metadata)
+
+
+def _config_from_metadata(path: Path, metadata: dict[str, str]) -> ModelConfig:
     if CONFIG_KEY not in metadata:
         raise ModelLoadError(f"{path}: safetensors file without a HiCXR model config (not a HiCXR model)")
     return ModelConfig.from_json(metadata[CONFIG_KEY])
@@ -347,9 +351,19 @@ def load_model(path: str | Path, taxonomy: Taxonomy | None = None, device: str |
             differ from ``taxonomy`` (the packaged one by default), or its tensors do not fit the architecture.
             The message says exactly what does not match.
     """
+    return load_model_and_extras(path, taxonomy, device)[0]
+
+
+def load_model_and_extras(
+    path: str | Path, taxonomy: Taxonomy | None = None, device: str | torch.device = "cpu"
+) -> tuple[HiCXRNet, dict[str, torch.Tensor]]:
+    """:func:`load_model` plus the file's non-model tensors (:func:`read_extra_tensors`), opening the file once."""
     path = Path(path)
     taxonomy = taxonomy or load_taxonomy()
-    config = read_model_config(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: weights file not found")
+    tensors, metadata = _read_safetensors(path)
+    config = _config_from_metadata(path, metadata)
     if list(config.labels) != list(taxonomy.labels):
         missing = [x for x in taxonomy.labels if x not in config.labels]
         extra = [x for x in config.labels if x not in taxonomy.labels]
@@ -360,8 +374,7 @@ def load_model(path: str | Path, taxonomy: Taxonomy | None = None, device: str |
             f"{path}: trained for taxonomy hash {config.taxonomy_hash}, but the loaded taxonomy has {taxonomy.hash} "
             "(the parent/child edges differ)"
         )
-    tensors, _ = _read_safetensors(path)
-    tensors = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIXES)}
+    extras = {k: tensors.pop(k) for k in list(tensors) if k.startswith(EXTRA_PREFIXES)}
     model = HiCXRNet(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -378,7 +391,7 @@ def load_model(path: str | Path, taxonomy: Taxonomy | None = None, device: str |
             parts.append(f"{len(wrong)} shape mismatch(es) (e.g. {wrong[0]})")
         raise ModelLoadError(f"{path}: weights do not fit the architecture: {'; '.join(parts)}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
-    return model.to(device).eval()
+    return model.to(device).eval(), extras
 
 
 def read_extra_tensors(path: str | Path) -> dict[str, torch.Tensor]:

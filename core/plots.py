@@ -23,18 +23,27 @@ def plot_roc(y_true: np.ndarray, y_score: np.ndarray, mask: np.ndarray, labels: 
     from sklearn.metrics import roc_curve
 
     aurocs = per_label_auroc(y_true, y_score, mask)
-    fig, ax = plt.subplots(figsize=(7.5, 6.0), dpi=80)
+    # The legend sits outside the axes in 9 pt type, best AUROC first; a curve from fewer than 5 test positives is
+    # dashed and called unreliable (one positive gives an AUROC of 0 or 1 by luck).
+    fig, ax = plt.subplots(figsize=(10.5, 6.0), dpi=80)
     cmap = plt.get_cmap("tab20")
+    curves = []
     for j, label in enumerate(labels):
         if aurocs[j] is None:
             continue
         known = mask[:, j]
         fpr, tpr, _ = roc_curve(y_true[known, j], y_score[known, j])
-        n_pos = int(y_true[known, j].sum())
-        ax.plot(fpr, tpr, lw=1.2, color=cmap(j % 20), label=f"{label} {aurocs[j]:.2f} (n+={n_pos})")
-    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=0.8)
+        curves.append((int(y_true[known, j].sum()) >= 5, aurocs[j], j, label, fpr, tpr,
+                       int(y_true[known, j].sum())))
+    for reliable, auroc, j, label, fpr, tpr, n_pos in sorted(curves, key=lambda c: (not c[0], -c[1])):
+        note = "" if reliable else ", unreliable"
+        ax.plot(fpr, tpr, lw=1.4 if reliable else 1.0, ls="-" if reliable else "--", color=cmap(j % 20),
+                label=f"{label} {auroc:.2f} (n+={n_pos}{note})")
+    ax.plot([0, 1], [0, 1], ls=":", color="gray", lw=0.8)
     ax.set(xlabel="False positive rate", ylabel="True positive rate", title=title, xlim=(0, 1), ylim=(0, 1))
-    ax.legend(fontsize=6.5, loc="lower right", ncol=2, frameon=False)
+    ax.set_aspect("equal")
+    ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, title="AUROC (test positives)",
+              title_fontsize=9)
     return _save(fig, path)
 
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from core.card import CardError, ModelCard
@@ -89,6 +90,11 @@ class Variant:
         return self.card.per_label_positives(self.labels, split)
 
     @property
+    def tensor_hash(self) -> str:
+        """The hash of the tensors: the card's ``tensor_sha256``, else the weights file hashed (slow: reads it)."""
+        return self.card.tensor_sha256 or tensor_sha256(self.weights_path)
+
+    @property
     def aliases(self) -> list[str]:
         """Other names this variant answers to (e.g. the paper's hard-penalty variants, which equal ``bce``)."""
         return list(self.card.aliases)
@@ -116,26 +122,40 @@ class RegistryScan:
         """Names of the usable variants."""
         return [v.name for v in self.variants]
 
-    def identical_groups(self) -> list[list[str]]:
-        """Groups of two or more variants whose weights files hold identical tensors (same model, other name)."""
+    @cached_property
+    def _groups(self) -> list[list[str]]:
+        # Computed once per scan: the page asks for it on every rerun (one call per dropdown option).
         by_hash: dict[str, list[str]] = {}
         for v in self.variants:
-            by_hash.setdefault(tensor_sha256(v.weights_path), []).append(v.name)
+            by_hash.setdefault(v.tensor_hash, []).append(v.name)
         return [names for names in by_hash.values() if len(names) > 1]
+
+    def identical_groups(self) -> list[list[str]]:
+        """Groups of two or more variants whose weights files hold identical tensors (same model, other name).
+
+        The hash is the card's ``tensor_sha256`` (written by the export); only a card without one has its weights
+        file hashed, once per scan.
+        """
+        return [list(group) for group in self._groups]
 
     def distinct_names(self) -> list[str]:
         """One name per distinct model (the first of each identical group), in name order."""
-        hidden = {n for group in self.identical_groups() for n in group[1:]}
+        hidden = {n for group in self._groups for n in group[1:]}
         return [n for n in self.names() if n not in hidden]
 
     def same_as(self, name: str) -> list[str]:
         """The other names of the model ``name``: its aliases and the variants with identical tensors."""
         variant = next((v for v in self.variants if v.name == name), None)
         names = list(variant.aliases) if variant else []
-        for group in self.identical_groups():
+        for group in self._groups:
             if name in group:
                 names += [n for n in group if n != name]
         return sorted(set(names))
+
+    @cached_property
+    def default_name(self) -> str | None:
+        """The default variant of this scan (see :func:`default_variant`), decided once per scan."""
+        return _default_of(self.weights_dir, self.variants)
 
 
 def resolve_weights_dir(weights_dir: str | Path = "weights") -> Path:
@@ -158,8 +178,11 @@ def tensor_sha256(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def load_variant(weights_dir: str | Path, name: str) -> Variant:
-    """Read one variant's card and weights header; :class:`RegistryError` says exactly what is wrong."""
+def load_variant(weights_dir: str | Path, name: str, config: ModelConfig | None = None) -> Variant:
+    """Read one variant's card and weights header; :class:`RegistryError` says exactly what is wrong.
+
+    ``config``: the weights file's config when the caller has already read it (the file is then not opened here).
+    """
     folder = resolve_weights_dir(weights_dir)
     weights = folder / f"{name}{WEIGHTS_SUFFIX}"
     card_path = folder / f"{name}{CARD_SUFFIX}"
@@ -171,7 +194,7 @@ def load_variant(weights_dir: str | Path, name: str) -> Variant:
         raise RegistryError(f"{weights.name}: weights without a model card ({card_path.name} is missing)")
     try:
         card = ModelCard.read(card_path)
-        config = read_model_config(weights)
+        config = config or read_model_config(weights)
         card.check_against(config, card_path.name)
     except CardError as exc:
         raise RegistryError(str(exc)) from None
@@ -234,7 +257,10 @@ def default_variant(weights_dir: str | Path = "weights") -> str | None:
     Returns ``None`` when no variant is usable.
     """
     folder = resolve_weights_dir(weights_dir)
-    variants = list_variants(folder)
+    return _default_of(folder, list_variants(folder))
+
+
+def _default_of(folder: Path, variants: list[Variant]) -> str | None:
     if not variants:
         return None
     names = {v.name for v in variants}

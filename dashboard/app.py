@@ -40,6 +40,7 @@ from dashboard.ui.state import (  # noqa: E402
     get_scan,
     get_taxonomy,
     session_cache,
+    warm_variants,
 )
 
 logger = logging.getLogger("hicxr.dashboard")
@@ -61,10 +62,21 @@ def _footer(scan: RegistryScan | None = None) -> None:
         st.caption(f"Models' training data: {text}")
 
 
+def _pacs_digest(data: bytes) -> str:
+    """The hash of the study opened from the PACS, computed once per study and session (not on every rerun)."""
+    known = st.session_state.get("pacs_digest")
+    if known is None or known[0] is not data:
+        known = (data, sha256(data))
+        st.session_state["pacs_digest"] = known
+    return known[1]
+
+
 def main() -> None:
     """Render one run of the page."""
     st.set_page_config(page_title="HiCXR", page_icon=":material/radiology:", layout="wide")
     access.gate()  # login, access list and idle timeout when [auth] is configured; else "local mode: no login"
+    # Less empty space above the title, so the viewer starts higher on the screen.
+    st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem}</style>")
     st.title("HiCXR · hierarchical chest X-ray findings")
     st.warning(f"**{DISCLAIMER}** Every output is a model estimate with its uncertainty, to be read by a clinician.",
                icon=":material/info:")
@@ -91,14 +103,14 @@ def main() -> None:
         if opened is None:
             _footer(scan)
             return
-        choice = replace(choice, data=opened.data, source="pacs")
+        choice = replace(choice, data=opened.data, source="pacs", digest=_pacs_digest(opened.data))
     if choice.data is None:
         st.info("Upload a chest radiograph in the sidebar, or pick one of the bundled samples. Nothing is analysed "
                 "until you do.", icon=":material/upload_file:")
         _footer(scan)
         return
 
-    digest = sha256(choice.data)
+    digest = choice.digest
     cache = session_cache()
     predictor = get_predictor(str(weights_dir))
     with st.spinner("Analysing the image…"):
@@ -111,6 +123,7 @@ def main() -> None:
         _footer(scan)
         return
 
+    warm_variants(str(weights_dir), tuple(scan.distinct_names()))  # after the first analysis, once per process
     analysis = outcome.analyses[choice.variant]
     if choice.sample is not None:  # a copy: the cached record stays as the engine made it
         analysis = dataclasses.replace(analysis, sample=choice.sample)

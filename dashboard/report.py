@@ -87,7 +87,8 @@ def report_figure(
         label: The label whose map is shown (the one the reader selected); the top finding if ``None``.
     """
     image = downsample(np.asarray(display_image if display_image is not None else analysis.image), 768)
-    top = analysis.top_findings(top_k)  # learnt findings, not the triage roots
+    findings, groups = _findings_then_groups(analysis)
+    top = findings[:top_k]
     fig = Figure(figsize=(8.27, 11.69))
     # Fixed rectangles (figure fractions) rather than a grid: the bar chart needs a wide left margin for names.
     head = fig.add_axes((0.06, 0.9, 0.9, 0.07))
@@ -131,9 +132,10 @@ def report_figure(
     ax_cam.axis("off")
 
     ax_bar = fig.add_axes((0.3, 0.235, 0.64, 0.225))
-    order = [i for i in np.argsort(-np.asarray(analysis.mc_mean, dtype=float), kind="stable")
-             if analysis.learnt(analysis.labels[i])]
-    names = [analysis.labels[i] for i in order]
+    # Findings first (most probable first), then the groups and triage outputs (Abnormal, Opacity, ...), so a
+    # group's higher probability never pushes the findings it summarises down the page.
+    names = findings + groups
+    order = [analysis.index(n) for n in names]
     colours = ["#9ca3af" if analysis.out_of_population else "#7b1e1e" if analysis.call(n) == "above" else "#2b6cb0"
                for n in names]
     ax_bar.barh(
@@ -144,7 +146,9 @@ def report_figure(
         threshold = analysis.operating_points.get(n)
         if threshold is not None:
             ax_bar.plot([threshold, threshold], [row - 0.42, row + 0.42], color="#111111", linewidth=1.2)
-    ax_bar.set_yticks(range(len(names)), names, fontsize=7)
+    ax_bar.set_yticks(range(len(names)), [n if n in findings else f"{n} (group)" for n in names], fontsize=7)
+    if findings and groups:
+        ax_bar.axhline(len(findings) - 0.5, color="#888888", linewidth=0.8, linestyle=":")
     ax_bar.invert_yaxis()
     ax_bar.set_xlim(0, 1)
     ax_bar.set_xlabel("Probability (MC mean ± std); black tick: the operating point of a label the model separates; "
@@ -159,7 +163,7 @@ def report_figure(
     lines = [f"Warning: {w}" for w in analysis.warnings if w not in in_banner]
     if analysis.not_learnt:
         lines.append(f"Not learnt, so not shown (too few positive training images): {', '.join(analysis.not_learnt)}.")
-    lines.append("Top findings (MC mean ± std; the call; model's test AUROC):")
+    lines.append("Top findings, groups left out (MC mean ± std; the call; model's test AUROC):")
     for finding in top:
         i = analysis.index(finding)
         auroc_txt = (auroc_notes or {}).get(finding, "not reported")
@@ -187,6 +191,17 @@ def report_figure(
     if attribution:
         ax_txt.text(0, -0.08, textwrap.fill(attribution, 150), fontsize=6.5, color="#555555", va="top")
     return fig
+
+
+def _findings_then_groups(analysis: Analysis) -> tuple[list[str], list[str]]:
+    """Learnt outputs split into findings (the CheXpert observations but No Finding) and groups (the taxonomy's
+    derived labels and No Finding), each most probable first."""
+    from core.taxonomy import load_taxonomy
+
+    chexpert = set(load_taxonomy().chexpert_labels) - {"No Finding"}
+    order = [analysis.labels[i] for i in np.argsort(-np.asarray(analysis.mc_mean, dtype=float), kind="stable")
+             if analysis.learnt(analysis.labels[i])]
+    return [n for n in order if n in chexpert], [n for n in order if n not in chexpert]
 
 
 def _shown_label(analysis: Analysis, label: str | None, top_k: int) -> str | None:

@@ -28,8 +28,10 @@ RISK_FLAG = "--allow-anyone-on-the-network-without-login"
 
 #: Sent with every HTTP response of the app.
 SECURITY_HEADERS: dict[str, str] = {
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "frame-ancestors 'none'",
+    # Same origin only: the dashboard frames its own components (the radiograph viewer is a component page
+    # served by this server); no other site may frame it.
+    "X-Frame-Options": "SAMEORIGIN",
+    "Content-Security-Policy": "frame-ancestors 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }

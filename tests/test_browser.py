@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -136,7 +137,13 @@ def _tree_text(page) -> str:
 
 
 def _cam_caption(page) -> str:
-    return page.locator("[data-testid='stImageCaption']").first.inner_text()
+    """The viewer's map caption (label · P = ... — what kind of map)."""
+    return page.locator(".st-key-viewer_caption").first.inner_text()
+
+
+def _viewer(page):
+    """The radiograph viewer component's frame (static HTML served by the Streamlit server itself)."""
+    return page.frame_locator("iframe[title*='hicxr_viewer']")
 
 
 def _images_loaded(page) -> None:
@@ -193,22 +200,20 @@ def test_upload_png_click_node_and_see_its_cam(page, shared_data):
     targets = [label for label in ("Cardiomegaly", "Edema", "Pleural Effusion")
                if not shown.startswith(f"{label} ·")][:2]  # clicking the label already shown would deselect it
     for label in targets:
-        src_before = page.locator("[data-testid='stImage'] img").first.get_attribute("src")
         box = nodes.nth(learnt.index(label)).bounding_box()
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.wait_for_function(
             """label => {
-                const caption = document.querySelector("[data-testid='stImageCaption']");
+                const caption = document.querySelector(".st-key-viewer_caption");
                 return caption !== null && caption.innerText.startsWith(label + " ·");
             }""",
             arg=label,
         )
         caption = _cam_caption(page)
         assert "operating point" in caption or "not learnt" not in caption
-        # A new map is drawn, and the text under it says what kind of picture it is.
-        assert page.locator("[data-testid='stImage'] img").first.get_attribute("src") != src_before
-        kind = page.get_by_text("Grad-CAM: regions that raise").or_(page.get_by_text("not evidence for the label"))
-        assert kind.count() >= 1
+        # The viewer's map pane now shows this label, and the text under it says what kind of picture it is.
+        _viewer(page).locator("#t1").filter(has_text=f"{label} ·").wait_for()
+        assert "Grad-CAM: regions that raise" in caption or "Not evidence for the label" in caption
     # Hovering a node quotes the label's test AUROC with the test positives it rests on; few positives: unreliable.
     positives = default.per_label_positives("test")
     few = min((label for label in learnt if positives.get(label)), key=lambda label: positives[label])
@@ -240,8 +245,10 @@ def test_upload_dicom_shows_window_level_and_metadata(page, shared_data, tmp_pat
     shutil.copyfile(shared_data / "dicom" / "fodicom_CR-MONO1-10-chest.dcm", dicom)
     seconds = _upload(page, dicom)
     print(f"\nupload_to_tree_seconds={seconds:.2f} (DICOM 440 px, fresh session)")
-    page.get_by_text("Level (window centre)").wait_for()
-    page.get_by_text("Window width").wait_for()
+    # The viewer offers the file's own window first, then the presets.
+    buttons = _viewer(page).locator("#bar button[data-preset]")
+    buttons.first.wait_for()
+    assert buttons.all_inner_texts() == ["File's own", "Lung", "Mediastinum", "Bone", "Full range"]
     details = page.locator("[data-testid='stTable']").first
     details.wait_for()  # DICOM details start expanded
     text = details.inner_text()
@@ -327,11 +334,9 @@ def test_compare_variants_and_downloads(page):
 
     page.get_by_role("tab", name="Analysis").click()
     page.locator(TREE).wait_for()
-    page.locator(".st-key-label_pick").click()
-    page.get_by_role("option", name="Pleural Effusion", exact=True).click()
+    page.locator(".st-key-label_pick label").filter(has_text="Pleural Effusion").click()
     page.wait_for_function(
-        "() => [...document.querySelectorAll(\"[data-testid='stImageCaption']\")]"
-        ".some(c => c.innerText.startsWith('Pleural Effusion ·'))")
+        "() => document.querySelector('.st-key-viewer_caption')?.innerText.startsWith('Pleural Effusion ·')")
     page.get_by_role("tab", name="Export").click()
     page.get_by_text("Pleural Effusion").first.wait_for()  # the export tab names the label the PDF will show
     with page.expect_download() as info:
@@ -396,3 +401,154 @@ def test_normal_film_has_no_banner_and_few_calls(page):
     assert page.locator("[data-testid='stAlertContentError']").count() == 0
     assert _tree_text(page).count("▲") <= 1
     _shot(page, "11_normal_film")
+
+
+# ------------------------------------------------------------------------------------- the viewer (issue 18)
+
+CANVAS_MEAN = """id => {
+    const c = document.getElementById(id), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let s = 0;
+    for (let i = 0; i < d.length; i += 4) s += d[i] + d[i + 1] + d[i + 2];
+    return s / (3 * d.length / 4);
+}"""
+
+
+def _viewer_frame(page):
+    """The viewer's frame, for evaluating scripts in it (its canvases)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for frame in page.frames:
+            if "hicxr_viewer" in frame.url:
+                return frame
+        time.sleep(0.2)
+    raise AssertionError("the viewer component was not found")
+
+
+def _window_text(page, pane: int) -> str:
+    return _viewer(page).locator(f"#wl{pane}").inner_text()
+
+
+def _settled(page) -> None:
+    page.wait_for_function(
+        "() => document.querySelector(\"[data-testid='stApp']\")?.dataset.testScriptState === 'notRunning'")
+
+
+def test_viewer_presets_drag_readout_reset_and_the_map_follows(page, shared_data):
+    path = shared_data / "dicom" / "pljd_RG1_JLSN_CR_MONO1_JPEGLS_near_lossless_chest.dcm"  # 15-bit, MONOCHROME1
+    _upload(page, path)
+    _settled(page)
+    image = read_image(path, keep_raw=True)
+    viewer, frame = _viewer(page), _viewer_frame(page)
+    center, width = image.default_window
+    file_window = f"C {round(center)} / W {round(width)}"
+    viewer.locator("#wl0").filter(has_text=file_window).wait_for()
+    before = [frame.evaluate(CANVAS_MEAN, f"c{k}") for k in (0, 1)]
+    _shot(page, "20_viewer_file_window")
+
+    # Presets: each sets both panes to its window; the map pane is redrawn with the radiograph's window.
+    viewer.get_by_role("button", name="Lung", exact=True).click()
+    assert viewer.get_by_role("button", name="Lung", exact=True).get_attribute("aria-pressed") == "true"
+    lung = _window_text(page, 0)
+    assert lung.startswith("C ") and not lung.startswith(file_window)
+    assert _window_text(page, 1) == lung  # the map pane follows the window
+    after = [frame.evaluate(CANVAS_MEAN, f"c{k}") for k in (0, 1)]
+    assert abs(after[0] - before[0]) > 5 and abs(after[1] - before[1]) > 2
+    _shot(page, "21_viewer_lung_preset")
+
+    # Mouse drag: right widens the window, down moves the level; both panes follow, and the page keeps the window.
+    pane = viewer.locator("#p0").bounding_box()
+    x, y = pane["x"] + pane["width"] / 2, pane["y"] + pane["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 120, y + 60, steps=6)
+    page.mouse.up()
+    dragged = _window_text(page, 0)
+    assert dragged != lung and _window_text(page, 1) == dragged
+    _settled(page)  # the window went back to Streamlit (for the PDF); the viewer keeps it across the rerun
+    assert _window_text(page, 0) == dragged
+
+    # Pixel-value readout in the file's own units, at the pixel under the mouse.
+    page.mouse.move(x + 7, y - 11)
+    readout = viewer.locator("#r0").inner_text()
+    match = re.fullmatch(r"x (\d+), y (\d+): value (-?\d+)", readout)
+    assert match, readout
+    px, py, value = (int(g) for g in match.groups())
+    near = image.raw[max(0, py - 3):py + 4, max(0, px - 3):px + 4]
+    assert near.min() - 1 <= value <= near.max() + 1  # a box average of the file's values around that pixel
+
+    # Zoom and invert apply to both panes.
+    viewer.get_by_role("button", name="+", exact=True).click()
+    viewer.get_by_role("button", name="Invert", exact=True).click()
+    assert "125%" in _window_text(page, 0) and "125%" in _window_text(page, 1)
+    assert "inverted" in _window_text(page, 1)
+    _shot(page, "22_viewer_dragged_zoomed_inverted")
+
+    # Reset: the file's own window, no invert, fitted.
+    viewer.get_by_role("button", name="Reset", exact=True).click()
+    assert _window_text(page, 0).startswith(file_window) and "100%" in _window_text(page, 0)
+    assert "inverted" not in _window_text(page, 0)
+    assert abs(frame.evaluate(CANVAS_MEAN, "c0") - before[0]) < 1.0
+    _shot(page, "23_viewer_reset")
+
+
+def test_keyboard_selects_tree_nodes(page):
+    from core.taxonomy import load_taxonomy
+    from dashboard.components.tree import tree_order
+
+    order = tree_order(load_taxonomy())
+    shown = _cam_caption(page).split(" ·")[0]
+    # The radio group mirrors the tree: Tab to it and the arrow keys move the selection, node and map follow.
+    page.locator(".st-key-label_pick input[type='radio']:checked").focus()
+    page.keyboard.press("ArrowRight")
+    expected = order[(order.index(shown) + 1) % len(order)]
+    page.wait_for_function(
+        "label => document.querySelector('.st-key-viewer_caption')?.innerText.startsWith(label + ' ·')",
+        arg=expected)
+    _viewer(page).locator("#t1").filter(has_text=f"{expected} ·").wait_for()
+    _settled(page)
+    # The viewer's own shortcut: ] selects the next finding in tree order.
+    _viewer(page).locator("#p0").focus()
+    page.keyboard.press("]")
+    following = order[(order.index(expected) + 1) % len(order)]
+    page.wait_for_function(
+        "label => document.querySelector('.st-key-viewer_caption')?.innerText.startsWith(label + ' ·')",
+        arg=following)
+    _settled(page)
+    _images_loaded(page)
+    _shot(page, "24_keyboard_selection")
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_compare_grid_never_overlaps(browser, server, width):
+    context = browser.new_context(viewport={"width": width, "height": 1400})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(RENDER_TIMEOUT_MS)
+        page.goto(server)
+        _pick_sample(page, FIRST_SAMPLE)
+        page.get_by_role("tab", name="Compare variants").click()
+        tiles = page.locator(".st-key-compare_maps [data-testid='stImage']")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll(\".st-key-compare_maps [data-testid='stImage'] img\")]"
+            ".filter(img => img.complete && img.naturalWidth > 0).length >= 2")
+        _settled(page)
+        _images_loaded(page)
+        main = page.locator("[data-testid='stMainBlockContainer']").bounding_box()
+        boxes = [tiles.nth(i).bounding_box() for i in range(tiles.count())]
+        captions = [c.bounding_box() for c in page.locator(".st-key-compare_maps [data-testid='stImageCaption']")
+                    .all()]
+        assert len(boxes) >= 2 and len(captions) == len(boxes)
+        for box in boxes + captions:  # nothing cut off at the right edge
+            assert box["x"] >= main["x"] - 1 and box["x"] + box["width"] <= main["x"] + main["width"] + 1
+        for group in (boxes, captions):
+            for i, a in enumerate(group):
+                for b in group[i + 1:]:
+                    overlap_x = min(a["x"] + a["width"], b["x"] + b["width"]) - max(a["x"], b["x"])
+                    overlap_y = min(a["y"] + a["height"], b["y"] + b["height"]) - max(a["y"], b["y"])
+                    assert overlap_x <= 0.5 or overlap_y <= 0.5, (a, b)
+        page.mouse.move(0, 0)
+        page.locator(".st-key-compare_maps").scroll_into_view_if_needed()  # the page scrolls inside its main block
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"25_compare_{width}.png"))
+    finally:
+        context.close()

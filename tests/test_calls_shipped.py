@@ -32,7 +32,7 @@ def test_every_shipped_card_carries_the_rule_and_its_held_out_inputs() -> None:
             if e.callable:
                 assert e.specificity >= card.call_rule.specificity_floor, (variant.name, label)
         # The out-of-population figures are measured, on adult films (false alarms) and held-out children.
-        measured = card.ood["measured"]
+        measured = card.ood.measured
         assert {"nih_test", "dicom_adult", "covid", "shenzhen", "kermany_heldout"} <= set(measured)
 
 

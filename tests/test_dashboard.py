@@ -118,6 +118,12 @@ def _chart(at: AppTest, key: str) -> dict:
     return json.loads(chart.proto.spec)
 
 
+def _viewer_args(at: AppTest) -> dict:
+    """The JSON arguments the page sent to the radiograph viewer component."""
+    (viewer,) = [c for c in at.get("component_instance") if c.proto.component_name.endswith("hicxr_viewer")]
+    return json.loads(viewer.proto.json_args)
+
+
 def _node_trace(spec: dict) -> dict:
     return next(t for t in spec["data"] if t.get("name") == "labels")
 
@@ -155,12 +161,14 @@ def test_tree_figure_encodes_mean_std_operating_points_not_learnt_and_violations
     nodes = next(t for t in fig.data if t.name == "labels")
     hidden = next(t for t in fig.data if t.name == "not learnt")
     halo = next(t for t in fig.data if t.name == "uncertainty halo")
+    called = next(t for t in fig.data if t.name == "called")
     learnt = [lab for lab in labels if lab not in analysis.not_learnt]
     assert list(nodes.customdata) == learnt and list(hidden.customdata) == analysis.not_learnt
     np.testing.assert_allclose(nodes.marker.color, [mean[labels.index(lab)] for lab in learnt], rtol=1e-6)
     assert (nodes.marker.cmin, nodes.marker.cmax) == (0.0, 1.0)
-    # Not-learnt nodes: hollow grey, no probability in the caption, the reason on hover.
-    assert hidden.marker.symbol == "circle-open-dot" and all("not learnt" in t for t in hidden.text)
+    # Not-learnt nodes: truly hollow grey (an open ring, no halo behind it), no probability, the reason on hover.
+    assert hidden.marker.symbol == "circle-open" and all("not learnt" in t for t in hidden.text)
+    assert all(np.asarray(halo.marker.size)[labels.index(lab)] == 0 for lab in analysis.not_learnt)
     assert not any(f"{mean[labels.index(lab)]:.2f}" in t for lab, t in zip(analysis.not_learnt, hidden.text,
                                                                            strict=True))
     assert "no positive training images" in hidden.hovertext[0]
@@ -175,8 +183,13 @@ def test_tree_figure_encodes_mean_std_operating_points_not_learnt_and_violations
     assert "▲" in nodes.text[i] and "▲" not in nodes.text[learnt.index("Edema")]
     assert "operating point" in nodes.hovertext[i] and "at or above" in nodes.hovertext[i]
     assert "0.812" in nodes.hovertext[i] and "not reported" in nodes.hovertext[learnt.index("Edema")]
-    # Selected node outlined heavier than any other.
-    assert nodes.marker.line.width[i] == max(nodes.marker.line.width)
+    # Called: a ring of its own around exactly the called nodes; selected: a box around the node and its caption,
+    # so neither can pass for the other.
+    assert list(called.customdata) == [lab for lab in labels if analysis.call(lab) == "above"]
+    assert called.marker.symbol == "circle-open" and called.hoverinfo == "skip"
+    (box,) = [shape for shape in fig.layout.shapes if shape.name == "selected"]
+    x, y = tree_positions(taxonomy)["Cardiomegaly"]
+    assert box.type == "rect" and box.x0 < x < box.x1 and box.y0 < y < box.y1
     # Red dashed edges: exactly the record's violations (the one rule), one None-separated segment each.
     bad = next(t for t in fig.data if t.name and t.name.startswith("violation"))
     assert bad.line.dash == "dash" and list(bad.x).count(None) == 1
@@ -298,6 +311,14 @@ def test_model_card_views(tmp_path, taxonomy):
     fig = auroc_figure(frame)
     assert len(fig.data[0].x) == 5
     np.testing.assert_allclose(fig.data[0].error_x.array, 0.1, atol=1e-9)
+    # An AUROC of 1.000 from one test positive is drawn apart, hollow and marked unreliable, below every reliable
+    # label however high it is; each bar names its test positives and its CI.
+    frame = pd.DataFrame({"label": ["Edema", "Cardiomegaly", "Effusion"], "auroc": [1.0, 0.81, 0.70],
+                          "ci_low": [np.nan, 0.7, 0.6], "ci_high": [np.nan, 0.9, 0.8], "positives": [1, 30, 21]})
+    bars = auroc_figure(frame).data[0]
+    assert list(bars.y) == ["Edema (1 test +)", "Effusion (21 test +)", "Cardiomegaly (30 test +)"]  # bottom up
+    assert bars.marker.color[0] == "rgba(0,0,0,0)" and "unreliable" in bars.text[0]
+    assert bars.text[2] == "0.810 (CI 0.70–0.90)"
     summary = dict(zip(summary_table(card)["field"], summary_table(card)["value"], strict=True))
     assert summary["Test macro AUROC"] == "0.650 (95% CI 0.600–0.700)"
     assert calibration_frame(card, labels)["temperature"].tolist() == [1.5] * len(labels)
@@ -395,8 +416,10 @@ def test_app_png_sample_matches_the_engine(weights_dir, predictor, monkeypatch):
     nodes = _node_trace(_chart(at, "tree"))
     np.testing.assert_allclose(nodes["marker"]["color"], expected.mc_mean, rtol=1e-5)
     top = expected.top_findings(1)[0]
-    assert at.selectbox(key="label_pick").value == top
-    assert any(top in caption for image in at.image for caption in image.captions)
+    assert at.radio(key="label_pick").value == top
+    assert any(c.value.startswith(f"{top} · P = ") for c in at.caption)  # the viewer's map caption
+    viewer = _viewer_args(at)
+    assert viewer["selected"] == top and viewer["map_title"].startswith(f"{top} · ")
     assert "not a medical device" in at.warning[0].value.lower()
     assert any("NIH Clinical Center" in c.value for c in at.caption)
 
@@ -408,17 +431,19 @@ def test_app_display_controls_never_rerun_the_network(weights_dir, monkeypatch):
     at.slider(key="cam_opacity").set_value(0.9).run()
     at.slider(key="cam_threshold").set_value(0.5).run()
     at.selectbox(key="cam_colormap").set_value("viridis").run()
-    at.toggle(key="invert").set_value(True).run()
+    at.toggle(key="show_map").set_value(False).run()
+    at.toggle(key="show_map").set_value(True).run()
     assert "gallery_min_p" not in [s.key for s in at.slider]  # the gallery is lazy: closed, nothing drawn
     at.session_state["gallery"] = True
     at.run()
     at.slider(key="gallery_min_p").set_value(0.1).run()
     tiles = [c for image in at.image for c in image.captions if "P = " not in c]
     assert len(tiles) == int((_findings(at)["P (MC mean)"] >= 0.1).sum())
-    at.selectbox(key="label_pick").set_value("Edema").run()
+    at.radio(key="label_pick").set_value("Edema").run()
     _no_failure(at)
     assert at.session_state["analysis_cache"].network_runs == runs
-    assert any(c.startswith("Edema · P = ") for image in at.image for c in image.captions)
+    assert any(c.value.startswith("Edema · P = ") for c in at.caption)
+    assert _viewer_args(at)["selected"] == "Edema"
     # ...but a new MC setting is a new analysis.
     at.slider(key="mc_samples").set_value(3).run()
     assert at.session_state["analysis_cache"].network_runs == runs + 1
@@ -429,12 +454,22 @@ def test_app_dicom_sample_has_window_level(weights_dir, monkeypatch):
     at.selectbox(key="sample").set_value(DICOM_SAMPLE).run()
     _no_failure(at)
     image = read_image(SAMPLES_DIR / SAMPLES[DICOM_SAMPLE], keep_raw=True)
-    level = next(s for s in at.slider if s.label.startswith("Level"))
-    width = next(s for s in at.slider if s.label.startswith("Window width"))
-    assert (level.value, width.value) == pytest.approx(image.default_window)
+    viewer = _viewer_args(at)
+    presets = {p["name"]: (p["center"], p["width"]) for p in viewer["presets"]}
+    assert list(presets) == ["file", "lung", "mediastinum", "bone", "full"]
+    assert presets["file"] == pytest.approx(image.default_window)  # the file's own window comes first
+    assert (viewer["raw_low"], viewer["raw_high"]) == pytest.approx((image.raw.min(), image.raw.max()))
+    # The reader drags the window in the browser; the value comes back, is kept for the PDF, and runs nothing.
     runs = at.session_state["analysis_cache"].network_runs
-    level.set_value(level.value + 20).run()
+    digest = viewer["image_id"]
+    at.session_state["viewer"] = {"image_id": digest, "center": 60.0, "width": 40.0, "invert": True,
+                                  "preset": "custom"}
+    at.run()
+    _no_failure(at)
     assert at.session_state["analysis_cache"].network_runs == runs
+    assert _viewer_args(at)["initial"] == {"center": 60.0, "width": 40.0, "invert": True, "preset": "custom"}
+    view = at.session_state[f"view_{digest[:12]}"]
+    assert (view.center, view.width, view.invert) == (60.0, 40.0, True)
     details = at.table[0].value
     assert details.loc["Modality", "value"] == "CR" and details.loc["View", "value"] == "PA"
 
@@ -473,6 +508,7 @@ def test_app_variant_choice(weights_dir, predictor, monkeypatch):
     assert "bce |" in " ".join(c.value for c in at.sidebar.caption)
 
 
+@pytest.mark.slow  # every tab of the page, with analyses of several variants
 def test_app_compare_model_card_and_export_tabs(weights_dir, predictor, monkeypatch):
     at = _app(weights_dir, monkeypatch)
     at.session_state["tab"] = "Compare variants"
@@ -516,3 +552,25 @@ def test_app_names_skipped_weights(tmp_path, monkeypatch):
     problems = [str(p) for p in scan_weights(folder).problems]
     assert len(problems) == 1 and "broken" in problems[0]
     assert problems[0] in [c.value for c in at.sidebar.caption]
+
+
+def test_pdf_lists_findings_before_groups(taxonomy):
+    from dashboard.report import report_figure
+
+    n = taxonomy.num_labels
+    labels = list(taxonomy.labels)
+    mean = np.full(n, 0.1)
+    for group, p in (("Abnormal", 0.9), ("Opacity", 0.8), ("Fluid Accumulation", 0.7)):
+        mean[labels.index(group)] = p
+    mean[labels.index("Pleural Effusion")] = 0.4
+    analysis = _analysis(taxonomy, mean, np.full(n, 0.01))
+    fig = report_figure(analysis, label="Pleural Effusion")
+    bars = next(ax for ax in fig.axes if ax.get_title() == "All learnt outputs")
+    names = [t.get_text() for t in bars.get_yticklabels()]
+    # The finding comes first although its groups are more probable; groups come after it, marked as groups.
+    assert names[0] == "Pleural Effusion"
+    groups = [i for i, name in enumerate(names) if name.endswith("(group)")]
+    assert groups and min(groups) > max(i for i, name in enumerate(names) if not name.endswith("(group)"))
+    assert "Abnormal (group)" in names and "Opacity (group)" in names
+    text = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    assert "  Pleural Effusion: 0.40" in text and "  Opacity:" not in text

@@ -60,6 +60,7 @@ def _session(predictor: Predictor, data: bytes, barrier: threading.Barrier) -> t
     return outcomes, cache.network_runs
 
 
+@pytest.mark.slow  # eight full analyses at once
 @pytest.mark.timeout(600)
 def test_eight_sessions_in_parallel_each_get_their_own_correct_result(weights_dir: Path, shared_data: Path) -> None:
     inputs = _inputs(shared_data)

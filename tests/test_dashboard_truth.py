@@ -77,8 +77,15 @@ def test_not_learnt_labels_and_operating_points_on_the_page(weights_dir, monkeyp
     assert table.loc["Cardiomegaly", "operating point"] == pytest.approx(0.3)
     assert any("operating point" in c.value for c in at.caption)
     # The label shown first is a learnt one, and the map's caption says what kind of picture it is.
-    assert at.selectbox(key="label_pick").value not in NOT_LEARNT
+    assert at.radio(key="label_pick").value not in NOT_LEARNT
     assert any("Grad-CAM" in c.value or "relative map" in c.value for c in at.caption)
+    # Picking a label the model never learnt draws no map over the image, and says why.
+    at.radio(key="label_pick").set_value("Fracture").run()
+    (viewer,) = [c for c in at.get("component_instance") if c.proto.component_name.endswith("hicxr_viewer")]
+    args = json.loads(viewer.proto.json_args)
+    assert args["overlay_id"] == "none" and args["map_title"].endswith(": no map")
+    assert not [a for a in viewer.proto.special_args if a.key == "overlay" and a.bytes]
+    assert any(c.value.startswith("Fracture · not learnt") and "No map" in c.value for c in at.caption)
 
 
 def test_identical_variants_are_one_entry(weights_dir, monkeypatch):

@@ -36,6 +36,7 @@ def predictor(shared_data: Path) -> Predictor:
     return predictor
 
 
+@pytest.mark.slow  # pytorch-grad-cam once per label (21 backward passes per image)
 @pytest.mark.parametrize(
     "relpath", ["nih/images/00000317_003.png", "dicom/txv_SIIM_CR_MONO2_JPEG_baseline_chestPA.dcm"], ids=["png", "dcm"]
 )
@@ -74,6 +75,7 @@ def test_gradcam_leaves_shared_model_alone(predictor: Predictor, shared_data: Pa
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
 
 
+@pytest.mark.slow  # one pytorch-grad-cam run per method
 @pytest.mark.parametrize("method", CAM_METHODS)
 def test_other_methods(predictor: Predictor, shared_data: Path, method: str) -> None:
     image = read_image(shared_data / "nih/images/00000317_003.png")

@@ -12,10 +12,18 @@ from __future__ import annotations
 import numpy as np
 
 from core.analysis import Analysis
-from core.explain import COLORMAPS, DEFAULT_COLORMAP, contour_overlay, overlay
+from core.explain import (
+    COLORMAPS,
+    DEFAULT_COLORMAP,
+    RELATIVE_COLOR,
+    RELATIVE_LEVELS,
+    contour_overlay,
+    overlay,
+    upsample,
+)
 from dashboard.components.image_view import downsample
 
-__all__ = ["COLORMAPS", "DEFAULT_COLORMAP", "cam_caption", "cam_map", "cam_overlay", "gallery_labels",
+__all__ = ["COLORMAPS", "DEFAULT_COLORMAP", "cam_caption", "cam_layer", "cam_map", "cam_overlay", "gallery_labels",
            "shows_relative_map"]
 
 # Overlays are blended at display size: a gallery of 21 full-resolution DICOM overlays would take seconds.
@@ -50,6 +58,59 @@ def cam_overlay(
     if shows_relative_map(analysis, label):
         return contour_overlay(image, cam_map(analysis, label))
     return overlay(image, cam_map(analysis, label), colormap=colormap, opacity=opacity, threshold=threshold)
+
+
+def cam_layer(
+    analysis: Analysis,
+    label: str,
+    shape: tuple[int, int],
+    *,
+    colormap: str = DEFAULT_COLORMAP,
+    opacity: float = 0.45,
+    threshold: float = 0.2,
+) -> np.ndarray:
+    """The map of ``label`` alone, as an RGBA uint8 layer of ``shape`` (h, w) to lay over the displayed image: a
+    heat map (alpha ``opacity`` where the map is at least ``threshold``) or, for a relative map, dashed contours
+    on a transparent ground. The viewer draws it over the image as windowed, inverted and zoomed there."""
+    import matplotlib
+
+    if label not in analysis.labels:
+        raise KeyError(f"unknown label {label!r}")
+    if shows_relative_map(analysis, label):
+        # Contours are drawn by matplotlib, whose cost grows with the canvas: 320 px is sharp enough once stretched.
+        scale = min(1.0, 320 / max(shape))
+        small = (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
+        return _contour_layer(upsample(cam_map(analysis, label), small))
+    heat = upsample(cam_map(analysis, label), shape)
+    # A 256-entry colour table indexed by the map: the same colours as the colour map, at a fraction of its cost.
+    table = np.rint(matplotlib.colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.uint8)
+    rgba = np.empty((*shape, 4), dtype=np.uint8)
+    rgba[..., :3] = table[np.rint(heat * 255.0).astype(np.intp)]
+    # Alpha rises over 0.04 of map value above the threshold: a soft edge, not a staircase once stretched.
+    ramp = np.clip((heat - np.float32(threshold)) / np.float32(0.04), 0.0, 1.0)
+    rgba[..., 3] = np.rint(ramp * np.float32(opacity * 255.0)).astype(np.uint8)
+    return rgba
+
+
+def _contour_layer(heat: np.ndarray) -> np.ndarray:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    h, w = heat.shape
+    fig = Figure(figsize=(w / 100.0, h / 100.0), dpi=100)
+    fig.patch.set_alpha(0.0)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    ax.patch.set_alpha(0.0)
+    if float(heat.max()) > float(heat.min()):
+        widths = [1.0 + 1.2 * k for k in range(len(RELATIVE_LEVELS))]
+        ax.contour(heat, levels=sorted(RELATIVE_LEVELS), colors=[RELATIVE_COLOR], linewidths=widths,
+                   linestyles="dashed")
+    ax.set_axis_off()
+    canvas.draw()
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba()))
 
 
 def cam_caption(analysis: Analysis, label: str) -> str:

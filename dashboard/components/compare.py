@@ -68,8 +68,9 @@ def grouped_bar_figure(
     fig.update_layout(
         barmode="group",
         height=height,
-        yaxis=dict(title="P (MC mean ± std)", range=[0, 1.05]),
-        xaxis=dict(tickangle=-40),
+        yaxis=dict(title="P (MC mean ± std)", range=[0, 1.05], tickfont=dict(size=12)),
+        xaxis=dict(tickangle=-40, tickfont=dict(size=12)),
+        font=dict(size=12),
         margin=dict(l=10, r=10, t=30, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0.0),
         paper_bgcolor="rgba(0,0,0,0)",

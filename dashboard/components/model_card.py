@@ -91,26 +91,52 @@ def call_frame(card: ModelCard) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def auroc_figure(frame: pd.DataFrame, title: str = "Per-label test AUROC (95% CI)", height: int = 560) -> go.Figure:
-    """Horizontal bars of AUROC with CI whiskers, from :func:`auroc_frame`; labels without AUROC are left out."""
-    shown = frame.dropna(subset=["auroc"]).iloc[::-1]
+def auroc_figure(frame: pd.DataFrame, title: str = "Per-label test AUROC (95% CI)", height: int | None = None
+                 ) -> go.Figure:
+    """Horizontal bars of AUROC with CI whiskers and each label's test positives, from :func:`auroc_frame`.
+
+    A label with fewer than :data:`FEW_TEST_POSITIVES` test positives is drawn apart, at the bottom, as a hollow
+    grey bar marked "unreliable": an AUROC from one positive is 0 or 1 by luck (Edema's 1.000), and must not look
+    like the model's best label. Labels without an AUROC are left out.
+    """
+    shown = frame.dropna(subset=["auroc"]).copy()
+    positives = pd.to_numeric(shown["positives"], errors="coerce")
+    shown["few"] = positives.isna() | (positives < FEW_TEST_POSITIVES)
+    # Reliable labels best first, then the unreliable ones; plotly draws the first category at the bottom.
+    shown = pd.concat([shown[~shown["few"]].sort_values("auroc", ascending=False),
+                       shown[shown["few"]].sort_values("auroc", ascending=False)]).iloc[::-1]
+    names = [f"{lab} ({int(n)} test +)" if pd.notna(n) else f"{lab} (positives not reported)"
+             for lab, n in zip(shown["label"], pd.to_numeric(shown["positives"], errors="coerce"), strict=True)]
     upper = (shown["ci_high"] - shown["auroc"]).clip(lower=0).fillna(0)
     lower = (shown["auroc"] - shown["ci_low"]).clip(lower=0).fillna(0)
+    ci = [f"{a:.3f} (CI {lo:.2f}–{hi:.2f})" if pd.notna(lo) and pd.notna(hi) else f"{a:.3f} (no CI)"
+          for a, lo, hi in zip(shown["auroc"], shown["ci_low"], shown["ci_high"], strict=True)]
+    text = [f"{c} · unreliable" if few else c for c, few in zip(ci, shown["few"], strict=True)]
     fig = go.Figure(
         go.Bar(
             x=shown["auroc"],
-            y=shown["label"],
+            y=names,
             orientation="h",
-            marker_color="#2b6cb0",
-            error_x=dict(type="data", symmetric=False, array=upper, arrayminus=lower, thickness=1.2),
-            hovertemplate="%{y}: AUROC %{x:.3f}<extra></extra>",
+            marker=dict(color=["rgba(0,0,0,0)" if few else "#2b6cb0" for few in shown["few"]],
+                        line=dict(color=["#6b7280" if few else "#2b6cb0" for few in shown["few"]], width=1.5),
+                        pattern=dict(shape=["/" if few else "" for few in shown["few"]], fgcolor="#9ca3af")),
+            error_x=dict(type="data", symmetric=False, array=upper, arrayminus=lower, thickness=1.5, color="#1a202c"),
+            text=text,
+            textposition="inside",
+            insidetextanchor="start",
+            textfont=dict(size=12, color=["#1a202c" if few else "#ffffff" for few in shown["few"]]),
+            hovertemplate="%{y}: AUROC %{text}<extra></extra>",
         )
     )
     fig.add_vline(x=0.5, line=dict(color="#a0aec0", dash="dot"), annotation_text="chance", annotation_position="top")
+    if shown["few"].any() and (~shown["few"]).any():
+        fig.add_hline(y=int(shown["few"].sum()) - 0.5, line=dict(color="#9ca3af", width=1))
     fig.update_layout(
-        title=dict(text=title),
-        height=height,
-        xaxis=dict(title="AUROC", range=[0.0, 1.0]),
+        title=dict(text=title + f"; hollow: fewer than {FEW_TEST_POSITIVES} test positives, unreliable"),
+        height=height or 90 + 30 * len(shown),
+        xaxis=dict(title="AUROC", range=[0.0, 1.0], tickfont=dict(size=12)),
+        yaxis=dict(tickfont=dict(size=12)),
+        font=dict(size=12),
         margin=dict(l=10, r=10, t=50, b=10),
         paper_bgcolor="rgba(0,0,0,0)",
         plot_bgcolor="rgba(0,0,0,0)",

@@ -1,7 +1,7 @@
 """The taxonomy DAG as a plotly figure: nodes coloured by probability, halos sized by MC uncertainty.
 
 What each mark claims: the node colour is the MC-mean probability (perceptually uniform, colour-blind-safe
-viridis scale); a thick dark outline and "▲" mean the record's call is ``above`` (:mod:`core.calls`: a label the
+viridis scale); a pink ring around the node and "▲" mean the record's call is ``above`` (:mod:`core.calls`: a label the
 model separates on held-out data, at or above its operating point), i.e. the model calls it positive; out of
 population every node is grey and nothing is marked; a
 hollow grey node marked "not learnt" is an output the model had too few positive training images to learn (no
@@ -35,9 +35,16 @@ HALO_MAX_RING = 22.0
 REFERENCE_STDS = (0.02, 0.05, 0.10)
 EDGE_COLOR = "#9aa5b1"
 VIOLATION_COLOR = "#d62728"
-SELECTED_COLOR = "#111111"
-POSITIVE_COLOR = "#7b1e1e"
-NOT_LEARNT_COLOR = "#bfc5cc"
+SELECTED_COLOR = "#1e3a8a"
+SELECTED_FILL = "rgba(43, 108, 176, 0.14)"
+#: The "called" ring: a separate ring around the node, visible on any node colour (it sits on the page background).
+POSITIVE_COLOR = "#c2185b"
+NOT_LEARNT_COLOR = "#9ca3af"
+HALO_COLOR = "rgba(230, 126, 34, 0.35)"
+LABEL_FONT_PX = 12
+CALLED_RING = NODE_SIZE + 5  # just outside the node's white outline, clear of its caption
+# Words too long for one caption line break here (a hyphen is added), so no caption runs into its neighbour's.
+_BREAKS = {"Cardiomediastinum": 6}
 
 _MIN_GAP = 1.0
 # In row units: how far above a node's centre its marker starts.
@@ -105,6 +112,12 @@ def tree_positions(taxonomy: Taxonomy, gap: float = 1.0) -> dict[str, tuple[floa
     return {node: (xs[node] - lo, float(top - row[node])) for node in taxonomy.labels}
 
 
+def tree_order(taxonomy: Taxonomy) -> list[str]:
+    """Labels as the tree shows them: row by row from the roots, left to right (the keyboard and PDF order)."""
+    pos = tree_positions(taxonomy)
+    return sorted(taxonomy.labels, key=lambda label: (-pos[label][1], pos[label][0]))
+
+
 def halo_size(std: np.ndarray | float) -> np.ndarray:
     """Marker diameter (px) of the uncertainty halo for a given MC standard deviation."""
     ring = np.minimum(np.asarray(std, dtype=float) * HALO_PX_PER_STD, HALO_MAX_RING)
@@ -160,13 +173,19 @@ def _wrap_hover(text: str, width: int = 70) -> str:
 
 
 def _wrap(label: str, width: int = 12) -> str:
-    words, lines, line = label.split(), [], ""
+    words, lines, line = [], [], ""
+    for word in label.split():
+        if len(word) > width + 1:
+            cut = _BREAKS.get(word, len(word) // 2)
+            words += [word[:cut] + "-", word[cut:]]
+        else:
+            words.append(word)
     for word in words:
         if line and len(line) + 1 + len(word) > width:
             lines.append(line)
             line = word
         else:
-            line = f"{line} {word}".strip()
+            line = f"{line}{word}" if line.endswith("-") else f"{line} {word}".strip()
     lines.append(line)
     return "<br>".join(lines)
 
@@ -254,8 +273,8 @@ def taxonomy_figure(
             x=xs,
             y=ys,
             mode="markers",
-            marker=dict(size=np.where(learnt, halo_size(std), NODE_SIZE), color="rgba(230, 126, 34, 0.35)",
-                        line=dict(width=0)),
+            # No halo under a not-learnt node: it must stay truly hollow (a halo behind it would tint it).
+            marker=dict(size=np.where(learnt, halo_size(std), 0.0), color=HALO_COLOR, line=dict(width=0)),
             hoverinfo="skip",
             showlegend=False,
             name="uncertainty halo",
@@ -266,17 +285,28 @@ def taxonomy_figure(
     hover = [node_hover(analysis, lab, (auroc_notes or {}).get(lab), (training_positives or {}).get(lab))
              for lab in labels]
     above = [analysis.call(lab) == "above" for lab in labels]
-    line_width = [4.0 if lab == selected else 3.0 if up else 1.0 for lab, up in zip(labels, above, strict=True)]
-    line_color = [SELECTED_COLOR if lab == selected else POSITIVE_COLOR if up else "#ffffff"
-                  for lab, up in zip(labels, above, strict=True)]
     shown = [i for i, ok in enumerate(learnt) if ok]
     hidden = [i for i, ok in enumerate(learnt) if not ok]
+    # Three marks that must not be confused: "called" is a pink ring around the node, "selected" a tinted box
+    # around node and caption, "not learnt" a hollow grey ring with no fill. Rings sit under the nodes, no clicks.
+    called = [i for i, up in enumerate(above) if up]
+    fig.add_trace(go.Scatter(
+        x=[xs[i] for i in called], y=[ys[i] for i in called], mode="markers", hoverinfo="skip", showlegend=False,
+        name="called", customdata=[labels[i] for i in called],
+        marker=dict(size=CALLED_RING, symbol="circle-open", color=POSITIVE_COLOR, line=dict(width=3)),
+    ))
+    if selected in labels:
+        # The selection frames the node and its caption (a tinted box), unlike any ring.
+        x, y = pos[selected]
+        fig.add_shape(type="rect", x0=x - 0.48, x1=x + 0.48, y0=y - _caption_depth(selected) - 0.03, y1=y + 0.2,
+                      line=dict(color=SELECTED_COLOR, width=2), fillcolor=SELECTED_FILL, layer="below",
+                      name="selected")
 
     def nodes(rows: list[int], name: str, text_color: str, marker: dict) -> go.Scatter:
         return go.Scatter(
             x=[xs[i] for i in rows], y=[ys[i] for i in rows], mode="markers+text",
             text=[node_text(analysis, labels[i]) for i in rows], textposition="bottom center",
-            textfont=dict(size=10, color=text_color), customdata=[labels[i] for i in rows],
+            textfont=dict(size=LABEL_FONT_PX, color=text_color), customdata=[labels[i] for i in rows],
             hovertext=[hover[i] for i in rows], hoverinfo="text", marker=marker, name=name, showlegend=False,
             # A click selects a point; plotly would otherwise fade every other node.
             selected=dict(marker=dict(opacity=1.0)),
@@ -287,19 +317,20 @@ def taxonomy_figure(
     greyed = analysis.out_of_population
     fig.add_trace(nodes(shown, "labels", "#6b7280" if greyed else "#1a202c", dict(
         size=NODE_SIZE, color=[mean[labels[i]] for i in shown], colorscale=GREYED_SCALE if greyed else COLORSCALE,
-        cmin=0.0, cmax=1.0, showscale=not greyed,
-        line=dict(width=[line_width[i] for i in shown], color=[line_color[i] for i in shown]),
-        colorbar=dict(title=dict(text="P (MC mean)", side="right"), thickness=10, len=0.7, x=1.0, xpad=0))))
-    # Not-learnt outputs: hollow grey, no number; their output is not a probability worth reading.
-    fig.add_trace(nodes(hidden, "not learnt", "#6b7280", dict(
-        size=NODE_SIZE, color=NOT_LEARNT_COLOR, symbol="circle-open-dot",
-        line=dict(width=[line_width[i] if labels[i] == selected else 2.0 for i in hidden],
-                  color=[SELECTED_COLOR if labels[i] == selected else NOT_LEARNT_COLOR for i in hidden]))))
+        cmin=0.0, cmax=1.0, showscale=not greyed, line=dict(width=1.5, color="#ffffff"),
+        colorbar=dict(title=dict(text="P (MC mean)", side="right"), thickness=10, len=0.7, x=1.0, xpad=0,
+                      tickfont=dict(size=LABEL_FONT_PX)))))
+    # Not-learnt outputs: a hollow grey ring, no number; their output is not a probability worth reading.
+    fig.add_trace(nodes(hidden, "not learnt", "#4b5563", dict(
+        size=NODE_SIZE, color=NOT_LEARNT_COLOR, symbol="circle-open", line=dict(width=2.5))))
     # Legend entries for the marks (dummy points outside the view).
     for name, marker in (
-        ("▲ called positive (a label the model separates, at/above its operating point)", dict(size=12, color="#ffffff",
-                                                           line=dict(width=3, color=POSITIVE_COLOR))),
-        ("not learnt (no meaningful output)", dict(size=12, color=NOT_LEARNT_COLOR, symbol="circle-open-dot")),
+        ("▲ called positive (a label the model separates, at/above its operating point)",
+         dict(size=14, symbol="circle-open", color=POSITIVE_COLOR, line=dict(width=3))),
+        ("selected (shown in the viewer)", dict(size=14, symbol="square", color=SELECTED_FILL,
+                                                line=dict(width=2, color=SELECTED_COLOR))),
+        ("not learnt (no meaningful output)", dict(size=12, color=NOT_LEARNT_COLOR, symbol="circle-open",
+                                                   line=dict(width=2.5))),
     ):
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker=marker, name=name, showlegend=True,
                                  hoverinfo="skip"))
@@ -313,10 +344,10 @@ def taxonomy_figure(
             x=key_x,
             y=key_y,
             mode="markers+text",
-            marker=dict(size=halo_size(np.array(REFERENCE_STDS)), color="rgba(230, 126, 34, 0.35)"),
+            marker=dict(size=halo_size(np.array(REFERENCE_STDS)), color=HALO_COLOR),
             text=[f"σ={s:.2f}" for s in REFERENCE_STDS],
             textposition="bottom center",
-            textfont=dict(size=9, color="#1a202c"),
+            textfont=dict(size=LABEL_FONT_PX, color="#1a202c"),
             hoverinfo="skip",
             showlegend=False,
             name="uncertainty key",
@@ -333,22 +364,26 @@ def taxonomy_figure(
         )
     )
     fig.add_annotation(
-        x=key_x[0] - 0.35, y=key_y[0] + 0.42, xanchor="left", showarrow=False, font=dict(size=10, color="#1a202c"),
+        x=key_x[0] - 0.35, y=key_y[0] + 0.42, xanchor="left", showarrow=False,
+        font=dict(size=LABEL_FONT_PX, color="#1a202c"),
         text="halo = MC uncertainty (std)",
     )
 
     fig.update_layout(
         height=height,
-        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-        title=dict(text=title) if title else None,
+        margin=dict(l=10, r=10, t=70 if title else 10, b=10),
+        # The title sits at the very top of the figure, the legend between it and the tree: they never overlap.
+        title=dict(text=title, x=0.01, xanchor="left", y=1.0, yref="container", yanchor="top", pad=dict(t=6),
+                   font=dict(size=15)) if title else None,
         xaxis=dict(visible=False, range=[min(xs) - 0.7, x_max + 0.7]),
         yaxis=dict(visible=False, range=[min(ys) - 0.75, max(ys) + 0.35]),
         plot_bgcolor="rgba(0,0,0,0)",
         paper_bgcolor="rgba(0,0,0,0)",
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0.0),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0.0, font=dict(size=LABEL_FONT_PX)),
         clickmode="event+select",
         dragmode=False,
-        hoverlabel=dict(bgcolor="white"),
+        # Dark text on white with a dark border: readable, unlike plotly's default light grey on white.
+        hoverlabel=dict(bgcolor="#ffffff", bordercolor="#1a202c", font=dict(size=13, color="#1a202c")),
     )
     return fig
 

@@ -1,7 +1,7 @@
-"""The Analysis tab: the radiograph (zoom, window/level), the taxonomy tree and table, and Grad-CAM views.
+"""The Analysis tab: the viewer (radiograph and map, one window/level), the taxonomy tree and table, the gallery.
 
-Display controls live in fragments, so moving them reruns only their own panel; the analysis itself comes from the
-session cache and is never recomputed for a display change.
+Display controls live in one fragment, so moving them reruns only that panel; the analysis itself comes from the
+session cache and is never recomputed for a display change, and the figures drawn from it are memoised.
 """
 
 from __future__ import annotations
@@ -14,19 +14,16 @@ import streamlit as st
 from core.calls import card_rule
 from core.imaging import XrayImage
 from core.ood import is_technical_note
-from dashboard.components.cam import COLORMAPS, cam_caption, cam_overlay, gallery_labels
-from dashboard.components.image_view import (
-    display_pixels,
-    image_figure,
-    is_dicom_metadata,
-    metadata_table,
-    window_range,
-)
-from dashboard.components.tree import label_from_selection, taxonomy_figure
-from dashboard.ui.state import SELECTED_LABEL, Context
+from dashboard.components.cam import COLORMAPS, cam_caption, cam_layer, cam_overlay, gallery_labels
+from dashboard.components.image_view import is_dicom_metadata, metadata_table
+from dashboard.components.tree import label_from_selection, taxonomy_figure, tree_order
+from dashboard.components.viewer import ViewerState, png_bytes, radiograph_viewer
+from dashboard.ui.state import SELECTED_LABEL, VIEWER_KEY, Context
 
-PLOT_CONFIG = {"displaylogo": False, "scrollZoom": True, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 TREE_CONFIG = {"displaylogo": False, "displayModeBar": False}
+VIEWER_HEIGHT = 560
+TREE_HEIGHT = 600
+
 
 def _value(analysis, label: str) -> str:
     """``P = mean ± std`` with the record's call on it, or "not learnt"."""
@@ -56,60 +53,100 @@ def population_banner(analysis) -> None:
 
 
 def render_analysis(ctx: Context) -> None:
-    """Draw the Analysis tab for the current image and variant."""
+    """Draw the Analysis tab for the current image and variant: the viewer first (above the fold), then the tree
+    and the table of every output, then the image's details."""
     population_banner(ctx.analysis)
-    _explain_panel(ctx)
-    st.divider()
-    left, right = st.columns([1.0, 1.2], gap="medium")
-    with left:
-        st.subheader("Radiograph" + (" · SAMPLE" if ctx.analysis.sample else ""))
-        if ctx.analysis.sample:
-            st.caption(f":orange-badge[SAMPLE IMAGE] {ctx.analysis.sample}: a bundled public image, not a patient's "
-                       "film.")
-        _image_panel(ctx.image, ctx.digest)
-        _metadata_panel(ctx.image)
-    with right:
-        st.subheader("All outputs")
-        _findings_table(ctx)
+    if ctx.analysis.sample:
+        st.caption(f":orange-badge[SAMPLE IMAGE] {ctx.analysis.sample}: a bundled public image, not a patient's film.")
+    _workspace(ctx)
+    _metadata_panel(ctx.image)
 
 
 @st.fragment
-def _explain_panel(ctx: Context) -> None:
-    """Tree, label picker and Grad-CAM in one fragment: a click or a display control reruns only this panel."""
-    tree_col, cam_col = st.columns([1.8, 1.0], gap="medium")
-    with tree_col:
-        st.subheader("Findings in the clinical taxonomy")
-        _tree(ctx)
-    with cam_col:
-        st.subheader("Grad-CAM")
-        _cam(ctx)
+def _workspace(ctx: Context) -> None:
+    """Viewer, map controls, tree and table in one fragment: a node click or a display control reruns only this
+    panel, from cached records (no hashing, no file read, no network pass)."""
+    _take_viewer_value(ctx)
+    analysis = ctx.analysis
+    in_banner = {c.message for c in analysis.population_checks}
+    for warning in analysis.warnings:
+        if warning not in in_banner:  # the banner already says it
+            st.warning(warning, icon=":material/warning:")
+    _viewer(ctx)
+    # Full width for the tree, so its 12 px captions never collide at 1,280 px; the table below shows every row.
+    st.subheader("Findings in the clinical taxonomy")
+    _tree(ctx)
+    _gallery(ctx)
+    st.subheader("All outputs")
+    _findings_table(ctx)
 
 
-@st.fragment
-def _image_panel(image: XrayImage, digest: str) -> None:
-    meta = image.metadata.to_dict()
-    center = width = None
-    controls = st.columns([1, 1, 0.6]) if is_dicom_metadata(meta) else st.columns([1])
-    bounds = window_range(image) if is_dicom_metadata(meta) else None
-    if bounds is not None:
-        span = bounds.high - bounds.low
-        # Keys carry the image hash, so a new image starts from its own default window.
-        center = controls[0].slider(
-            "Level (window centre)", min_value=min(bounds.low, bounds.center), step=bounds.step,
-            max_value=max(bounds.high, bounds.center), value=bounds.center, key=f"level_{digest[:12]}",
-        )
-        width = controls[1].slider(
-            "Window width", min_value=bounds.step, max_value=max(2.0 * span, bounds.width), step=bounds.step,
-            value=bounds.width, key=f"width_{digest[:12]}",
-        )
-    invert = controls[-1].toggle(
-        "Invert", key="invert", help="Display only: the model always sees the file's own grey scale."
+def _take_viewer_value(ctx: Context) -> None:
+    """Keep the window the reader chose for this image, and follow a label picked with the viewer's [ ] keys."""
+    value = st.session_state.get(VIEWER_KEY)
+    if not isinstance(value, dict) or value.get("image_id") != ctx.digest:
+        return
+    try:
+        state = ViewerState(center=float(value["center"]), width=float(value["width"]),
+                            invert=bool(value["invert"]), preset=str(value.get("preset", "custom")))
+    except (KeyError, TypeError, ValueError):
+        return
+    st.session_state[ctx.view_key] = state
+    nonce, label = value.get("nonce"), value.get("select")
+    if nonce is not None and nonce != st.session_state.get("_viewer_nonce") and label in ctx.analysis.labels:
+        st.session_state["_viewer_nonce"] = nonce
+        st.session_state[SELECTED_LABEL] = label
+
+
+def _viewer(ctx: Context) -> None:
+    analysis = ctx.analysis
+    selected = ctx.selected_label()
+    display = ctx.display_copy()
+    # The controls come after the viewer on the page (so the radiograph sits above the fold) but are read first.
+    viewer_slot, controls = st.container(), st.container()
+    c1, c2, c3, c4 = controls.columns([1, 1, 1, 1.2], vertical_alignment="bottom")
+    colormap = c1.selectbox("Map colours", COLORMAPS, key="cam_colormap",
+                            help="Perceptually uniform, colour-blind-safe maps only.")
+    opacity = c2.slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="cam_opacity")
+    threshold = c3.slider(
+        "Hide map below", 0.0, 1.0, 0.2, 0.05, key="cam_threshold",
+        help="Map values below this are transparent, so only the strongest regions are coloured.",
     )
-    st.plotly_chart(
-        image_figure(display_pixels(image, center, width, invert), height=480),
-        key="image_view", config=PLOT_CONFIG,
+    show_map = c4.toggle("Map beside the radiograph", value=True, key="show_map",
+                         help="The map pane follows the radiograph's window/level, invert and zoom.")
+    layer_key = (ctx.digest, ctx.variant, ctx.mc_samples, selected, colormap, opacity, threshold)
+    # A label the model never learnt has no map worth drawing: its pane shows the image alone, and says so.
+    learnt = analysis.learnt(selected)
+    overlay = ctx.memo("layer", layer_key, lambda: png_bytes(cam_layer(
+        analysis, selected, _layer_shape(display.levels.shape), colormap=colormap, opacity=opacity,
+        threshold=threshold))) if show_map and learnt else None
+    with viewer_slot:
+        _draw_viewer(ctx, display, overlay, layer_key, show_map)
+
+
+def _draw_viewer(ctx: Context, display, overlay: bytes | None, layer_key: tuple, show_map: bool) -> None:
+    analysis = ctx.analysis
+    selected = ctx.selected_label()
+    radiograph_viewer(
+        display, ctx.digest, key=VIEWER_KEY, initial=st.session_state.get(ctx.view_key),
+        overlay_png=overlay, overlay_id=repr(layer_key) if overlay else "none",
+        map_title=f"{selected} · {_value(analysis, selected)}" + ("" if analysis.learnt(selected) else ": no map"),
+        labels=tree_order(ctx.taxonomy), selected=selected, height=VIEWER_HEIGHT, show_map=show_map,
+        image_title="Radiograph · SAMPLE IMAGE (not a patient's film)" if analysis.sample else "Radiograph",
     )
-    st.caption("Scroll or drag to zoom and pan; double-click to reset. Window/level changes the display only.")
+    about = cam_caption(analysis, selected) if analysis.learnt(selected) else "No map: the model never learnt " \
+        "this label (too few positive training images), so neither its output nor its map means anything."
+    with st.container(key="viewer_caption"):
+        st.caption(f"{selected} · {_value(analysis, selected)} — {about} Window/level, invert and zoom change the "
+                   "display only: the model saw the file's own window.")
+
+
+def _layer_shape(shape: tuple[int, int], max_side: int = 256) -> tuple[int, int]:
+    # The maps are 8 x 8 (or 4 x 4) grids upsampled smoothly: 256 px, stretched by the browser, looks the same as
+    # full size and costs a sixteenth of a 1,024 px layer on each display change.
+    h, w = shape
+    scale = min(1.0, max_side / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def _metadata_panel(image: XrayImage) -> None:
@@ -137,31 +174,37 @@ def _on_label_pick() -> None:
 def _tree(ctx: Context) -> None:
     analysis = ctx.analysis
     selected = ctx.selected_label()
-    in_banner = {c.message for c in analysis.population_checks}
-    for warning in analysis.warnings:
-        if warning not in in_banner:  # the banner already says it
-            st.warning(warning, icon=":material/warning:")
     card = ctx.get_variant(ctx.variant).card
-    st.plotly_chart(
-        taxonomy_figure(analysis, ctx.taxonomy, auroc_notes=ctx.auroc_notes(), selected=selected,
-                        training_positives=card.training_positives),
-        key="tree", on_select=partial(_on_tree_click, list(analysis.labels)), selection_mode="points",
-        config=TREE_CONFIG,
-    )
-    # The fallback picker shares the fragment with the tree, so the highlighted node follows it.
+    figure = ctx.memo("tree", (ctx.digest, ctx.variant, ctx.mc_samples, selected), lambda: taxonomy_figure(
+        analysis, ctx.taxonomy, auroc_notes=ctx.auroc_notes(), selected=selected,
+        training_positives=card.training_positives, height=TREE_HEIGHT))
+    st.plotly_chart(figure, key="tree", on_select=partial(_on_tree_click, list(analysis.labels)),
+                    selection_mode="points", config=TREE_CONFIG)
+    # Keyboard route to every node: the same labels, in the tree's order, as a radio group (Tab to it, then the
+    # arrow keys move the selection); it shares the fragment with the tree, so the ring follows it.
     st.session_state["label_pick"] = selected
-    st.selectbox("Label shown in Grad-CAM", analysis.labels, key="label_pick", on_change=_on_label_pick)
+    st.radio("Findings in tree order (keyboard: Tab here, then the arrow keys)", tree_order(ctx.taxonomy),
+             key="label_pick", on_change=_on_label_pick, horizontal=True,
+             format_func=lambda label: _pick_text(analysis, label))
     rule = card_rule(ctx.get_variant(ctx.variant).card)
     st.caption(
-        "Node colour: probability (mean of the MC dropout samples). Halo: uncertainty (their standard deviation). "
-        f"▲ and a dark outline: the model calls the label positive. {rule.describe()} Hover a node for its call "
-        "or the reason it has none. Hollow grey: not learnt (too few positive training images). Red dashed edge: "
+        "Node colour: probability (mean of the MC dropout samples). Orange halo: uncertainty (their standard "
+        f"deviation). ▲ and a pink ring around the node: the model calls the label positive. {rule.describe()} "
+        "Hover a node for its call or the reason it has none. Blue box: the label shown in the viewer. Hollow grey "
+        "ring: not learnt (too few positive training images). Red dashed edge: "
         f"a violation, the child above {analysis.threshold:.1f} while its parent is below "
         f"{analysis.threshold:.1f}. Click a node to see its map."
     )
     if analysis.violations:
         pairs = ", ".join(f"{v.parent} → {v.child}" for v in analysis.violations)
         st.warning(f"Taxonomy violations (child above {analysis.threshold:.2f}, parent below): {pairs}")
+
+
+def _pick_text(analysis, label: str) -> str:
+    if not analysis.learnt(label):
+        return f"{label} (not learnt)"
+    mark = " ▲" if analysis.call(label) == "above" else ""
+    return f"{label} {analysis.mc_mean[analysis.index(label)]:.2f}{mark}"
 
 
 def _findings_table(ctx: Context) -> None:
@@ -195,16 +238,19 @@ def _findings_table(ctx: Context) -> None:
         table,
         hide_index=True,
         width="stretch",
-        height=560,
+        height=36 * (len(table) + 1) + 4,  # every row, no inner scroll bar
         column_config={
-            "P (MC mean)": st.column_config.ProgressColumn(format="%.3f", min_value=0.0, max_value=1.0),
-            "± std": st.column_config.NumberColumn(format="%.3f"),
+            # Fixed widths that add up to less than the page at 1,280 px: every column is shown, none is cut.
+            "label": st.column_config.TextColumn(width=190),
+            "P (MC mean)": st.column_config.ProgressColumn(format="%.3f", min_value=0.0, max_value=1.0, width=120),
+            "± std": st.column_config.NumberColumn(format="%.3f", width=60),
+            "test AUROC": st.column_config.TextColumn(width=185),
             "operating point": st.column_config.NumberColumn(
-                format="%.3f", help="Only for labels the model separates on held-out images: at or above it, "
-                "the model calls the label positive (see the model card's call rule)."),
+                format="%.3f", width=85, help="Only for labels the model separates on held-out images: at or "
+                "above it, the model calls the label positive (see the model card's call rule)."),
             "call": st.column_config.TextColumn(
                 help="above / below the operating point; 'no call' where the model cannot separate the finding; "
-                "empty when not learnt or out of population."),
+                "empty when not learnt or out of population.", width=75),
             "why": st.column_config.TextColumn(help="Why a label has no call, or how a group came to be called."),
         },
         key="findings_table",
@@ -216,40 +262,28 @@ def _findings_table(ctx: Context) -> None:
                f"{analysis.extra.get('input_size', '?')} px copy of the image.")
 
 
-def _cam(ctx: Context) -> None:
+def _gallery(ctx: Context) -> None:
     analysis = ctx.analysis
-    selected = ctx.selected_label()
-    image_slot = st.empty()  # the overlay goes above its controls, but is drawn once they have values
-    c1, c2, c3 = st.columns(3)
-    colormap = c1.selectbox("Colour map", COLORMAPS, key="cam_colormap",
-                            help="Perceptually uniform, colour-blind-safe maps only.")
-    opacity = c2.slider("Opacity", 0.0, 1.0, 0.45, 0.05, key="cam_opacity")
-    threshold = c3.slider(
-        "Hide below", 0.0, 1.0, 0.2, 0.05, key="cam_threshold",
-        help="Activation values below this are transparent, so only the strongest regions are coloured.",
-    )
-    image_slot.image(
-        cam_overlay(analysis, selected, colormap=colormap, opacity=opacity, threshold=threshold),
-        caption=f"{selected} · {_value(analysis, selected)}",
-        width="stretch",
-    )
-    st.caption(cam_caption(analysis, selected))
     gallery = st.expander("Gallery: every label above a probability", key="gallery", on_change="rerun")
     if gallery.open is False:  # lazy: the tiles are only drawn while the gallery is open
         return
+    colormap = st.session_state.get("cam_colormap", COLORMAPS[0])
+    opacity = st.session_state.get("cam_opacity", 0.45)
+    threshold = st.session_state.get("cam_threshold", 0.2)
+    base = ctx.display_copy_pixels()
     with gallery:
         min_p = st.slider("Probability at least", 0.0, 1.0, 0.5, 0.05, key="gallery_min_p")
         chosen = gallery_labels(analysis, min_p)
         if not chosen:
             st.info(f"No label reaches {min_p:.2f}.")
             return
-        columns = st.columns(3)
+        columns = st.columns(4)
         for n, label in enumerate(chosen):
             j = analysis.index(label)
-            with columns[n % 3]:
+            with columns[n % 4]:
                 st.image(
                     cam_overlay(analysis, label, colormap=colormap, opacity=opacity, threshold=threshold,
-                                max_side=256),
+                                base=base, max_side=256),
                     caption=f"{label} · {analysis.mc_mean[j]:.2f} ± {analysis.mc_std[j]:.2f}"
                     + ("" if analysis.cams[j].any() else " · relative map (dashed): not evidence"),
                     width="stretch",

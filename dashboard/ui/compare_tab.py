@@ -11,6 +11,8 @@ from dashboard.components.tree import taxonomy_figure
 from dashboard.ui.state import SELECTED_LABEL, Context
 
 MAX_COMPARED = 4
+MAP_TILE_PX = 340
+TREE_TILE_PX = 740
 
 
 def render_compare(ctx: Context) -> None:
@@ -50,22 +52,23 @@ def render_compare(ctx: Context) -> None:
     st.caption("Bars: MC mean; whiskers: ± one standard deviation. Labels sorted by disagreement, largest first; "
                "labels a variant never learnt are left out.")
 
-    left, right = st.columns([1.2, 1.0], gap="medium")
-    with left:
-        st.markdown("**Where the variants disagree most** (max − min of the MC means)")
-        st.dataframe(frame.head(8), hide_index=True, width="stretch", key="compare_table",
+    st.markdown("**Where the variants disagree most** (max − min of the MC means; ▲: called positive)")
+    # One column per variant (its MC mean, ▲ when called), so the table fits the page with every column shown.
+    means = {name: [f"{m:.3f}{' ▲' if c == 'above' else ''}" for m, c in zip(frame[f"{name} mean"],
+                                                                               frame[f"{name} call"], strict=True)]
+             for name in analyses}
+    table = frame[["label"]].assign(**means, disagreement=frame["disagreement"]).head(8)
+    st.dataframe(table, hide_index=True, width="stretch", key="compare_table",
+                 column_config={"disagreement": st.column_config.NumberColumn(format="%.3f")})
+    threshold = next(iter(analyses.values())).threshold
+    st.markdown(f"**Taxonomy violations** (child above {threshold:.2f} while its parent is below)")
+    violations = violations_frame(analyses)
+    if violations.empty:
+        st.success("None of these variants puts a child above the threshold while its parent is below it.")
+    else:
+        st.dataframe(violations, hide_index=True, width="stretch", key="compare_violations",
                      column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                    for c in frame.columns if c != "label"})
-    with right:
-        threshold = next(iter(analyses.values())).threshold
-        st.markdown(f"**Taxonomy violations** (child above {threshold:.2f} while its parent is below)")
-        violations = violations_frame(analyses)
-        if violations.empty:
-            st.success("None of these variants puts a child above the threshold while its parent is below it.")
-        else:
-            st.dataframe(violations, hide_index=True, width="stretch", key="compare_violations",
-                         column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                        for c in ("parent P", "child P")})
+                                    for c in ("parent P", "child P")})
 
     st.subheader("Grad-CAM side by side")
     labels = list(ctx.analysis.labels)
@@ -73,27 +76,30 @@ def render_compare(ctx: Context) -> None:
     current = st.session_state.get(SELECTED_LABEL, top)
     label = st.selectbox("Label", labels, index=labels.index(current if current in labels else top),
                          key="compare_label")
-    columns = st.columns(len(chosen))
-    for column, name in zip(columns, chosen, strict=True):
-        analysis = analyses[name]
-        i = analysis.index(label)
-        with column:
-            if not analysis.learnt(label):
-                st.info(f"{name} never learnt {label}: no map.")
-                continue
-            st.image(cam_overlay(analysis, label, opacity=0.45, threshold=0.2, max_side=384), width=400,
-                     caption=f"{name} · {label} · {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f}"
-                     + ("" if analysis.cams[i].any() else " · relative map (dashed): not evidence"))
+    # Fixed-width tiles in a wrapping row: four side by side on a wide screen, two per row at 1,280 px, never
+    # overlapping; each map on the image as windowed in the viewer.
+    base = ctx.display_copy_pixels()
+    with st.container(horizontal=True, gap="medium", key="compare_maps"):
+        for name in chosen:
+            analysis = analyses[name]
+            i = analysis.index(label)
+            with st.container(width=MAP_TILE_PX):
+                if not analysis.learnt(label):
+                    st.info(f"{name} never learnt {label}: no map.")
+                    continue
+                st.image(cam_overlay(analysis, label, opacity=0.45, threshold=0.2, base=base, max_side=MAP_TILE_PX),
+                         width="stretch",
+                         caption=f"{name} · {label} · {analysis.mc_mean[i]:.2f} ± {analysis.mc_std[i]:.2f}"
+                         + ("" if analysis.cams[i].any() else " · relative map (dashed): not evidence"))
 
     if st.toggle("Show the taxonomy trees side by side", key="compare_trees"):
-        per_row = 2
-        for start in range(0, len(chosen), per_row):
-            row = st.columns(per_row)
-            for column, name in zip(row, chosen[start:start + per_row], strict=False):
-                with column:
+        # A tree needs about 760 px for its 12 px captions: two per row on a wide screen, one below that.
+        with st.container(horizontal=True, gap="medium", key="compare_tree_row"):
+            for name in chosen:
+                with st.container(width=TREE_TILE_PX):
                     st.plotly_chart(
-                        taxonomy_figure(analyses[name], ctx.taxonomy, auroc_notes=ctx.auroc_notes(name), selected=label,
-                                        height=480, title=name,
+                        taxonomy_figure(analyses[name], ctx.taxonomy, auroc_notes=ctx.auroc_notes(name),
+                                        selected=label, height=560, title=name,
                                         training_positives=ctx.get_variant(name).card.training_positives),
                         key=f"compare_tree_{name}", config={"displaylogo": False, "displayModeBar": False},
                     )

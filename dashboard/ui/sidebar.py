@@ -7,8 +7,12 @@ from dataclasses import dataclass
 import streamlit as st
 
 from core.contract import DEFAULT_MC_SAMPLES
-from core.registry import RegistryScan, default_variant
-from dashboard.ui.state import SAMPLES, SAMPLES_DIR
+from core.registry import RegistryScan
+from dashboard.pipeline import sha256
+from dashboard.ui.state import SAMPLES, SAMPLES_DIR, get_scan
+
+# Session key of the hash of the uploaded file, computed once per upload (not on every rerun).
+UPLOAD_DIGEST = "upload_digest"
 
 UPLOAD_HELP = (
     "PNG, JPEG or DICOM (with or without the .dcm extension), up to 64 MB. The file stays in memory for this "
@@ -27,13 +31,31 @@ class Choice:
             ``None``.
         variant: Chosen model variant.
         mc_samples: Monte-Carlo dropout samples.
+        digest: SHA-256 of ``data`` (hashed once per file, not per rerun); ``""`` without data.
     """
 
     data: bytes | None
     source: str
     variant: str
     mc_samples: int
+    digest: str = ""
     sample: str | None = None
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _sample(file_name: str) -> tuple[bytes, str]:
+    """A bundled sample's bytes and hash, read once per process."""
+    data = (SAMPLES_DIR / file_name).read_bytes()
+    return data, sha256(data)
+
+
+def _upload_digest(upload) -> str:
+    """The upload's hash, computed once per uploaded file (Streamlit gives each upload its own ``file_id``)."""
+    known = st.session_state.get(UPLOAD_DIGEST)
+    if known is None or known[0] != upload.file_id:
+        known = (upload.file_id, sha256(upload.getvalue()))
+        st.session_state[UPLOAD_DIGEST] = known
+    return known[1]
 
 
 def render_sidebar(scan: RegistryScan, uploads: bool = True) -> Choice:
@@ -54,7 +76,7 @@ def render_sidebar(scan: RegistryScan, uploads: bool = True) -> Choice:
             )
         st.header("Model")
         names = scan.distinct_names()
-        default = default_variant(scan.weights_dir)
+        default = scan.default_name
         descriptions = {v.name: v.description for v in scan.variants}
         variant = st.selectbox(
             "Variant", names, index=names.index(default) if default in names else 0, key="variant",
@@ -71,11 +93,17 @@ def render_sidebar(scan: RegistryScan, uploads: bool = True) -> Choice:
             with st.expander(f"{len(scan.problems)} weights file(s) skipped"):
                 for problem in scan.problems:
                     st.caption(str(problem))
+        # The folder is scanned once per process (no file I/O on a rerun); new or changed weights need a rescan.
+        if st.button("Rescan the weights folder", key="rescan_weights", type="tertiary",
+                     help="Read the weights folder again (after adding or replacing a variant)."):
+            get_scan.clear()
+            st.rerun()
     if not uploads:
         return Choice(data=None, source="pacs", variant=variant, mc_samples=int(mc))
     if upload is not None:
-        return Choice(data=upload.getvalue(), source="upload", variant=variant, mc_samples=int(mc))
+        return Choice(data=upload.getvalue(), source="upload", variant=variant, mc_samples=int(mc),
+                      digest=_upload_digest(upload))
     if sample is None:
         return Choice(data=None, source="", variant=variant, mc_samples=int(mc))
-    return Choice(data=(SAMPLES_DIR / SAMPLES[sample]).read_bytes(), source=sample, variant=variant,
-                  mc_samples=int(mc), sample=sample)
+    data, digest = _sample(SAMPLES[sample])
+    return Choice(data=data, source=sample, variant=variant, mc_samples=int(mc), digest=digest, sample=sample)

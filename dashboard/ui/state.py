@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import streamlit as st
 
 from core.analysis import Analysis
+from core.display import DisplayImage, display_image
 from core.imaging import XrayImage
 from core.inference import Predictor
 from core.registry import RegistryScan, Variant, resolve_weights_dir, scan_weights
@@ -31,6 +37,10 @@ SAMPLES: dict[str, str] = {
 # Session-state keys shared between parts of the page.
 CACHE_KEY = "analysis_cache"
 SELECTED_LABEL = "selected_label"
+VIEWER_KEY = "viewer"
+MEMO_KEY = "display_memo"
+#: Display products memoised per session (display copies ~2 MB each, map layers and figures far less).
+MEMO_LIMITS = {"display": 2, "layer": 16, "tree": 16}
 
 
 def weights_dir_from(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
@@ -55,9 +65,28 @@ def get_predictor(weights_dir: str) -> Predictor:
     return Predictor(weights_dir, variants=[])
 
 
-@st.cache_resource(show_spinner=False, ttl=60)
+@st.cache_resource(show_spinner=False)
+def warm_variants(weights_dir: str, names: tuple[str, ...]) -> threading.Thread:
+    """Load every distinct variant into the shared predictor in the background, once per process, so the first
+    variant switch and the Compare tab do not wait for weights files to be read (loading is thread-safe)."""
+
+    def load_all() -> None:
+        predictor = get_predictor(weights_dir)
+        for name in names:
+            try:
+                predictor.load(name)
+            except Exception:  # noqa: BLE001 - a broken variant is reported when it is chosen, not here
+                logging.getLogger("hicxr.dashboard").warning("could not preload a variant", exc_info=True)
+
+    thread = threading.Thread(target=load_all, name="hicxr-warm-variants", daemon=True)
+    thread.start()
+    return thread
+
+
+@st.cache_resource(show_spinner=False)
 def get_scan(weights_dir: str) -> RegistryScan:
-    """The usable variants and skipped files of a weights folder (rescanned at most once a minute)."""
+    """The usable variants and skipped files of a weights folder, scanned once per process (the sidebar's
+    "Rescan" button clears it): a rerun of the page reads no file."""
     return scan_weights(weights_dir)
 
 
@@ -115,14 +144,43 @@ class Context:
         auroc, positives = variant.per_label_auroc("test"), variant.per_label_positives("test")
         return {label: auroc_text(auroc[label], positives[label]) for label in variant.labels}
 
-    def display_image(self):
-        """The image as the reader displays it (window/level and invert of the Analysis tab's controls)."""
+    @property
+    def view_key(self) -> str:
+        """Session key of the window/invert the reader chose for this image in the viewer."""
+        return f"view_{self.digest[:12]}"
+
+    def memo(self, kind: str, key: Any, build: Callable[[], Any]) -> Any:
+        """A display product (map layer, figure, display copy) built once per ``key`` and session, so a display-only
+        rerun reuses it; at most :data:`MEMO_LIMITS` of each kind are kept."""
+        store = st.session_state.setdefault(MEMO_KEY, {}).setdefault(kind, OrderedDict())
+        if key in store:
+            store.move_to_end(key)
+            return store[key]
+        value = store[key] = build()
+        while len(store) > MEMO_LIMITS.get(kind, 8):
+            store.popitem(last=False)
+        return value
+
+    def display_copy(self) -> DisplayImage:
+        """The bounded 16-bit display copy of the image the viewer windows (made once per image and session)."""
+        return self.memo("display", self.digest, lambda: display_image(self.image))
+
+    def display_copy_pixels(self) -> np.ndarray:
+        """The display copy with the reader's window and invert (the file's own window until they change it)."""
+        display = self.display_copy()
+        view = st.session_state.get(self.view_key)
+        center, width = (view.center, view.width) if view is not None else display.presets["file"]
+        pixels = display.window(center, width)
+        return 1.0 - pixels if view is not None and view.invert else pixels
+
+    def display_image(self) -> np.ndarray:
+        """The image as the reader displays it in the viewer (window/level and invert), for the PDF report."""
         from dashboard.components.image_view import display_pixels
 
-        key = self.digest[:12]
-        state = st.session_state
-        return display_pixels(self.image, state.get(f"level_{key}"), state.get(f"width_{key}"),
-                              bool(state.get("invert", False)))
+        view = st.session_state.get(self.view_key)
+        if view is None:
+            return self.image.pixels
+        return display_pixels(self.image, view.center, view.width, view.invert)
 
     def selected_label(self) -> str:
         """The label whose map is shown (the top learnt finding until the user picks one)."""

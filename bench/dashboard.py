@@ -1,0 +1,310 @@
+"""Dashboard speed, measured in Chromium against a real ``streamlit run`` server on the shipped weights.
+
+    .venv/bin/python bench/dashboard.py [--reps 5] [--weights-dir weights]
+
+Prints one line per figure (medians over ``--reps`` repeats, each repeat in a fresh browser session so nothing is
+served from a previous repeat's session cache), then the goals:
+
+- ``warm_page_load_s``: a new session opens the page (server already warm) until its first screen is ready;
+- ``sample_to_tree_s``: then picking a bundled 1,024 px NIH PNG sample until its tree shows;
+- ``upload_png_to_tree_s``: a 512 px NIH PNG (a different test-split film each repeat) through the real file input
+  until its tree shows;
+- ``upload_dicom_<kind>_to_tree_s``: the same for compressed DICOMs (JPEG 2000 lossless 2128 x 2000 and JPEG-LS
+  1955 x 1841 chest films from ``../shared/data/dicom``);
+- ``variant_switch_cached_s``: choosing a variant already analysed in this session until its tree shows;
+- ``compare_tab_s``: opening the Compare tab (every distinct variant, none analysed yet) until every map is drawn;
+- ``node_click_to_map_s``: clicking a tree node until its map and caption show (a display-only interaction);
+- ``display_over_analysis``: server-side script time of a display-only rerun (a display control changed, nothing
+  analysed) over a rerun that analyses a new image, paired medians in one process (``streamlit.testing``'s
+  AppTest on the same app and weights). Goal <= 0.05.
+
+Wall-clock figures on a shared machine vary with its load; run with nothing else busy for figures to quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TREE = ".st-key-tree .js-plotly-plot"
+TIMEOUT_MS = 180_000
+GOALS = {"warm_page_load_s": 5.0, "upload_png_to_tree_s": 1.0, "upload_dicom_j2k_to_tree_s": 1.5,
+         "upload_dicom_jpegls_to_tree_s": 1.5, "variant_switch_cached_s": 0.3, "compare_tab_s": 3.0,
+         "display_over_analysis": 0.05}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(weights_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """``streamlit run dashboard/app.py`` on a free loopback port; returns the process and its URL once healthy."""
+    port = _free_port()
+    log = open(log_path, "w")  # noqa: SIM115 - closed with the process by the caller's exit
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.address", "127.0.0.1", "--", "--weights-dir", str(weights_dir)],
+        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def _tree_text(page) -> str:
+    return page.locator(TREE).first.text_content() or ""
+
+
+def _wait_tree_changed(page, before: str) -> None:
+    page.wait_for_function(
+        """([sel, before]) => {
+            const el = document.querySelector(sel);
+            return el !== null && el.textContent.includes('Pneumonia') && el.textContent !== before;
+        }""",
+        arg=[TREE, before],
+    )
+
+
+def _idle(page) -> None:
+    """Wait until the script run has finished (Streamlit's running indicator gone)."""
+    page.wait_for_function(
+        "() => document.querySelector(\"[data-testid='stApp']\")?.dataset.testScriptState === 'notRunning'")
+
+
+SAMPLE = "Cardiomegaly · NIH PNG"
+
+
+def _new_page(browser, url: str, width: int = 1600):
+    """A new session: seconds until the first screen is ready (sidebar drawn, script finished), then until the
+    first bundled sample's tree shows."""
+    context = browser.new_context(viewport={"width": width, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    start = time.perf_counter()
+    page.goto(url)
+    page.locator(".st-key-sample").wait_for()
+    _idle(page)
+    load = time.perf_counter() - start
+    page.locator(".st-key-sample").click()
+    target = page.get_by_role("option", name=SAMPLE, exact=True)
+    start = time.perf_counter()
+    target.click()
+    page.wait_for_selector(TREE)
+    sample = time.perf_counter() - start
+    _idle(page)
+    return context, page, load, sample
+
+
+def upload(page, path: Path) -> float:
+    """Seconds from handing the file to the uploader until the tree shows the new analysis."""
+    before = _tree_text(page)
+    start = time.perf_counter()
+    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(path))
+    _wait_tree_changed(page, before)
+    seconds = time.perf_counter() - start
+    _idle(page)
+    return seconds
+
+
+def choose_variant(page, option: str) -> float:
+    """Seconds from picking ``option`` in the sidebar's Variant box until the tree shows it."""
+    before = _tree_text(page)
+    page.locator(".st-key-variant").click()
+    target = page.get_by_role("option", name=option, exact=True)
+    start = time.perf_counter()
+    target.click()
+    _wait_tree_changed(page, before)
+    seconds = time.perf_counter() - start
+    _idle(page)
+    return seconds
+
+
+def open_compare(page, expected: int) -> float:
+    """Seconds from clicking the Compare tab until the bars and ``expected`` maps are drawn."""
+    start = time.perf_counter()
+    page.get_by_role("tab", name="Compare variants").click()
+    page.locator(".st-key-compare_bars .js-plotly-plot").wait_for()
+    page.wait_for_function(
+        """n => [...document.querySelectorAll(".st-key-compare_maps [data-testid='stImage'] img")]
+                .filter(img => img.complete && img.naturalWidth > 0).length >= n""",
+        arg=expected,
+    )
+    seconds = time.perf_counter() - start
+    _idle(page)
+    return seconds
+
+
+def click_node(page, label: str, learnt: list[str]) -> float:
+    """Seconds from clicking ``label``'s node until the map caption names it."""
+    traces = page.locator(f"{TREE} .scatterlayer .trace")
+    nodes = None
+    for i in range(traces.count()):
+        trace = traces.nth(i)
+        if trace.locator("path.point").count() == len(learnt) and trace.locator(".textpoint").count() == len(learnt):
+            nodes = trace.locator("path.point")
+    if nodes is None:
+        raise RuntimeError("tree nodes not found")
+    box = nodes.nth(learnt.index(label)).bounding_box()
+    start = time.perf_counter()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function(
+        """label => [...document.querySelectorAll("[data-testid='stImageCaption'], .st-key-viewer_caption")]
+                .some(c => c.innerText.startsWith(label + " ·"))""",
+        arg=label,
+    )
+    seconds = time.perf_counter() - start
+    _idle(page)
+    return seconds
+
+
+def _nih_pngs(data: Path, n: int) -> list[Path]:
+    import pandas as pd
+
+    labels = pd.read_csv(data / "nih" / "labels.csv")
+    rows = labels[(labels["split"] == "test") & (labels["stored_size"] == "512x512")]
+    return [data / "nih" / "images" / name for name in rows["Image Index"].tolist()[:n]]
+
+
+def browser_figures(url: str, reps: int, data: Path, weights_dir: Path) -> dict[str, list[float]]:
+    """Every browser figure, ``reps`` times each (fresh session per repeat)."""
+    from playwright.sync_api import sync_playwright
+
+    from core.registry import scan_weights
+
+    scan = scan_weights(weights_dir)
+    distinct = scan.distinct_names()
+    default = scan.default_name
+    other = next(n for n in distinct if n != default)
+    option = {n: " ≡ ".join([n, *scan.same_as(n)]) for n in distinct}
+    learnt = [lab for lab in scan.variants[0].labels
+              if lab not in next(v for v in scan.variants if v.name == default).card.labels_not_learnt]
+    pngs = _nih_pngs(data, 3 * reps)
+    dicoms = {"j2k": data / "dicom" / "pljd_966_fixed_DX_MONO1_J2KR_chestPA.dcm",
+              "jpegls": data / "dicom" / "pljd_RG1_JLSN_CR_MONO1_JPEGLS_near_lossless_chest.dcm"}
+    out: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        out.setdefault(key, []).append(value)
+        print(f"  {key} = {value:.3f}", flush=True)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context, page, _, _ = _new_page(browser, url)  # the very first load warms the server (models, imports)
+        context.close()
+        for rep in range(reps):
+            context, page, load, sample = _new_page(browser, url)
+            add("warm_page_load_s", load)
+            add("sample_to_tree_s", sample)
+            add("upload_png_to_tree_s", upload(page, pngs[rep]))
+            for kind, path in dicoms.items():
+                add(f"upload_dicom_{kind}_to_tree_s", upload(page, path))
+            add("upload_png_to_tree_s", upload(page, pngs[reps + rep]))
+            add("node_click_to_map_s", click_node(page, ("Cardiomegaly", "Pleural Effusion")[rep % 2], learnt))
+            choose_variant(page, option[other])  # analyses it once
+            add("variant_switch_cached_s", choose_variant(page, option[default]))
+            add("variant_switch_cached_s", choose_variant(page, option[other]))
+            choose_variant(page, option[default])
+            add("compare_tab_s", open_compare(page, min(4, len(distinct))))
+            context.close()
+        browser.close()
+    return out
+
+
+def rerun_ratio(weights_dir: Path, reps: int) -> tuple[float, float]:
+    """Median server-side seconds of a display-only rerun and of a rerun analysing a new image (AppTest)."""
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.pipeline import AnalysisCache
+    from dashboard.ui.state import CACHE_KEY
+
+    at = AppTest.from_file(str(REPO_ROOT / "dashboard" / "app.py"), default_timeout=300)
+    sys.argv = [sys.argv[0], "--weights-dir", str(weights_dir)]
+    at.run()
+    at.selectbox(key="sample").set_value(SAMPLE).run()
+    at.run()
+    display, analysis = [], []
+    for rep in range(reps):
+        # A value not used before, so the rerun really draws a new map layer (nothing memoised to reuse).
+        at.slider(key="cam_opacity").set_value(round(0.05 * (1 + rep % 8), 2))
+        start = time.perf_counter()
+        at.run()
+        display.append(time.perf_counter() - start)
+        at.session_state[CACHE_KEY] = AnalysisCache()  # the same rerun, but the image is new to the session
+        start = time.perf_counter()
+        at.run()
+        analysis.append(time.perf_counter() - start)
+        if at.exception:
+            raise RuntimeError(str(at.exception))
+    return statistics.median(display), statistics.median(analysis)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--weights-dir", default=str(REPO_ROOT / "weights"))
+    parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data"))
+    parser.add_argument("--skip-browser", action="store_true", help="only the server-side rerun ratio")
+    args = parser.parse_args(argv)
+    weights_dir = Path(args.weights_dir).resolve()
+    medians: dict[str, float] = {}
+
+    display, analysis = rerun_ratio(weights_dir, args.reps)
+    print(f"display_rerun_s={display:.3f} analysis_rerun_s={analysis:.3f} (server-side script time, medians)")
+    medians["display_over_analysis"] = display / analysis
+
+    if not args.skip_browser:
+        if not Path(CHROMIUM).exists():
+            raise SystemExit(f"{CHROMIUM} is missing: run `make system-deps`")
+        tmp = Path(tempfile.mkdtemp(prefix="hicxr_bench_"))
+        proc, url = start_server(weights_dir, tmp / "streamlit.log")
+        try:
+            figures = browser_figures(url, args.reps, Path(args.data), weights_dir)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            shutil.rmtree(tmp, ignore_errors=True)
+        for key, values in figures.items():
+            medians[key] = statistics.median(values)
+            print(f"{key}={medians[key]:.3f} (median of {len(values)}; min {min(values):.3f}, max {max(values):.3f})")
+
+    load = os.getloadavg()[0]
+    print(f"load_average_1min={load:.2f} cpus={os.cpu_count()}")
+    for key, value in medians.items():
+        goal = GOALS.get(key)
+        verdict = "" if goal is None else f" goal <= {goal:g}: {'met' if value <= goal else 'NOT met'}"
+        print(f"{key}={value:.3f}{verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""The radiograph viewer: a small Streamlit custom component (static HTML + JavaScript in ``viewer_frontend/``, no
+build step, no network access: its page's Content-Security-Policy allows no connection at all).
+
+Two panes, the radiograph and the selected label's map, share one window/level, invert and zoom, all applied in
+the browser to the 16-bit display copy (:class:`core.display.DisplayImage`), so dragging the window costs no
+round trip. Presets (the file's own window, lung, mediastinum, bone, full range), mouse-drag window/level, pan,
+zoom, reset, a pixel-value readout in the file's units, and keyboard shortcuts. The component returns the window
+the reader settled on (the PDF report draws the image with it) and, for the ``[``/``]`` keys, the label to select.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit.components.v1 as components
+from PIL import Image
+
+from core.display import PRESET_TITLES, DisplayImage
+
+_FRONTEND = Path(__file__).resolve().parent / "viewer_frontend"
+
+
+def _component(**kwargs: Any) -> Any:
+    # Declared on each use, inside the script run: Streamlit registers a component (and serves its files) only when
+    # it is declared while a script runs, and `streamlit run` imports this module before any run (st.App mode).
+    return components.declare_component("hicxr_viewer", path=str(_FRONTEND))(**kwargs)
+
+
+@dataclass(frozen=True)
+class ViewerState:
+    """What the viewer reports back: the window (file units), invert, the preset in use, and a label the reader
+    asked for with the keyboard (``None`` otherwise)."""
+
+    center: float
+    width: float
+    invert: bool
+    preset: str
+    select: str | None = None
+    nonce: int | None = None
+
+
+def png_bytes(rgba: np.ndarray) -> bytes:
+    """A uint8 RGBA (or RGB) array as PNG bytes (fast compression: the browser decodes it once)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgba)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def radiograph_viewer(
+    display: DisplayImage,
+    image_id: str,
+    *,
+    key: str,
+    initial: ViewerState | None = None,
+    overlay_png: bytes | None = None,
+    overlay_id: str = "",
+    map_title: str = "",
+    image_title: str = "Radiograph",
+    labels: list[str] | None = None,
+    selected: str | None = None,
+    height: int = 560,
+    show_map: bool = True,
+) -> ViewerState | None:
+    """Draw the viewer; return the reader's last window (``None`` until they change it).
+
+    Args:
+        display: The bounded 16-bit display copy.
+        image_id: Changes when the image changes (the viewer then starts from ``initial`` or the file's window).
+        key: Streamlit widget key.
+        initial: The window to start from for a new image (e.g. the last one the reader chose for it).
+        overlay_png: The map layer (RGBA PNG, any size: it is stretched over the image), or ``None``.
+        overlay_id: Changes when the layer changes (the browser decodes each layer once).
+        map_title: The map pane's title (label, probability, what kind of map).
+        image_title: The radiograph pane's title.
+        labels: Labels in tree order, for the ``[``/``]`` shortcuts.
+        selected: The label whose map is shown.
+        height: Height of each pane in CSS pixels.
+        show_map: Draw the map pane beside the radiograph.
+    """
+    presets = [{"name": name, "title": PRESET_TITLES[name], "center": c, "width": w}
+               for name, (c, w) in display.presets.items()]
+    h, w = display.levels.shape
+    value: Any = _component(
+        key=key, default=None, image_id=image_id, levels=display.levels.astype("<u2").tobytes(), width=int(w),
+        height_px=int(h), raw_low=display.raw_low, raw_high=display.raw_high, scale=display.scale,
+        inverted=display.inverted, sigmoid=display.sigmoid, integer=display.integer, presets=presets,
+        source_size=list(display.source_size),
+        initial=None if initial is None else {"center": initial.center, "width": initial.width,
+                                              "invert": initial.invert, "preset": initial.preset},
+        overlay=overlay_png, overlay_id=overlay_id, map_title=map_title, image_title=image_title,
+        labels=labels or [], selected=selected, height=int(height), show_map=show_map,
+    )
+    if not isinstance(value, dict) or value.get("image_id") != image_id:
+        return None
+    try:
+        return ViewerState(center=float(value["center"]), width=float(value["width"]), invert=bool(value["invert"]),
+                           preset=str(value.get("preset", "custom")), select=value.get("select"),
+                           nonce=value.get("nonce"))
+    except (KeyError, TypeError, ValueError):
+        return None
