@@ -175,8 +175,7 @@ def click_node(page, label: str, learnt: list[str]) -> float:
     start = time.perf_counter()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.wait_for_function(
-        """label => [...document.querySelectorAll("[data-testid='stImageCaption'], .st-key-viewer_caption")]
-                .some(c => c.innerText.startsWith(label + " ·"))""",
+        """label => document.querySelector(".st-key-viewer_caption")?.innerText.startsWith(label + " ·")""",
         arg=label,
     )
     seconds = time.perf_counter() - start
@@ -226,7 +225,9 @@ def browser_figures(url: str, reps: int, data: Path, weights_dir: Path) -> dict[
             for kind, path in dicoms.items():
                 add(f"upload_dicom_{kind}_to_tree_s", upload(page, path))
             add("upload_png_to_tree_s", upload(page, pngs[reps + rep]))
-            add("node_click_to_map_s", click_node(page, ("Cardiomegaly", "Pleural Effusion")[rep % 2], learnt))
+            shown = page.locator(".st-key-viewer_caption").inner_text().split(" ·")[0]
+            target = next(lab for lab in ("Cardiomegaly", "Pleural Effusion", "Atelectasis") if lab != shown)
+            add("node_click_to_map_s", click_node(page, target, learnt))
             choose_variant(page, option[other])  # analyses it once
             add("variant_switch_cached_s", choose_variant(page, option[default]))
             add("variant_switch_cached_s", choose_variant(page, option[other]))
