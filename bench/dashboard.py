@@ -112,8 +112,14 @@ def _new_page(browser, url: str, width: int = 1600):
     page.locator(".st-key-sample").wait_for()
     _idle(page)
     load = time.perf_counter() - start
-    page.locator(".st-key-sample").click()
     target = page.get_by_role("option", name=SAMPLE, exact=True)
+    for _ in range(3):  # a click on a select box being redrawn does not open it: open it again
+        page.locator(".st-key-sample").click()
+        try:
+            target.wait_for(timeout=20_000)
+            break
+        except Exception:  # noqa: BLE001 - Playwright's timeout
+            page.keyboard.press("Escape")
     start = time.perf_counter()
     target.click()
     page.wait_for_selector(TREE)
