@@ -103,7 +103,6 @@ def test_studies_are_analysed_sent_and_read_back_as_the_csv_says(first_run, pacs
                 assert found["call"] == row[f"{label}_call"]
             else:
                 assert found["call"] == ("above" if found["probability"] >= found["operating_point"] else "below")
-        assert any(found["operating_point"] is not None for found in reading.findings.values())
         for label in not_learnt:
             assert row[label] == "" and label in reading.not_learnt
         assert reading.notes == ["Research use only, not for diagnosis. HiCXR is not a medical device."]

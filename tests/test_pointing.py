@@ -119,4 +119,4 @@ def test_shipped_cards_quote_the_measured_pointing_game(boxes: list[Box], shared
         assert card.pointing is not None, name
         measured = pointing_game(predictor, name, boxes, shared_data / "nih/images").to_dict()
         for key in ("pairs", "hits", "centre_hits", "random_rate", "relative_maps"):
-            assert card.pointing[key] == measured[key], f"{name}: {key}"
+            assert getattr(card.pointing, key) == measured[key], f"{name}: {key}"

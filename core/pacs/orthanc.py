@@ -20,9 +20,11 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +40,20 @@ START_TIMEOUT_S = 30.0
 
 class OrthancError(RuntimeError):
     """Orthanc could not be started (not installed, plugin missing, did not answer); the message says which."""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to send SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG).
+
+    Linux ties this to the thread that forked, so it is set only when Orthanc is started from the main thread
+    (a worker thread's exit would otherwise stop it). Elsewhere it does nothing.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
@@ -151,8 +167,11 @@ class OrthancServer:
             json.dump(self.config(), f, indent=1)
         log = (self._workdir / "orthanc.log").open("wb")
         # start_new_session: Ctrl-C in a terminal reaches our process, which stops Orthanc itself (by pid).
+        # _die_with_parent: if this process is killed outright (SIGKILL, a CI timeout), Orthanc is not left behind.
+        on_main_thread = threading.current_thread() is threading.main_thread()
         self._process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self._workdir, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, cwd=self._workdir, start_new_session=True,
+                                         preexec_fn=_die_with_parent if on_main_thread else None)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
