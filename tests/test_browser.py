@@ -118,10 +118,28 @@ def page(browser, server):
 FIRST_SAMPLE = "Cardiomegaly · NIH PNG"
 
 
+def _settled(page) -> None:
+    """Wait until the page's script run has finished (Streamlit marks the app ``notRunning``)."""
+    page.wait_for_function(
+        "() => document.querySelector(\"[data-testid='stApp']\")?.dataset.testScriptState === 'notRunning'")
+
+
 def _pick_sample(page, name: str) -> None:
-    """Pick a bundled sample in the sidebar and wait for its tree."""
-    page.locator(".st-key-sample").click()
-    page.get_by_role("option", name=name, exact=True).click()
+    """Pick a bundled sample in the sidebar and wait for its tree (the first screen must have finished its run, or
+    the click can land on a select box that is being redrawn: then the list is opened again)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.locator(".st-key-sample").wait_for()
+    _settled(page)
+    option = page.get_by_role("option", name=name, exact=True)
+    for _ in range(3):
+        page.locator(".st-key-sample").click()
+        try:
+            option.wait_for(timeout=20_000)
+            break
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+    option.click()
     page.wait_for_selector(TREE)
 
 
@@ -426,11 +444,6 @@ def _viewer_frame(page):
 
 def _window_text(page, pane: int) -> str:
     return _viewer(page).locator(f"#wl{pane}").inner_text()
-
-
-def _settled(page) -> None:
-    page.wait_for_function(
-        "() => document.querySelector(\"[data-testid='stApp']\")?.dataset.testScriptState === 'notRunning'")
 
 
 def test_viewer_presets_drag_readout_reset_and_the_map_follows(page, shared_data):

@@ -325,7 +325,8 @@ def taxonomy_figure(
         size=NODE_SIZE, color=NOT_LEARNT_COLOR, symbol="circle-open", line=dict(width=2.5))))
     # Legend entries for the marks (dummy points outside the view).
     for name, marker in (
-        ("▲ called positive (a label the model separates, at/above its operating point)",
+        ("called positive: ring, and a triangle after the value (a label the model separates, at/above its "
+         "operating point)",
          dict(size=14, symbol="circle-open", color=POSITIVE_COLOR, line=dict(width=3))),
         ("selected (shown in the viewer)", dict(size=14, symbol="square", color=SELECTED_FILL,
                                                 line=dict(width=2, color=SELECTED_COLOR))),

@@ -56,8 +56,6 @@ def render_analysis(ctx: Context) -> None:
     """Draw the Analysis tab for the current image and variant: the viewer first (above the fold), then the tree
     and the table of every output, then the image's details."""
     population_banner(ctx.analysis)
-    if ctx.analysis.sample:
-        st.caption(f":orange-badge[SAMPLE IMAGE] {ctx.analysis.sample}: a bundled public image, not a patient's film.")
     _workspace(ctx)
     _metadata_panel(ctx.image)
 

@@ -73,7 +73,8 @@ def render_card(ctx: Context) -> None:
     plots = plot_paths(card, ctx.weights_dir)
     if plots:
         st.subheader("ROC and calibration")
-        columns = st.columns(len(plots))
+        # The ROC plot gets twice the width of the others: its legend (one line per label) must stay readable.
+        columns = st.columns([2.0 if title == "roc" else 1.0 for title in plots])
         for column, (title, path) in zip(columns, plots.items(), strict=True):
             column.image(str(path), caption=title, width="stretch")
 
