@@ -415,7 +415,7 @@ def test_out_of_population_child_has_the_banner_and_no_calls(page, shared_data):
 
 def test_normal_film_has_no_banner_and_few_calls(page):
     _pick_sample(page, "No finding · NIH PNG")
-    page.get_by_text("Sample image").first.wait_for()
+    page.get_by_text("(No finding · NIH PNG)").first.wait_for()  # the new analysis is on the page
     assert page.locator("[data-testid='stAlertContentError']").count() == 0
     assert _tree_text(page).count("▲") <= 1
     _shot(page, "11_normal_film")
