@@ -52,6 +52,8 @@ def main(weights: Path, out: Path) -> int:
             page = browser.new_page(viewport={"width": 1600, "height": 2000})
             page.set_default_timeout(300_000)
             page.goto(url)
+            page.locator(".st-key-sample").click()  # nothing is analysed before an image is picked
+            page.get_by_role("option").filter(has_text="Cardiomegaly").first.click()
             page.wait_for_selector(".st-key-tree .js-plotly-plot")
             page.get_by_role("tab", name="Compare variants").click()
             page.locator(".st-key-compare_bars .js-plotly-plot").wait_for()

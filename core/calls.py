@@ -247,7 +247,7 @@ def judge(label: str, auroc: float | None, ci: tuple[float, float] | None, posit
 
 
 def fit_call_evidence(probs: np.ndarray, labels: LabelSet, names: Sequence[str], rule: CallRule,
-                      not_learnt: Iterable[str] = (), source: str = "", n_boot: int = 2000,
+                      not_learnt: Iterable[str] = (), source: str = "", n_boot: int = 1000,
                       groups: Sequence | None = None) -> CallEvidence:
     """The evidence of every learnt label from held-out displayed probabilities ``(N, L)`` and their labels.
 

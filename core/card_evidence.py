@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point (see the module docstring)."""
 
     parser = argparse.ArgumentParser(prog="python -m core.card_evidence", description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", default="weights", help="folder of the variants (all are measured)")
+    parser.add_argument("--weights", default="weights", help="folder of the variants")
+    parser.add_argument("--variants", nargs="*", default=None, help="only these variants (default: all)")
     parser.add_argument("--data", default=str(DATA), help="the shared data folder")
     parser.add_argument("--cache", default="runs/card_evidence", help="where scores are cached")
     parser.add_argument("--kermany", type=int, default=600, help="held-out pediatric films to sample")
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data, cache = Path(args.data), Path(args.cache)
-    predictor = Predictor(args.weights, "all")
+    predictor = Predictor(args.weights, args.variants or "all")
     labels = list(predictor.taxonomy.labels)
 
     nih = pd.read_csv(data / "nih/labels.csv")

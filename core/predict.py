@@ -29,7 +29,7 @@ from core.inference import BatchItem, Predictor
 from core.model import ModelLoadError
 from core.pacs.cli import PacsUsageError
 from core.pacs.cli import add_arguments as add_pacs_arguments
-from core.registry import RegistryError
+from core.registry import RegistryError, variant_selection
 from core.scan import Entry, MissingPathError, scan_paths
 from core.serialize import error_row, file_text, plain_text, wide_fields, wide_row, write_csv
 
@@ -99,14 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_pacs_arguments(parser)  # --pacs URL [--since] [--until] [--accession] [--send]: core/pacs/batch.py
     return parser
-
-
-def _variants_arg(values: Sequence[str] | None) -> str | list[str] | None:
-    if not values:
-        return None
-    if "all" in values:
-        return "all"
-    return list(values)
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -208,7 +200,7 @@ def run(args: argparse.Namespace, stdout: TextIO) -> int:
     if not entries:
         raise UsageError("nothing found in the given paths")
     try:
-        predictor = Predictor(args.weights_dir, _variants_arg(args.variants), mc_samples=args.mc, seed=args.seed,
+        predictor = Predictor(args.weights_dir, variant_selection(args.variants), mc_samples=args.mc, seed=args.seed,
                               threshold=args.threshold)
     except (RegistryError, ModelLoadError) as exc:
         raise UsageError(str(exc)) from None

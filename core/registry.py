@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -156,6 +157,15 @@ class RegistryScan:
     def default_name(self) -> str | None:
         """The default variant of this scan (see :func:`default_variant`), decided once per scan."""
         return _default_of(self.weights_dir, self.variants)
+
+
+def variant_selection(values: Sequence[str] | None) -> str | list[str] | None:
+    """The variants a command line names, as the Predictor takes them: None (the default), "all", or a list."""
+    if not values:
+        return None
+    if "all" in values:
+        return "all"
+    return list(values)
 
 
 def resolve_weights_dir(weights_dir: str | Path = "weights") -> Path:

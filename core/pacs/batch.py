@@ -271,11 +271,10 @@ def run_pacs(args: argparse.Namespace, stdout: TextIO) -> int:
     for note in settings.warnings:
         print(f"warning: {note}", file=sys.stderr)
     from core.model import ModelLoadError
-    from core.predict import _variants_arg
-    from core.registry import RegistryError
+    from core.registry import RegistryError, variant_selection
 
     try:
-        predictor = Predictor(args.weights_dir, _variants_arg(args.variants), mc_samples=args.mc, seed=args.seed,
+        predictor = Predictor(args.weights_dir, variant_selection(args.variants), mc_samples=args.mc, seed=args.seed,
                               threshold=args.threshold)
     except (RegistryError, ModelLoadError) as exc:
         raise PacsUsageError(str(exc)) from None
