@@ -45,6 +45,7 @@ def main(weights: Path, out: Path) -> int:
                     break
             except OSError:
                 time.sleep(0.5)
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
@@ -52,8 +53,20 @@ def main(weights: Path, out: Path) -> int:
             page = browser.new_page(viewport={"width": 1600, "height": 2000})
             page.set_default_timeout(300_000)
             page.goto(url)
-            page.locator(".st-key-sample").click()  # nothing is analysed before an image is picked
-            page.get_by_role("option").filter(has_text="Cardiomegaly").first.click()
+            # Nothing is analysed before an image is picked; pick once the first screen's run has finished (a click
+            # on a select box being redrawn is lost: then the list is opened again).
+            page.locator(".st-key-sample").wait_for()
+            page.wait_for_function("() => document.querySelector(\"[data-testid='stApp']\")"
+                                   "?.dataset.testScriptState === 'notRunning'")
+            option = page.get_by_role("option").filter(has_text="Cardiomegaly").first
+            for _ in range(3):
+                page.locator(".st-key-sample").click()
+                try:
+                    option.wait_for(timeout=20_000)
+                    break
+                except PlaywrightTimeout:
+                    page.keyboard.press("Escape")
+            option.click()
             page.wait_for_selector(".st-key-tree .js-plotly-plot")
             page.get_by_role("tab", name="Compare variants").click()
             page.locator(".st-key-compare_bars .js-plotly-plot").wait_for()

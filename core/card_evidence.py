@@ -33,7 +33,7 @@ from core.head import head_outputs
 from core.imaging import ImageError
 from core.inference import Predictor
 from core.labels import LabelSet, nih_labels
-from core.ood import header_warnings
+from core.ood import header_rules_out_child, header_warnings
 from core.preprocess import fit_to_model, normalize
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class Scores:
         population: ``(N,)`` population-classifier decision values (NaN without one).
         header_child: ``(N,)`` the file's header gives a patient age under 18 or a non-frontal view.
         ok: ``(N,)`` decoded and scored.
+        adult_header: ``(N,)`` the header clears the pediatric-film classifier (adult age or adult-sized field:
+            :func:`core.ood.header_rules_out_child`).
     """
 
     mc_mean: np.ndarray
@@ -60,6 +62,7 @@ class Scores:
     population: np.ndarray
     header_child: np.ndarray
     ok: np.ndarray
+    adult_header: np.ndarray
 
 
 def score_images(predictor: Predictor, paths: list[Path], batch: int = 64) -> dict[str, Scores]:
@@ -67,7 +70,7 @@ def score_images(predictor: Predictor, paths: list[Path], batch: int = 64) -> di
     names = predictor.variant_names
     n, n_labels = len(paths), len(predictor.taxonomy.labels)
     out = {v: Scores(np.full((n, n_labels), np.nan, np.float32), np.full(n, np.nan), np.full(n, np.nan),
-                     np.zeros(n, bool), np.zeros(n, bool)) for v in names}
+                     np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)) for v in names}
     for start in range(0, n, batch):
         images, rows = [], []
         for i in range(start, min(n, start + batch)):
@@ -94,6 +97,7 @@ def score_images(predictor: Predictor, paths: list[Path], batch: int = 64) -> di
             if loaded.population is not None:
                 s.population[rows] = loaded.population.score(head.pooled)
             s.header_child[rows] = [bool(header_warnings(im.metadata.to_dict())) for im in images]
+            s.adult_header[rows] = [header_rules_out_child(im.metadata.to_dict()) for im in images]
             s.ok[rows] = True
         log.info("scored %d/%d", min(n, start + batch), n)
     return out
@@ -103,7 +107,9 @@ def cached_scores(predictor: Predictor, key: str, paths: list[Path], cache: Path
     """:func:`score_images`, cached per (set, variant) in ``cache``."""
     files = {v: cache / f"{key}__{v}.npz" for v in predictor.variant_names}
     if all(f.exists() for f in files.values()):
-        return {v: Scores(**dict(np.load(f))) for v, f in files.items()}
+        loaded = {v: dict(np.load(f)) for v, f in files.items()}
+        if all("adult_header" in d for d in loaded.values()):
+            return {v: Scores(**d) for v, d in loaded.items()}
     scores = score_images(predictor, paths)
     cache.mkdir(parents=True, exist_ok=True)
     for v, s in scores.items():
@@ -153,7 +159,7 @@ def measure_ood(scores: dict[str, Scores], threshold_distance: float, threshold_
         ok = s.ok
         header = s.header_child[ok]
         distance = s.distance[ok] > threshold_distance
-        population = s.population[ok] > threshold_population
+        population = (s.population[ok] > threshold_population) & ~s.adult_header[ok]
         out[key] = {"images": int(ok.sum()), "header": float(header.mean()), "distance": float(distance.mean()),
                     "population": float(population.mean()),
                     "any": float((header | distance | population).mean())}

@@ -217,6 +217,20 @@ A body part other than the chest is already flagged by :mod:`core.imaging` when 
     return out
 
 
+#: A film whose imaged field is at least this wide and tall (mm, from the DICOM pixel spacing) is not of a young child:
+#: a 1-5 year old's chest is 15-20 cm wide and is imaged on 18 x 24 or 24 x 30 cm fields, an adult's on 35 x 43 cm.
+ADULT_FIELD_MM = 300.0
+
+
+def header_rules_out_child(metadata: Mapping[str, Any]) -> bool:
+    """True when the header contradicts the pediatric-film classifier: it gives an adult age, or an imaged field of
+    at least :data:`ADULT_FIELD_MM` on both sides. Only the header can clear that flag; it never raises it."""
+    if metadata.get("age_group") == "adult":
+        return True
+    field = metadata.get("field_mm")
+    return field is not None and min(field) >= ADULT_FIELD_MM
+
+
 def feature_warning(score: float, reference: FeatureReference) -> str | None:
     """The warning for a feature-distance score above the reference's threshold, else ``None``."""
     if not np.isfinite(score) or score <= reference.threshold:
@@ -254,7 +268,8 @@ class PopulationCheck:
 def population_checks(metadata: Any, distance: tuple[float, FeatureReference] | None = None,
                       population: tuple[float, PopulationClassifier] | None = None) -> list[PopulationCheck]:
     """The population checks that fire for one image, in order: the header (view, age band, body part), the
-    pediatric-film classifier, the feature distance. Any of them means the model's outputs do not apply."""
+    pediatric-film classifier (unless the header gives an adult age or an adult-sized field:
+    :func:`header_rules_out_child`), the feature distance. Any of them means the model's outputs do not apply."""
     data = metadata.to_dict() if hasattr(metadata, "to_dict") else dict(metadata)
     out = []
     view = str(data.get("view_position") or "").upper()
@@ -265,7 +280,8 @@ def population_checks(metadata: Any, distance: tuple[float, FeatureReference] | 
     if body is not None and str(body).upper() not in CHEST_BODY_PARTS:
         out.append(PopulationCheck("body part", f"The file says the body part is {body}, not the chest; the models "
                                                 "read chest radiographs only."))
-    if population is not None and (message := population_warning(*population)):
+    if (population is not None and (message := population_warning(*population))
+            and not header_rules_out_child(data)):
         out.append(PopulationCheck("looks like a child's film", message))
     if distance is not None and (message := feature_warning(*distance)):
         out.append(PopulationCheck("feature distance", message))

@@ -34,6 +34,9 @@ def test_every_shipped_card_carries_the_rule_and_its_held_out_inputs() -> None:
         # The out-of-population figures are measured, on adult films (false alarms) and held-out children.
         measured = card.ood.measured
         assert {"nih_test", "dicom_adult", "covid", "shenzhen", "kermany_heldout"} <= set(measured)
+        # No adult DICOM film is called a child's (the header clears the Canon DX film), and children still are.
+        assert measured["dicom_adult"]["population"] == 0, variant.name
+        assert measured["kermany_heldout"]["population"] >= 0.95, variant.name
 
 
 @pytest.mark.slow

@@ -60,3 +60,30 @@ def test_population_classifier_flags_the_other_population_at_the_stated_false_al
     back = PopulationClassifier.from_tensors(clf.to_tensors())
     np.testing.assert_allclose(back.score(children[:5]), clf.score(children[:5]), rtol=1e-4, atol=1e-4)
     assert population_warning(clf.threshold + 1, clf) and population_warning(clf.threshold - 1, clf) is None
+
+
+def test_the_header_clears_a_child_flag_only_with_an_adult_age_or_an_adult_sized_field(shared_data):
+    """The adult Canon DX film (0.16 mm pixels, 2,000 x 2,128) is no child's film whatever its crop looks like; the
+    dog (5 years, 25 x 20 cm) and the 1,024 px copies whose spacing gives 17 cm are not cleared."""
+    from core.imaging.reader import read_image
+    from core.ood import ADULT_FIELD_MM, PopulationCheck, header_rules_out_child, population_checks
+
+    dicom = shared_data / "dicom"
+    canon = read_image(dicom / "pljd_966_fixed_DX_MONO1_J2KR_chestPA.dcm").metadata
+    assert canon.field_mm == pytest.approx((320.0, 340.5)) and header_rules_out_child(canon.to_dict())
+    dog = read_image(next(dicom.glob("*canine*.dcm"))).metadata
+    assert dog.age_group == "child" and min(dog.field_mm) < ADULT_FIELD_MM
+    assert not header_rules_out_child(dog.to_dict())
+    siim = read_image(next(dicom.glob("txv_SIIM*.dcm"))).metadata
+    assert siim.field_mm == pytest.approx((172.0, 172.0)) and not header_rules_out_child(siim.to_dict())
+    assert not header_rules_out_child({"field_mm": None, "age_group": None})
+    assert header_rules_out_child({"field_mm": None, "age_group": "adult"})
+    assert not header_rules_out_child({"field_mm": (ADULT_FIELD_MM, ADULT_FIELD_MM - 1), "age_group": None})
+
+    class Fires:  # a population classifier whose threshold every score exceeds
+        threshold = -1e9
+
+    checks = population_checks(canon, population=(1.39, Fires()))
+    assert checks == []
+    flagged = population_checks(siim, population=(1.39, Fires()))
+    assert [c.name for c in flagged] == ["looks like a child's film"] and isinstance(flagged[0], PopulationCheck)

@@ -86,6 +86,18 @@ def age_group(value: object) -> str | None:
     return "child" if years < 18 else "adult"
 
 
+def field_mm(spacing: object, rows: int, columns: int) -> tuple[float, float] | None:
+    """The imaged field as (width, height) in mm from a DICOM (Imager) Pixel Spacing, ``None`` when absent or not
+    two positive, finite numbers (a spacing of 0, or text, says nothing about the patient's size)."""
+    try:
+        row_mm, col_mm = (float(v) for v in spacing)  # type: ignore[union-attr]  # PixelSpacing: row, column
+    except (TypeError, ValueError):
+        return None
+    if not (0.0 < row_mm < 10.0 and 0.0 < col_mm < 10.0):
+        return None
+    return round(columns * col_mm, 1), round(rows * row_mm, 1)
+
+
 def coded(value: object, terms: frozenset[str]) -> str | None:
     """The defined term ``value`` stands for, :data:`OTHER` for anything else, ``None`` if absent or empty."""
     if value is None:

@@ -45,6 +45,7 @@ from core.imaging.coded import (
     VIEW_POSITIONS,
     age_group,
     coded,
+    field_mm,
     uid_text,
 )
 from core.imaging.dicom_fields import get, number, text
@@ -330,6 +331,7 @@ def _read_dicom(ds: Any, max_pixels: int, keep_raw: bool, notes: list[str]) -> X
         inverted=inverted,
         warnings=tuple(notes),
         age_group=age_group(get(ds, "PatientAge")),
+        field_mm=_field_mm(ds, rows, cols),
     )
     return XrayImage(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
@@ -338,6 +340,18 @@ def _read_dicom(ds: Any, max_pixels: int, keep_raw: bool, notes: list[str]) -> X
         default_window=default_window,
         window_function=function,
     )
+
+
+def _field_mm(ds: Any, rows: int, cols: int) -> tuple[float, float] | None:
+    """The imaged field in mm: the detector's spacing (ImagerPixelSpacing) first, else PixelSpacing."""
+    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
+        try:
+            found = field_mm(ds.get(keyword), rows, cols)
+        except Exception:  # noqa: BLE001 - pydicom converts lazily and can raise anything on a malformed value
+            found = None
+        if found is not None:
+            return found
+    return None
 
 
 def _check_modality(ds: Any, notes: list[str]) -> str | None:

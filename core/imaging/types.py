@@ -21,6 +21,7 @@ class ImageMetadata:
     ``"other"`` when the file says something else (see :mod:`core.imaging.coded`): these header fields are free
     text in practice, and a site may have written a name or a record number there. The manufacturer is not kept.
     ``age_group`` is ``"child"`` or ``"adult"`` from the DICOM PatientAge; the age itself is never kept.
+    ``field_mm`` is the imaged field (width, height) in mm from the DICOM pixel spacing, when the file gives one.
     """
 
     format: str
@@ -36,12 +37,14 @@ class ImageMetadata:
     inverted: bool = False
     warnings: tuple[str, ...] = ()
     age_group: str | None = None
+    field_mm: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the metadata as JSON-serialisable builtins (tuples become lists)."""
         out = dataclasses.asdict(self)
         out["window"] = list(self.window) if self.window is not None else None
         out["warnings"] = list(self.warnings)
+        out["field_mm"] = list(self.field_mm) if self.field_mm is not None else None
         return out
 
 
