@@ -82,6 +82,7 @@ def test_studies_are_analysed_sent_and_read_back_as_the_csv_says(first_run, pacs
     assert status == 1  # a study was skipped (its row says why)
     assert "3 image(s) analysed, 6 result(s) stored" in err
     card = predictor.get().card
+    evidence_of = predictor.get().call_evidence.labels  # the call rule's held-out decision inputs (core/calls.py)
     not_learnt = set(card.labels_not_learnt)
     for row in analysed:
         study_uid, series_uid, sop_uid = row["file"].split("/")
@@ -97,8 +98,9 @@ def test_studies_are_analysed_sent_and_read_back_as_the_csv_says(first_run, pacs
         assert set(reading.findings) == set(predictor.taxonomy.labels) - not_learnt
         for label, found in reading.findings.items():
             assert f"{found['probability']:.6f}" == row[label] and f"{found['std']:.6f}" == row[f"{label}_std"]
-            if found["operating_point"] is not None:  # a label the record has an operating point for
-                assert found["operating_point"] == pytest.approx(card.operating_points[label].threshold)
+            if found["operating_point"] is not None:  # a callable label: the call rule's operating point
+                assert found["operating_point"] == pytest.approx(evidence_of[label].threshold)
+                assert evidence_of[label].callable
             if f"{label}_call" in row:  # the record's call, as the CSV has it (core/calls.py's one rule)
                 assert found["call"] == row[f"{label}_call"]
             else:
