@@ -187,7 +187,7 @@ def record_once(key: tuple, action: Action, **fields: Any) -> bool:
 
 def model_version(scan: Any, variant: str) -> str | None:
     """The model card's ``tensor_sha256`` of a variant in a registry scan (``None`` if the card has none)."""
-    found = next((v for v in scan.variants if v.name == variant), None)
+    found = next((v for v in (scan.variants if scan is not None else []) if v.name == variant), None)
     return getattr(found.card, "tensor_sha256", None) if found is not None else None
 
 

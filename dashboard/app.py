@@ -99,7 +99,7 @@ def main() -> None:
     opened = None
     if source == worklist.SOURCE_PACS:
         opened = worklist.render_worklist(get_predictor(str(weights_dir)), session_cache(), choice.variant,
-                                          choice.mc_samples)
+                                          choice.mc_samples, scan)
         if opened is None:
             _footer(scan)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,9 @@ def _app(pacs, monkeypatch, show_identity: bool = False) -> AppTest:
     return at
 
 
-def test_worklist_lists_studies_without_patient_identity_and_sends_results(pacs, monkeypatch) -> None:
+def test_worklist_lists_studies_without_patient_identity_and_sends_results(pacs, monkeypatch, tmp_path) -> None:
+    log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("HICXR_AUDIT_LOG", str(log))
     at = _app(pacs, monkeypatch)
     table = at.dataframe[0].value
     assert {"date", "accession", "modality", "view", "description", "triage", "HiCXR"} <= set(table.columns)
@@ -55,6 +58,9 @@ def test_worklist_lists_studies_without_patient_identity_and_sends_results(pacs,
     calls = [t for t in table["triage"] if t.startswith("Abnormal")]
     assert len(calls) == 2
     assert list(table["accession"])[-1] == "HCX00005"  # not analysable: after the analysed ones
+    # Every triage analysis is audited with the model version; no study UID or patient name in the log.
+    analysed = [e for e in map(json.loads, log.read_text().splitlines()) if e["action"] == "image analysed"]
+    assert len(analysed) == 2 and all(e["model_version"] and e["outcome"] == "ok" for e in analysed)
 
     chest = pacs.study("chest")
     option = next(o for o in at.selectbox(key="study_pick").options if chest.accession in o)
@@ -74,6 +80,10 @@ def test_worklist_lists_studies_without_patient_identity_and_sends_results(pacs,
     assert sorted(r.modality for r in results) == ["OT", "SR"]
     sr = client.retrieve_dataset(next(r for r in results if r.modality == "SR"))
     assert read_sr(sr).model_name == "HiCXR bce"
+    text = log.read_text()
+    actions = [json.loads(line)["action"] for line in text.splitlines()]
+    assert actions.count("study opened") == 1 and "results sent to PACS" in actions
+    assert chest.study_uid not in text and "HICXR^DEMO" not in text
 
 
 def test_patient_identity_only_when_the_site_turns_it_on(pacs, monkeypatch) -> None:

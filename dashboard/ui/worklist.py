@@ -28,7 +28,7 @@ from core.pacs.credentials import PacsSettings, PacsSettingsError, load_settings
 from core.pacs.results import ModelIdentity, build_sc, build_sr
 from core.pacs.studies import StudyPlan, plan_study
 from dashboard import access
-from dashboard.audit import Action, Subject
+from dashboard.audit import Action, AuditError, Subject
 from dashboard.pipeline import sha256
 
 logger = logging.getLogger("hicxr.dashboard")
@@ -147,8 +147,9 @@ def _rows(studies: list[StudySummary], client: PacsClient, settings: PacsSetting
 
 
 def _triage(ctx_predictor, cache, client: PacsClient, studies: list[StudySummary], variant: str,
-            mc_samples: int) -> None:
-    """Analyse the first frontal image of every listed study not triaged yet (same cache as opening one)."""
+            mc_samples: int, scan=None) -> None:
+    """Analyse the first frontal image of every listed study not triaged yet (same cache as opening one); each
+    analysis is audited ("image analysed") before its result is used, and an unwritable log stops the triage."""
     state = _state()
     todo = [s for s in studies if s.study_uid not in state["triage"] and _plan(client, s.study_uid).analyse]
     bar = st.progress(0.0, text=f"Analysing {len(todo)} studies…")
@@ -159,7 +160,10 @@ def _triage(ctx_predictor, cache, client: PacsClient, studies: list[StudySummary
         except PacsError as exc:
             st.error(str(exc), icon=":material/cloud_off:")
             break
-        outcome = cache.analyses(ctx_predictor, data, sha256(data), [variant], mc_samples)
+        digest = sha256(data)
+        outcome = cache.analyses(ctx_predictor, data, digest, [variant], mc_samples)
+        if not access.record_analysis(scan, digest, variant, mc_samples, None if outcome.ok else outcome.kind):
+            break
         if outcome.ok:
             _remember_triage(study.study_uid, outcome.analyses[variant])
         bar.progress(k / len(todo), text=f"Analysed {k} of {len(todo)} studies")
@@ -177,8 +181,9 @@ def _remember_triage(study_uid: str, analysis) -> None:
         "reason": str(reason(TRIAGE_LABEL)) if callable(reason) else ""}
 
 
-def render_worklist(predictor, cache, variant: str, mc_samples: int) -> OpenStudy | None:
-    """The worklist page; returns the open study (its selected frontal image retrieved), or ``None``."""
+def render_worklist(predictor, cache, variant: str, mc_samples: int, scan=None) -> OpenStudy | None:
+    """The worklist page; returns the open study (its selected frontal image retrieved), or ``None``. ``scan`` (the
+    registry scan) gives the audit log each triage analysis's model version."""
     settings = pacs_settings()
     if not isinstance(settings, PacsSettings):
         st.error(settings or "No PACS is configured.", icon=":material/settings:")
@@ -211,7 +216,7 @@ def render_worklist(predictor, cache, variant: str, mc_samples: int) -> OpenStud
         state["plans"] = {}
     if actions.button("Analyse the listed studies (triage)", key="triage", icon=":material/sort:"):
         try:
-            _triage(predictor, cache, client, studies, variant, mc_samples)
+            _triage(predictor, cache, client, studies, variant, mc_samples, scan)
         except PacsError as exc:
             st.error(str(exc), icon=":material/cloud_off:")
     try:
@@ -265,8 +270,7 @@ def _render_open(client: PacsClient, study: StudySummary) -> OpenStudy | None:
         except PacsError as exc:
             st.error(str(exc), icon=":material/cloud_off:")
             return None
-    if not access.record_once(("study", study.study_uid), Action.STUDY_OPENED,
-                              subject=Subject.study(study.study_uid, access.study_salt())):
+    if not access.record_study_opened(study.study_uid):  # an unwritable log or salt: the study is not shown
         return None
     return OpenStudy(study, plan, ref, images[sop])
 
@@ -299,7 +303,11 @@ def render_send(opened: OpenStudy, ctx) -> None:
 def _send(opened: OpenStudy, analysis, label: str, model: ModelIdentity, settings: PacsSettings) -> None:
     state = _state()
     client = _client(settings)
-    subject = Subject.study(opened.study.study_uid, access.study_salt())
+    try:
+        subject = Subject.study(opened.study.study_uid, access.study_salt())
+    except AuditError as err:  # fail closed: nothing is sent that cannot be audited
+        st.error(str(err), icon=":material/block:")
+        return
     try:
         source = pydicom.dcmread(BytesIO(opened.data))
         datasets = [build_sr(analysis, source, model), build_sc(analysis, source, model, label)]
