@@ -46,10 +46,11 @@ def population_banner(analysis) -> None:
     apply, which check fired, and that nothing is called."""
     if not analysis.out_of_population:
         return
-    checks = "; ".join(c.message for c in analysis.population_checks)
+    # One line per check that fired, named, so the reader sees which one (each message is a whole sentence).
+    checks = "\n".join(f"- **{c.name}**: {c.message}" for c in analysis.population_checks)
     st.error(f"**The outputs do not apply to this image.** It is outside the population the model was trained on "
-             f"(adult frontal chest radiographs): {checks} No finding is called; the probabilities below are "
-             "greyed and shown for reference only.", icon=":material/block:")
+             f"(adult frontal chest radiographs). No finding is called; the probabilities below are greyed and "
+             f"shown for reference only. Checks that fired:\n{checks}", icon=":material/block:")
 
 
 def render_analysis(ctx: Context) -> None:
