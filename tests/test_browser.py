@@ -301,6 +301,7 @@ def test_non_finite_dicoms_show_plain_messages(page, tmp_path):
     page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(nan))
     alert = page.locator("[data-testid='stAlertContentError']").first
     alert.wait_for()
+    _settled(page)  # the run has finished: the previous image's tree is no longer on the page as a stale element
     assert "pixel value(s) that are not numbers (infinite or NaN)" in alert.inner_text()
     assert page.locator(TREE).count() == 0 and page.locator("[data-testid='stException']").count() == 0
     _shot(page, "05b_nan_dicom")
