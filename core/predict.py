@@ -13,11 +13,10 @@ Ctrl-C), so an interrupted run keeps every row done.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from PIL import Image
 from tqdm import tqdm
@@ -30,8 +29,8 @@ from core.model import ModelLoadError
 from core.pacs.cli import PacsUsageError
 from core.pacs.cli import add_arguments as add_pacs_arguments
 from core.registry import RegistryError, variant_selection
+from core.result_rows import ResultRows, ResultsFileError
 from core.scan import Entry, MissingPathError, scan_paths
-from core.serialize import error_row, file_text, plain_text, wide_fields, wide_row, write_csv
 
 EXIT_OK, EXIT_REFUSED, EXIT_TOOL = 0, 1, 2
 
@@ -104,64 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------ output
 
 
-class ResultWriter:
-    """Streams result rows to a CSV or JSON file (or CSV to a text stream) as they are produced."""
-
-    def __init__(self, out: Path | None, stdout: TextIO, labels: Sequence[str]) -> None:
-        """Open ``out`` (``.csv`` or ``.json``; None: CSV on ``stdout``) and write the header.
-
-        Raises:
-            ToolError: the output file cannot be created.
-        """
-        self.json = out is not None and out.suffix.lower() == ".json"
-        self.fields = wide_fields(labels)
-        self._owned = out is not None
-        try:
-            if out is not None:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                self._f: TextIO = out.open("w", newline="", encoding="utf-8", errors="backslashreplace")
-            else:
-                if hasattr(stdout, "reconfigure"):
-                    stdout.reconfigure(errors="backslashreplace")  # a row must never fail on its text
-                self._f = stdout
-            self._f.write("[" if self.json else "")
-            if not self.json:
-                write_csv(self._f, self.fields, [])
-        except OSError as exc:
-            raise ToolError(f"cannot write the results to {out}: {exc.strerror or exc}") from None
-        self._records = 0
-
-    def error(self, file: str, variants: Sequence[str], message: str) -> None:
-        """Rows of a file that was not analysed: one per variant, with the reason."""
-        file, message = file_text(file), plain_text(message)  # names whatever their bytes (core.serialize)
-        if self.json:
-            self._records_out({"file": file, "variant": v, "error": message} for v in variants)
-        else:
-            write_csv(self._f, self.fields, [error_row(file, v, message) for v in variants], header=False)
-
-    def analyses(self, file: str, item: BatchItem) -> None:
-        """Rows of an analysed file: one per variant."""
-        file = file_text(file)
-        if self.json:
-            self._records_out({"file": file, **a.to_dict()} for a in item.analyses.values())
-        else:
-            write_csv(self._f, self.fields, [wide_row(a, file) for a in item.analyses.values()], header=False)
-
-    def _records_out(self, records: Iterable[dict[str, Any]]) -> None:
-        for record in records:
-            self._f.write(("," if self._records else "") + "\n" + json.dumps(record, indent=1))
-            self._f.flush()
-            self._records += 1
-
-    def close(self) -> None:
-        """Finish the file (closes the JSON list) and close it if this writer opened it."""
-        if self.json:
-            self._f.write("\n]\n")
-        self._f.flush()
-        if self._owned:
-            self._f.close()
-
-
 def _write_cams(item: BatchItem, folder: Path, path: Path) -> None:
     from core.explain import contact_sheet  # matplotlib only when asked for
 
@@ -211,7 +152,10 @@ def run(args: argparse.Namespace, stdout: TextIO) -> int:
         except OSError as exc:
             raise ToolError(f"cannot create the CAM folder {args.cams}: {exc.strerror or exc}") from None
 
-    writer = ResultWriter(args.out, stdout, list(predictor.taxonomy.labels))
+    try:
+        writer = ResultRows(args.out, stdout, list(predictor.taxonomy.labels))
+    except ResultsFileError as exc:
+        raise ToolError(str(exc)) from None
     counts = {"analysed": 0, "refused": 0, "skipped": 0}
     status = EXIT_OK
     try:
@@ -228,7 +172,7 @@ def run(args: argparse.Namespace, stdout: TextIO) -> int:
     return status
 
 
-def _analyse_entries(entries: list[Entry], predictor: Predictor, variants: list[str], writer: ResultWriter,
+def _analyse_entries(entries: list[Entry], predictor: Predictor, variants: list[str], writer: ResultRows,
                      args: argparse.Namespace, counts: dict[str, int]) -> int:
     """Write every entry's rows in scan order; returns EXIT_TOOL if the run had to stop early, else EXIT_OK."""
     to_analyse = [e.path for e in entries if e.reason is None]
@@ -255,7 +199,8 @@ def _analyse_entries(entries: list[Entry], predictor: Predictor, variants: list[
                 writer.error(str(path), variants, error)
                 counts["refused"] += 1
             else:
-                writer.analyses(str(path), item)
+                for analysis in item.analyses.values():  # one row per variant
+                    writer.analysis(str(path), analysis)
                 counts["analysed"] += 1
                 if args.cams is not None:
                     status = max(status, _cams_or_report(item, args.cams, path))

@@ -3,7 +3,8 @@
 For every study found (QIDO-RS: ``--since``/``--until`` dates, ``--accession``; CR/DX studies unless an accession
 is given, so that a CT or SR study asked for by accession gets its reason): the study is planned
 (:mod:`core.pacs.studies`), each frontal image is retrieved in memory and analysed like a file, and written as
-the same CSV/JSON rows as files (``file`` = ``study/series/instance`` UIDs; a CSV adds a ``sent`` column). A
+the same CSV/JSON rows as files, by the same writer (:mod:`core.result_rows`; ``file`` =
+``study/series/instance`` UIDs; a ``sent`` column is added). A
 study not analysed gets one row whose ``error`` says why. With ``--send`` each analysis becomes a TID 1500 SR and a
 Secondary Capture of its top learnt finding's map (:mod:`core.pacs.results`), stored back in the study (STOW-RS,
 retried); a study already holding an SR of the same model version is skipped and says so.
@@ -25,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -40,9 +41,9 @@ from core.pacs.client import PacsAuthError, PacsClient, PacsError, PacsUnavailab
 from core.pacs.credentials import PacsSettingsError, load_settings
 from core.pacs.results import ModelIdentity, build_sc, build_sr, sr_model
 from core.pacs.studies import StudyPlan, plan_study
-from core.serialize import error_row, wide_fields, wide_row, write_csv
+from core.result_rows import ResultRows, ResultsFileError
 
-__all__ = ["NOT_REACHED", "PacsRun", "model_identity", "run_pacs"]
+__all__ = ["NOT_REACHED", "EarlierRows", "PacsRun", "earlier_rows", "model_identity", "run_pacs"]
 
 EXIT_OK, EXIT_REFUSED, EXIT_TOOL = 0, 1, 2
 #: Start of the ``error`` of a row whose study was not reached; a resumed run does it again.
@@ -71,66 +72,35 @@ class Counts:
     sent: list[str] = field(default_factory=list)
 
 
-class _Rows:
-    """CSV or JSON rows, resuming an existing CSV (see the module docstring)."""
+@dataclass
+class EarlierRows:
+    """What an earlier run of the same CSV leaves final (see the module docstring): kept and not done again."""
 
-    def __init__(self, out: Path | None, stdout: TextIO, labels: list[str]) -> None:
-        self.json = out is not None and out.suffix.lower() == ".json"
-        self.fields = [*wide_fields(labels), "sent"]
-        self.done: set[str] = set()
-        self.kept_refusals = 0  # final rows of an earlier run that say why something was not analysed
-        kept: list[dict[str, str]] = []
-        if out is not None and not self.json and out.exists():
-            with out.open(newline="", encoding="utf-8") as f:
-                for row in csv.DictReader(f):
-                    transient = row.get("error", "").startswith(NOT_REACHED) or \
-                        row.get("sent", "").startswith(SEND_FAILED)
-                    if not transient and row.get("file"):
-                        kept.append(row)
-                        self.kept_refusals += row["file"] not in self.done and bool(row.get("error"))
-                        self.done.add(row["file"])
-        out_f: TextIO
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out_f = out.open("w", newline="", encoding="utf-8")
-        else:
-            out_f = stdout
-        self._f, self._owned, self._n = out_f, out is not None, 0
-        if self.json:
-            self._f.write("[")
-        else:
-            write_csv(self._f, self.fields, [])
-            # rows written by the earlier run are already safe; no formula neutralisation twice
-            writer = csv.DictWriter(self._f, fieldnames=self.fields, restval="", extrasaction="ignore")
-            writer.writerows(kept)
-            self._f.flush()
+    rows: list[dict[str, str]] = field(default_factory=list)
+    #: ``file`` keys (study, or study/series/instance) of the kept rows: not analysed again.
+    done: set[str] = field(default_factory=set)
+    #: kept rows that say why something was not analysed (they make the exit status 1 again).
+    refusals: int = 0
 
-    def error(self, key: str, variants: list[str], message: str) -> None:
-        if self.json:
-            for v in variants:
-                self._record({"file": key, "variant": v, "error": message})
-        else:
-            write_csv(self._f, self.fields, [error_row(key, v, message) for v in variants], header=False)
 
-    def analysis(self, key: str, analysis: Analysis, sent: str) -> None:
-        if self.json:
-            self._record({"file": key, **analysis.to_dict(), "sent": sent})
-        else:
-            write_csv(self._f, self.fields, [{**wide_row(analysis, key), "sent": sent}], header=False)
+def earlier_rows(out: Path | None) -> EarlierRows:
+    """The final rows of ``out`` from an earlier run: every row but those whose study was not reached or whose
+    results could not be sent (a resumed run does those again). Nothing for a JSON file or a file not there.
 
-    def _record(self, record: dict[str, Any]) -> None:
-        import json
-
-        self._f.write(("," if self._n else "") + "\n" + json.dumps(record, indent=1))
-        self._f.flush()
-        self._n += 1
-
-    def close(self) -> None:
-        if self.json:
-            self._f.write("\n]\n")
-        self._f.flush()
-        if self._owned:
-            self._f.close()
+    Raises:
+        OSError: the file is there but cannot be read.
+    """
+    earlier = EarlierRows()
+    if out is None or out.suffix.lower() == ".json" or not out.exists():
+        return earlier
+    with out.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            transient = row.get("error", "").startswith(NOT_REACHED) or row.get("sent", "").startswith(SEND_FAILED)
+            if not transient and row.get("file"):
+                earlier.rows.append(row)
+                earlier.refusals += row["file"] not in earlier.done and bool(row.get("error"))
+                earlier.done.add(row["file"])
+    return earlier
 
 
 @dataclass
@@ -142,6 +112,8 @@ class PacsRun:
     send: bool = False
     progress: bool = True
     counts: Counts = field(default_factory=Counts)
+    #: ``file`` keys finished by an earlier run of the same output file (:func:`earlier_rows`): not done again.
+    done: set[str] = field(default_factory=set)
 
     def held_models(self, plan: StudyPlan) -> set[tuple[str, str]]:
         """``(algorithm name, version)`` of the HiCXR SRs the study already holds."""
@@ -154,7 +126,7 @@ class PacsRun:
                 held.add(model)
         return held
 
-    def run(self, studies: list[StudySummary], rows: _Rows) -> int:
+    def run(self, studies: list[StudySummary], rows: ResultRows) -> int:
         """Analyse ``studies`` in order, writing rows; returns the exit status."""
         variants = self.predictor.variant_names
         models = {name: model_identity(self.predictor, name) for name in variants}
@@ -181,16 +153,15 @@ class PacsRun:
             bar.close()
         return status
 
-    @staticmethod
-    def _not_reached(rest: list[StudySummary], rows: _Rows, variants: list[str], why: str) -> None:
+    def _not_reached(self, rest: list[StudySummary], rows: ResultRows, variants: list[str], why: str) -> None:
         message = f"{NOT_REACHED} {why}; run the same command again to resume."
         for study in rest:
-            if study.study_uid not in rows.done:
+            if study.study_uid not in self.done:
                 rows.error(study.study_uid, variants, message)
 
-    def _study(self, study: StudySummary, rows: _Rows, variants: list[str],
+    def _study(self, study: StudySummary, rows: ResultRows, variants: list[str],
                models: dict[str, ModelIdentity]) -> None:
-        if study.study_uid in rows.done:
+        if study.study_uid in self.done:
             self.counts.resumed += 1
             return
         plan = plan_study(study.study_uid, self.client.instances(study.study_uid))
@@ -198,7 +169,7 @@ class PacsRun:
             rows.error(study.study_uid, variants, f"Skipped: {plan.reason}.")
             self.counts.skipped += 1
             return
-        if all(ref.key in rows.done for ref in plan.analyse):  # finished by an earlier run of this output file
+        if all(ref.key in self.done for ref in plan.analyse):  # finished by an earlier run of this output file
             self.counts.resumed += 1
             return
         todo = list(variants)
@@ -214,7 +185,7 @@ class PacsRun:
         sr_series = {v: generate_uid() for v in todo}
         sc_series = {v: generate_uid() for v in todo}
         for number, ref in enumerate(plan.analyse, start=1):
-            if ref.key in rows.done:
+            if ref.key in self.done:
                 self.counts.resumed += 1
                 continue
             try:
@@ -237,7 +208,7 @@ class PacsRun:
                 for v, analysis in analyses.items():
                     sent[v] = self._send(analysis, source, models[v], sr_series[v], sc_series[v], number)
             for v, analysis in analyses.items():
-                rows.analysis(ref.key, analysis, sent[v])
+                rows.analysis(ref.key, analysis, {"sent": sent[v]})
             self.counts.analysed += 1
         for ref, why in plan.skipped:
             rows.error(ref.key, variants, f"Skipped: {why}.")
@@ -287,14 +258,19 @@ def run_pacs(args: argparse.Namespace, stdout: TextIO) -> int:
         return EXIT_TOOL
     print(f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} found at {settings.url}", file=sys.stderr)
     try:
-        rows = _Rows(args.out, stdout, list(predictor.taxonomy.labels))
-    except OSError as exc:
+        earlier = earlier_rows(args.out)
+        rows = ResultRows(args.out, stdout, list(predictor.taxonomy.labels), extra_fields=["sent"],
+                          kept=earlier.rows)
+    except OSError as exc:  # the earlier rows could not be read back
         print(f"python -m core.predict: cannot write the results to {args.out}: {exc.strerror or exc}",
               file=sys.stderr)
         return EXIT_TOOL
-    if rows.done:
-        print(f"resuming: {len(rows.done)} row(s) of {args.out} are kept and not done again", file=sys.stderr)
-    job = PacsRun(client, predictor, send=args.send, progress=not args.no_progress)
+    except ResultsFileError as exc:
+        print(f"python -m core.predict: {exc}", file=sys.stderr)
+        return EXIT_TOOL
+    if earlier.done:
+        print(f"resuming: {len(earlier.done)} row(s) of {args.out} are kept and not done again", file=sys.stderr)
+    job = PacsRun(client, predictor, send=args.send, progress=not args.no_progress, done=earlier.done)
     try:
         status = job.run(studies, rows)
     finally:
@@ -308,6 +284,6 @@ def run_pacs(args: argparse.Namespace, stdout: TextIO) -> int:
           + (f"; {c.not_sent} analysis(es) not sent" if c.not_sent else "")
           + (f"; {c.resumed} done by an earlier run" if c.resumed else "")
           + (" (each has a row saying why)" if c.skipped or c.refused or c.not_sent else ""), file=sys.stderr)
-    if status == EXIT_OK and (c.skipped or c.refused or c.not_sent or rows.kept_refusals):
+    if status == EXIT_OK and (c.skipped or c.refused or c.not_sent or earlier.refusals):
         status = EXIT_REFUSED
     return status
