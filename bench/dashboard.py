@@ -14,9 +14,11 @@ served from a previous repeat's session cache), then the goals:
 - ``variant_switch_cached_s``: choosing a variant already analysed in this session until its tree shows;
 - ``compare_tab_s``: opening the Compare tab (every distinct variant, none analysed yet) until every map is drawn;
 - ``node_click_to_map_s``: clicking a tree node until its map and caption show (a display-only interaction);
-- ``display_over_analysis``: server-side script time of a display-only rerun (a display control changed, nothing
-  analysed) over a rerun that analyses a new image, paired medians in one process (``streamlit.testing``'s
-  AppTest on the same app and weights). Goal <= 0.05.
+- ``display_rerun_s`` / ``analysis_rerun_s``: the server's script time (``bench/timed_streamlit.py`` times every
+  run) for a display-only change made in the browser (the map opacity by keyboard, a label picked in the tree's
+  keyboard list) and for an upload of a 512 px PNG new to the session; ``display_rerun_fragment_only`` is 1 where
+  the change reran only the viewer's ``st.fragment``, not the page;
+- ``display_over_analysis``: their medians' ratio, both measured in the same run. Goal <= 0.05.
 
 Wall-clock figures on a shared machine vary with its load; run with nothing else busy for figures to quote.
 """
@@ -24,6 +26,7 @@ Wall-clock figures on a shared machine vary with its load; run with nothing else
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -54,13 +57,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(weights_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    """``streamlit run dashboard/app.py`` on a free loopback port; returns the process and its URL once healthy."""
+def start_server(weights_dir: Path, log_path: Path, runs_log: Path, profile: bool = False
+                 ) -> tuple[subprocess.Popen, str]:
+    """``streamlit run dashboard/app.py`` on a free loopback port, every script run timed into ``runs_log``
+    (``bench/timed_streamlit.py``); returns the process and its URL once healthy."""
     port = _free_port()
     log = open(log_path, "w")  # noqa: SIM115 - closed with the process by the caller's exit
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1", "--", "--weights-dir", str(weights_dir)],
+        [sys.executable, "bench/timed_streamlit.py", str(runs_log), *(["--profile"] if profile else []), "run",
+         "dashboard/app.py",
+         "--server.port", str(port), "--server.headless", "true", "--server.address", "127.0.0.1",
+         "--", "--weights-dir", str(weights_dir)],
         cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -189,6 +196,63 @@ def click_node(page, label: str, learnt: list[str]) -> float:
     return seconds
 
 
+def _runs_since(runs_log: Path, start: int) -> list[dict]:
+    """The script runs the server finished after line ``start`` of the timing log."""
+    lines = runs_log.read_text().splitlines() if runs_log.exists() else []
+    return [json.loads(line) for line in lines[start:]]
+
+
+def _lines(runs_log: Path) -> int:
+    return len(runs_log.read_text().splitlines()) if runs_log.exists() else 0
+
+
+def timed_runs(page, runs_log: Path, action) -> tuple[float, bool]:
+    """Do ``action(page)`` and wait for the page to settle; returns the server's script time for the runs it caused
+    (summed) and whether every one of them was a fragment-only run."""
+    start = _lines(runs_log)
+    action(page)
+    # The browser may send the change a moment after it shows it (a slider is debounced): wait for the server's
+    # run to be logged, then for the page to settle (a run may ask for another).
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while _lines(runs_log) == start:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the action caused no script run")
+        time.sleep(0.05)
+    _idle(page)
+    time.sleep(0.5)
+    _idle(page)
+    runs = _runs_since(runs_log, start)
+    return sum(r["seconds"] for r in runs), all(r["fragment"] for r in runs)
+
+
+def _nudge_opacity(page) -> None:
+    """A display-only change: the map opacity one step up (or down at the top), by keyboard as a reader would."""
+    slider = page.locator(".st-key-cam_opacity input[type='range']")
+    before = slider.get_attribute("aria-valuetext") or "0"
+    slider.focus()
+    page.keyboard.press("ArrowRight" if float(before) < 1.0 else "ArrowLeft")
+    page.wait_for_function(
+        """before => document.querySelector(".st-key-cam_opacity input[type='range']")
+                         ?.getAttribute("aria-valuetext") !== before""", arg=before)
+
+
+def _pick_label(label: str):
+    def action(page) -> None:
+        page.locator(".st-key-label_pick label").filter(has_text=label).first.click()
+        page.wait_for_function(
+            """label => document.querySelector(".st-key-viewer_caption")?.innerText.startsWith(label + " ·")""",
+            arg=label)
+    return action
+
+
+def _upload(path: Path):
+    def action(page) -> None:
+        before = _tree_text(page)
+        page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(path))
+        _wait_tree_changed(page, before)
+    return action
+
+
 def _nih_pngs(data: Path, n: int) -> list[Path]:
     import pandas as pd
 
@@ -197,8 +261,10 @@ def _nih_pngs(data: Path, n: int) -> list[Path]:
     return [data / "nih" / "images" / name for name in rows["Image Index"].tolist()[:n]]
 
 
-def browser_figures(url: str, reps: int, data: Path, weights_dir: Path) -> dict[str, list[float]]:
-    """Every browser figure, ``reps`` times each (fresh session per repeat)."""
+def browser_figures(url: str, reps: int, data: Path, weights_dir: Path, runs_log: Path,
+                    only_reruns: bool = False) -> dict[str, list[float]]:
+    """Every browser figure, ``reps`` times each (fresh session per repeat); with ``only_reruns`` just the
+    server-side script time of display-only and new-image reruns."""
     from playwright.sync_api import sync_playwright
 
     from core.registry import scan_weights
@@ -210,7 +276,7 @@ def browser_figures(url: str, reps: int, data: Path, weights_dir: Path) -> dict[
     option = {n: " ≡ ".join([n, *scan.same_as(n)]) for n in distinct}
     learnt = [lab for lab in scan.variants[0].labels
               if lab not in next(v for v in scan.variants if v.name == default).card.labels_not_learnt]
-    pngs = _nih_pngs(data, 3 * reps)
+    pngs = _nih_pngs(data, 4 * reps)
     dicoms = {"j2k": data / "dicom" / "pljd_966_fixed_DX_MONO1_J2KR_chestPA.dcm",
               "jpegls": data / "dicom" / "pljd_RG1_JLSN_CR_MONO1_JPEGLS_near_lossless_chest.dcm"}
     out: dict[str, list[float]] = {}
@@ -228,6 +294,17 @@ def browser_figures(url: str, reps: int, data: Path, weights_dir: Path) -> dict[
             add("warm_page_load_s", load)
             add("sample_to_tree_s", sample)
             add("upload_png_to_tree_s", upload(page, pngs[rep]))
+            # Server-side script time: display-only changes (map opacity, the selected label) against a rerun
+            # that analyses an image new to the session. Each display change reruns only the viewer's fragment.
+            for action in (_nudge_opacity, _pick_label("Pleural Effusion"), _nudge_opacity,
+                           _pick_label("Cardiomegaly")):
+                seconds, fragment_only = timed_runs(page, runs_log, action)
+                add("display_rerun_s", seconds)
+                add("display_rerun_fragment_only", float(fragment_only))
+            add("analysis_rerun_s", timed_runs(page, runs_log, _upload(pngs[3 * reps + rep]))[0])
+            if only_reruns:
+                context.close()
+                continue
             for kind, path in dicoms.items():
                 add(f"upload_dicom_{kind}_to_tree_s", upload(page, path))
             add("upload_png_to_tree_s", upload(page, pngs[reps + rep]))
@@ -244,67 +321,35 @@ def browser_figures(url: str, reps: int, data: Path, weights_dir: Path) -> dict[
     return out
 
 
-def rerun_ratio(weights_dir: Path, reps: int) -> tuple[float, float]:
-    """Median server-side seconds of a display-only rerun and of a rerun analysing a new image (AppTest)."""
-    from streamlit.testing.v1 import AppTest
-
-    from dashboard.pipeline import AnalysisCache
-    from dashboard.ui.state import CACHE_KEY, MEMO_KEY
-
-    at = AppTest.from_file(str(REPO_ROOT / "dashboard" / "app.py"), default_timeout=300)
-    sys.argv = [sys.argv[0], "--weights-dir", str(weights_dir)]
-    at.run()
-    at.selectbox(key="sample").set_value(SAMPLE).run()
-    at.run()
-    display, analysis = [], []
-    for rep in range(reps):
-        # A value not used before, so the rerun really draws a new map layer (nothing memoised to reuse).
-        at.slider(key="cam_opacity").set_value(round(0.05 * (1 + rep % 8), 2))
-        start = time.perf_counter()
-        at.run()
-        display.append(time.perf_counter() - start)
-        # The same rerun, but the image is new to the session: no analysis, display copy, map layer or figure kept.
-        at.session_state[CACHE_KEY] = AnalysisCache()
-        at.session_state[MEMO_KEY] = {}
-        start = time.perf_counter()
-        at.run()
-        analysis.append(time.perf_counter() - start)
-        if at.exception:
-            raise RuntimeError(str(at.exception))
-    return statistics.median(display), statistics.median(analysis)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--weights-dir", default=str(REPO_ROOT / "weights"))
     parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data"))
-    parser.add_argument("--skip-browser", action="store_true", help="only the server-side rerun ratio")
+    parser.add_argument("--only-reruns", action="store_true",
+                        help="only the server-side display-only / new-image rerun figures (quicker)")
     args = parser.parse_args(argv)
     weights_dir = Path(args.weights_dir).resolve()
     medians: dict[str, float] = {}
 
-    display, analysis = rerun_ratio(weights_dir, args.reps)
-    print(f"display_rerun_s={display:.3f} analysis_rerun_s={analysis:.3f} (server-side script time, medians)")
-    medians["display_over_analysis"] = display / analysis
-
-    if not args.skip_browser:
-        if not Path(CHROMIUM).exists():
-            raise SystemExit(f"{CHROMIUM} is missing: run `make system-deps`")
-        tmp = Path(tempfile.mkdtemp(prefix="hicxr_bench_"))
-        proc, url = start_server(weights_dir, tmp / "streamlit.log")
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"{CHROMIUM} is missing: run `make system-deps`")
+    tmp = Path(tempfile.mkdtemp(prefix="hicxr_bench_"))
+    runs_log = tmp / "runs.jsonl"
+    proc, url = start_server(weights_dir, tmp / "streamlit.log", runs_log)
+    try:
+        figures = browser_figures(url, args.reps, Path(args.data), weights_dir, runs_log, args.only_reruns)
+    finally:
+        proc.terminate()
         try:
-            figures = browser_figures(url, args.reps, Path(args.data), weights_dir)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            shutil.rmtree(tmp, ignore_errors=True)
-        for key, values in figures.items():
-            medians[key] = statistics.median(values)
-            print(f"{key}={medians[key]:.3f} (median of {len(values)}; min {min(values):.3f}, max {max(values):.3f})")
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    for key, values in figures.items():
+        medians[key] = statistics.median(values)
+        print(f"{key}={medians[key]:.3f} (median of {len(values)}; min {min(values):.3f}, max {max(values):.3f})")
+    medians["display_over_analysis"] = medians["display_rerun_s"] / medians["analysis_rerun_s"]
 
     load = os.getloadavg()[0]
     print(f"load_average_1min={load:.2f} cpus={os.cpu_count()}")

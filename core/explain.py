@@ -74,6 +74,59 @@ def overlay(
     return np.rint((1.0 - alpha) * gray * 255.0 + alpha * colour * 255.0).astype(np.uint8)
 
 
+def dashed_contours(heat: np.ndarray, levels: Sequence[float] = RELATIVE_LEVELS,
+                    color: tuple[float, float, float] = RELATIVE_COLOR, supersample: int = 2) -> np.ndarray:
+    """Dashed iso-lines of a map, alone on a transparent ground: the picture of a *relative* map.
+
+    Lines follow ``levels`` (higher levels thicker: 1.4, 3.1 and 4.7 px, dashes 3.7 and gaps 1.6 line widths, as
+    matplotlib draws a dashed contour at 100 dpi). Traced with scikit-image's marching squares and drawn by PIL on
+    a ``supersample`` times larger canvas, then reduced, so the lines are smooth; a few milliseconds for a 320 px
+    map, against about 80 ms for a matplotlib figure, which matters on each click in the viewer.
+
+    Args:
+        heat: ``(H, W)`` map in [0, 1] at the size of the picture.
+        levels: Map values the lines follow.
+        color: RGB in [0, 1].
+        supersample: Drawing scale before the reduction (anti-aliasing).
+
+    Returns:
+        ``(H, W, 4)`` uint8 RGBA, transparent where no line passes.
+    """
+    from skimage.measure import find_contours
+
+    heat = np.asarray(heat, dtype=np.float32)
+    if heat.ndim != 2:
+        raise ValueError(f"expected a 2-D map, got shape {heat.shape}")
+    h, w = heat.shape
+    s = max(1, int(supersample))
+    canvas = Image.new("RGBA", (w * s, h * s), (0, 0, 0, 0))
+    if float(heat.max()) > float(heat.min()):
+        draw = ImageDraw.Draw(canvas)
+        rgba = (*(int(round(c * 255)) for c in color), 255)
+        for k, level in enumerate(sorted(levels)):
+            width = (1.0 + 1.2 * k) * 100.0 / 72.0 * s  # matplotlib's points at 100 dpi, in canvas pixels
+            for path in find_contours(heat, level):
+                for run in _dashes(path[:, ::-1] * s + (s - 1) / 2.0, on=3.7 * width, off=1.6 * width):
+                    draw.line(run.ravel().tolist(), fill=rgba, width=max(1, round(width)))
+    if s > 1:
+        canvas = canvas.resize((w, h), Image.Resampling.BOX)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def _dashes(points: np.ndarray, on: float, off: float) -> list[np.ndarray]:
+    """The "on" stretches of a dash pattern laid along a polyline (``(N, 2)`` x, y points)."""
+    steps = np.hypot(*np.diff(points, axis=0).T)
+    along = np.concatenate([[0.0], np.cumsum(steps)])
+    if along[-1] <= 0:
+        return []
+    # Resample every two canvas pixels, then keep the samples whose place in the pattern falls on a dash.
+    at = np.linspace(0.0, along[-1], max(2, int(np.ceil(along[-1] / 2.0)) + 1))
+    xy = np.stack([np.interp(at, along, points[:, 0]), np.interp(at, along, points[:, 1])], axis=1)
+    dash = (at % (on + off)) < on
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], dash.astype(np.int8), [0]])))
+    return [xy[a:b] for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a >= 2]
+
+
 def contour_overlay(image: np.ndarray, cam: np.ndarray, levels: Sequence[float] = RELATIVE_LEVELS,
                     color: tuple[float, float, float] = RELATIVE_COLOR) -> np.ndarray:
     """Dashed iso-lines of a map over a grayscale image: the picture of a *relative* map, which ranks regions
@@ -88,25 +141,13 @@ def contour_overlay(image: np.ndarray, cam: np.ndarray, levels: Sequence[float] 
     Returns:
         ``(H, W, 3)`` uint8 RGB image.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2:
         raise ValueError(f"image must be a 2-D grayscale array, got shape {image.shape}")
-    h, w = image.shape
-    heat = upsample(cam, image.shape)
-    fig = Figure(figsize=(w / 100.0, h / 100.0), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    if float(heat.max()) > float(heat.min()):
-        widths = [1.0 + 1.2 * k for k in range(len(levels))]
-        ax.contour(heat, levels=sorted(levels), colors=[color], linewidths=widths, linestyles="dashed")
-    ax.set_axis_off()
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    return np.ascontiguousarray(rgba[..., :3])
+    lines = dashed_contours(upsample(cam, image.shape), levels, color).astype(np.float32) / 255.0
+    gray = np.repeat(np.clip(image, 0.0, 1.0)[..., None], 3, axis=2)
+    alpha = lines[..., 3:]
+    return np.rint(((1.0 - alpha) * gray + alpha * lines[..., :3]) * 255.0).astype(np.uint8)
 
 
 def contact_sheet(

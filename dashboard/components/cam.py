@@ -15,9 +15,8 @@ from core.analysis import Analysis
 from core.explain import (
     COLORMAPS,
     DEFAULT_COLORMAP,
-    RELATIVE_COLOR,
-    RELATIVE_LEVELS,
     contour_overlay,
+    dashed_contours,
     overlay,
     upsample,
 )
@@ -77,10 +76,10 @@ def cam_layer(
     if label not in analysis.labels:
         raise KeyError(f"unknown label {label!r}")
     if shows_relative_map(analysis, label):
-        # Contours are drawn by matplotlib, whose cost grows with the canvas: 320 px is sharp enough once stretched.
+        # Contours cost more as the canvas grows: 320 px is sharp enough once stretched.
         scale = min(1.0, 320 / max(shape))
         small = (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
-        return _contour_layer(upsample(cam_map(analysis, label), small))
+        return dashed_contours(upsample(cam_map(analysis, label), small))
     heat = upsample(cam_map(analysis, label), shape)
     # A 256-entry colour table indexed by the map: the same colours as the colour map, at a fraction of its cost.
     table = np.rint(matplotlib.colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.uint8)
@@ -90,27 +89,6 @@ def cam_layer(
     ramp = np.clip((heat - np.float32(threshold)) / np.float32(0.04), 0.0, 1.0)
     rgba[..., 3] = np.rint(ramp * np.float32(opacity * 255.0)).astype(np.uint8)
     return rgba
-
-
-def _contour_layer(heat: np.ndarray) -> np.ndarray:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    h, w = heat.shape
-    fig = Figure(figsize=(w / 100.0, h / 100.0), dpi=100)
-    fig.patch.set_alpha(0.0)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_xlim(-0.5, w - 0.5)
-    ax.set_ylim(h - 0.5, -0.5)
-    ax.patch.set_alpha(0.0)
-    if float(heat.max()) > float(heat.min()):
-        widths = [1.0 + 1.2 * k for k in range(len(RELATIVE_LEVELS))]
-        ax.contour(heat, levels=sorted(RELATIVE_LEVELS), colors=[RELATIVE_COLOR], linewidths=widths,
-                   linestyles="dashed")
-    ax.set_axis_off()
-    canvas.draw()
-    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba()))
 
 
 def cam_caption(analysis: Analysis, label: str) -> str:

@@ -295,12 +295,7 @@ def taxonomy_figure(
         name="called", customdata=[labels[i] for i in called],
         marker=dict(size=CALLED_RING, symbol="circle-open", color=POSITIVE_COLOR, line=dict(width=3)),
     ))
-    if selected in labels:
-        # The selection frames the node and its caption (a tinted box), unlike any ring.
-        x, y = pos[selected]
-        fig.add_shape(type="rect", x0=x - 0.48, x1=x + 0.48, y0=y - _caption_depth(selected) - 0.03, y1=y + 0.2,
-                      line=dict(color=SELECTED_COLOR, width=2), fillcolor=SELECTED_FILL, layer="below",
-                      name="selected")
+    show_selection(fig, taxonomy, selected)
 
     def nodes(rows: list[int], name: str, text_color: str, marker: dict) -> go.Scatter:
         return go.Scatter(
@@ -386,6 +381,23 @@ def taxonomy_figure(
         # Dark text on white with a dark border: readable, unlike plotly's default light grey on white.
         hoverlabel=dict(bgcolor="#ffffff", bordercolor="#1a202c", font=dict(size=13, color="#1a202c")),
     )
+    return fig
+
+
+def show_selection(fig: go.Figure, taxonomy: Taxonomy, selected: str | None) -> go.Figure:
+    """Frame ``selected``'s node and caption in ``fig`` (a tinted box, unlike any ring), replacing any earlier
+    frame; ``None`` or an unknown label removes it. Changes ``fig`` in place and returns it.
+
+    The rest of a tree figure depends only on the analysis, so the dashboard builds it once per analysis and moves
+    the frame on each click: a millisecond, against tens for building the figure again.
+    """
+    shapes = []
+    if selected in taxonomy.labels:
+        x, y = tree_positions(taxonomy)[selected]
+        shapes.append(dict(type="rect", x0=x - 0.48, x1=x + 0.48, y0=y - _caption_depth(selected) - 0.03,
+                           y1=y + 0.2, line=dict(color=SELECTED_COLOR, width=2), fillcolor=SELECTED_FILL,
+                           layer="below", name="selected"))
+    fig.layout.shapes = shapes
     return fig
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import streamlit as st
 import streamlit.components.v1 as components
 from PIL import Image
 
@@ -48,6 +49,28 @@ def png_bytes(rgba: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgba)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def _sent_key(key: str) -> str:
+    return f"_{key}_levels_sent"
+
+
+def _needs_levels(key: str, image_id: str) -> bool:
+    """Whether this run must send the image's pixels (a few MB) to the viewer.
+
+    They go once per image and session: the browser keeps them while the image stays the same, so a display-only
+    rerun sends a few hundred bytes, not the picture again. A viewer that lost them (drawn anew, e.g. after the
+    reader came back from another tab) asks for them with ``need`` and a fresh ``nonce``, answered once.
+    """
+    if st.session_state.get(_sent_key(key)) != image_id:
+        return True
+    value = st.session_state.get(key)
+    if isinstance(value, dict) and value.get("need") == image_id:
+        nonce, answered = value.get("nonce"), st.session_state.get(f"_{key}_need_answered")
+        if nonce != answered:
+            st.session_state[f"_{key}_need_answered"] = nonce
+            return True
+    return False
 
 
 def radiograph_viewer(
@@ -84,8 +107,11 @@ def radiograph_viewer(
     presets = [{"name": name, "title": PRESET_TITLES[name], "center": c, "width": w}
                for name, (c, w) in display.presets.items()]
     h, w = display.levels.shape
+    levels = b""
+    if _needs_levels(key, image_id):
+        levels = display.levels.astype("<u2").tobytes()
     value: Any = _component(
-        key=key, default=None, image_id=image_id, levels=display.levels.astype("<u2").tobytes(), width=int(w),
+        key=key, default=None, image_id=image_id, levels=levels, width=int(w),
         height_px=int(h), raw_low=display.raw_low, raw_high=display.raw_high, scale=display.scale,
         inverted=display.inverted, sigmoid=display.sigmoid, integer=display.integer, presets=presets,
         source_size=list(display.source_size),
@@ -94,6 +120,8 @@ def radiograph_viewer(
         overlay=overlay_png, overlay_id=overlay_id, map_title=map_title, image_title=image_title,
         labels=labels or [], selected=selected, height=int(height), show_map=show_map,
     )
+    if levels:
+        st.session_state[_sent_key(key)] = image_id
     if not isinstance(value, dict) or value.get("image_id") != image_id:
         return None
     try:

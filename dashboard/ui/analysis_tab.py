@@ -1,7 +1,9 @@
 """The Analysis tab: the viewer (radiograph and map, one window/level), the taxonomy tree and table, the gallery.
 
-Display controls live in one fragment, so moving them reruns only that panel; the analysis itself comes from the
-session cache and is never recomputed for a display change, and the figures drawn from it are memoised.
+Display changes rerun only a fragment, never the page: picking a label reruns the workspace (viewer, gallery,
+tree), a map control or a window reruns only the viewer panel inside it. The analysis comes from the session
+cache and is never recomputed for a display change; the figures drawn from it are memoised, and the tree's
+selection frame is moved, not the tree redrawn. ``python bench/dashboard.py`` measures what such a rerun costs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from core.imaging import XrayImage
 from core.ood import is_technical_note
 from dashboard.components.cam import COLORMAPS, cam_caption, cam_layer, cam_overlay, gallery_labels
 from dashboard.components.image_view import is_dicom_metadata, metadata_table
-from dashboard.components.tree import label_from_selection, taxonomy_figure, tree_order
+from dashboard.components.tree import label_from_selection, show_selection, taxonomy_figure, tree_order
 from dashboard.components.viewer import ViewerState, png_bytes, radiograph_viewer
 from dashboard.ui.state import SELECTED_LABEL, VIEWER_KEY, Context
 
@@ -58,43 +60,58 @@ def render_analysis(ctx: Context) -> None:
     and the table of every output, then the image's details."""
     population_banner(ctx.analysis)
     _workspace(ctx)
+    # Outside the fragments: the table depends on the analysis only, so a click on the tree need not send it again.
+    st.subheader("All outputs")
+    _findings_table(ctx)
     _metadata_panel(ctx.image)
 
 
 @st.fragment
 def _workspace(ctx: Context) -> None:
-    """Viewer, map controls, tree and table in one fragment: a node click or a display control reruns only this
-    panel, from cached records (no hashing, no file read, no network pass)."""
-    _take_viewer_value(ctx)
+    """Viewer, gallery and tree in one fragment: picking a label (a node click or the keyboard list) reruns only
+    this panel, from cached records and figures (no hashing, no file read, no network pass)."""
     analysis = ctx.analysis
     in_banner = {c.message for c in analysis.population_checks}
     for warning in analysis.warnings:
         if warning not in in_banner:  # the banner already says it
             st.warning(warning, icon=":material/warning:")
-    _viewer(ctx)
-    # Full width for the tree, so its 12 px captions never collide at 1,280 px; the table below shows every row.
+    _viewer_panel(ctx)
+    # Full width for the tree, so its 12 px captions never collide at 1,280 px.
     st.subheader("Findings in the clinical taxonomy")
     _tree(ctx)
+
+
+@st.fragment
+def _viewer_panel(ctx: Context) -> None:
+    """The viewer, its map controls and the gallery, a fragment inside the workspace: a map control (colours,
+    opacity, threshold) or a window the reader settles on reruns only this, not the tree and table."""
+    if _take_viewer_value(ctx):
+        # The reader picked another label with the viewer's [ ] keys: the tree's frame must follow, so the whole
+        # page runs again (rare, unlike the map controls).
+        st.rerun(scope="app")
+    _viewer(ctx)
     _gallery(ctx)
-    st.subheader("All outputs")
-    _findings_table(ctx)
 
 
-def _take_viewer_value(ctx: Context) -> None:
-    """Keep the window the reader chose for this image, and follow a label picked with the viewer's [ ] keys."""
+def _take_viewer_value(ctx: Context) -> bool:
+    """Keep the window the reader chose for this image, and follow a label picked with the viewer's [ ] keys;
+    True when that changed the selected label."""
     value = st.session_state.get(VIEWER_KEY)
     if not isinstance(value, dict) or value.get("image_id") != ctx.digest:
-        return
+        return False
     try:
         state = ViewerState(center=float(value["center"]), width=float(value["width"]),
                             invert=bool(value["invert"]), preset=str(value.get("preset", "custom")))
     except (KeyError, TypeError, ValueError):
-        return
+        return False
     st.session_state[ctx.view_key] = state
     nonce, label = value.get("nonce"), value.get("select")
     if nonce is not None and nonce != st.session_state.get("_viewer_nonce") and label in ctx.analysis.labels:
         st.session_state["_viewer_nonce"] = nonce
+        changed = st.session_state.get(SELECTED_LABEL) != label
         st.session_state[SELECTED_LABEL] = label
+        return changed
+    return False
 
 
 def _viewer(ctx: Context) -> None:
@@ -174,9 +191,10 @@ def _tree(ctx: Context) -> None:
     analysis = ctx.analysis
     selected = ctx.selected_label()
     card = ctx.get_variant(ctx.variant).card
-    figure = ctx.memo("tree", (ctx.digest, ctx.variant, ctx.mc_samples, selected), lambda: taxonomy_figure(
-        analysis, ctx.taxonomy, auroc_notes=ctx.auroc_notes(), selected=selected,
-        training_positives=card.training_positives, height=TREE_HEIGHT))
+    # Built once per analysis; a click only moves the selection frame (in place, this session's own copy).
+    figure = show_selection(ctx.memo("tree", (ctx.digest, ctx.variant, ctx.mc_samples), lambda: taxonomy_figure(
+        analysis, ctx.taxonomy, auroc_notes=ctx.auroc_notes(), training_positives=card.training_positives,
+        height=TREE_HEIGHT)), ctx.taxonomy, selected)
     st.plotly_chart(figure, key="tree", on_select=partial(_on_tree_click, list(analysis.labels)),
                     selection_mode="points", config=TREE_CONFIG)
     # Keyboard route to every node: the same labels, in the tree's order, as a radio group (Tab to it, then the
@@ -221,7 +239,7 @@ def _findings_table(ctx: Context) -> None:
             return f"n/a: not learnt ({n or 0} positive training images)"
         return auroc.get(label, "n/a: not reported")
 
-    table = pd.DataFrame(
+    table = ctx.memo("table", (ctx.digest, ctx.variant, ctx.mc_samples), lambda: pd.DataFrame(
         {
             "label": analysis.labels,
             "P (MC mean)": shown(analysis.mc_mean, learnt),
@@ -232,7 +250,7 @@ def _findings_table(ctx: Context) -> None:
             "test AUROC": [auroc_cell(label) for label in analysis.labels],
             "parents": [", ".join(ctx.taxonomy.parents(label)) for label in analysis.labels],
         }
-    ).sort_values("P (MC mean)", ascending=False, na_position="last")
+    ).sort_values("P (MC mean)", ascending=False, na_position="last"))
     st.dataframe(
         table,
         hide_index=True,

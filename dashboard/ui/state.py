@@ -40,7 +40,7 @@ SELECTED_LABEL = "selected_label"
 VIEWER_KEY = "viewer"
 MEMO_KEY = "display_memo"
 #: Display products memoised per session (display copies ~2 MB each, map layers and figures far less).
-MEMO_LIMITS = {"display": 2, "layer": 16, "tree": 16}
+MEMO_LIMITS = {"display": 2, "layer": 16, "tree": 8, "table": 8}
 
 
 def weights_dir_from(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
