@@ -26,17 +26,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+from bench import dashboard_server  # noqa: E402 - importable once the repository root is on the path
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -46,36 +45,6 @@ TIMEOUT_MS = 180_000
 GOALS = {"warm_page_load_s": 5.0, "upload_png_to_tree_s": 1.0, "upload_dicom_j2k_to_tree_s": 1.5,
          "upload_dicom_jpegls_to_tree_s": 1.5, "variant_switch_cached_s": 0.3, "compare_tab_s": 3.0,
          "display_over_analysis": 0.05}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(weights_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    """``streamlit run dashboard/app.py`` on a free loopback port; returns the process and its URL once healthy."""
-    port = _free_port()
-    log = open(log_path, "w")  # noqa: SIM115 - closed with the process by the caller's exit
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1", "--", "--weights-dir", str(weights_dir)],
-        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.3)
 
 
 def _tree_text(page) -> str:
@@ -292,15 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(CHROMIUM).exists():
             raise SystemExit(f"{CHROMIUM} is missing: run `make system-deps`")
         tmp = Path(tempfile.mkdtemp(prefix="hicxr_bench_"))
-        proc, url = start_server(weights_dir, tmp / "streamlit.log")
         try:
-            figures = browser_figures(url, args.reps, Path(args.data), weights_dir)
+            with dashboard_server.running(tmp / "streamlit.log", server_args=["--server.address", "127.0.0.1"],
+                                          app_args=["--weights-dir", str(weights_dir)]) as server:
+                figures = browser_figures(server.url, args.reps, Path(args.data), weights_dir)
+        except dashboard_server.DashboardStartError as exc:
+            raise SystemExit(str(exc)) from None
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
             shutil.rmtree(tmp, ignore_errors=True)
         for key, values in figures.items():
             medians[key] = statistics.median(values)
