@@ -7,6 +7,7 @@ Examples::
     python train.py --config configs/nih_bce.yaml --resume           # continue runs/nih_bce/ from its last epoch
     torchrun --nproc_per_node=2 train.py --config configs/nih_hbce_soft_data.yaml   # DDP (gloo on CPU, nccl on GPU)
     python train.py --config configs/nih_hbce_soft_data.yaml --cv 5     # patient-level 5-fold CV over train+val
+    python train.py --config configs/nih_bce.yaml --cv 5 --fold 0 --fold 2   # only those folds (share a CV)
     python train.py --config configs/nih_hbce_soft_data.yaml --fit-from-cv runs/nih_hbce_soft_cv5 --export weights/X
 
 Writes ``runs/<name>/`` (``config.yaml``, ``metrics.csv``, ``checkpoints/``); with ``--export weights/VARIANT``
@@ -38,6 +39,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", help="shorthand for --set name=NAME (the run folder)")
     parser.add_argument("--cv", type=int, metavar="K", help="patient-level K-fold cross-validation over train+val "
                         "(resumable; writes runs/<name>_cvK/ with cv_summary.json); no export")
+    parser.add_argument("--fold", type=int, action="append", metavar="I",
+                        help="with --cv: train only fold I (0-based; repeatable), so processes or machines can share "
+                        "one CV; a last --cv run without --fold summarises once every fold is finished")
     parser.add_argument("--alias", action="append", default=[], metavar="NAME",
                         help="with --export: another name of the exported model (repeatable)")
     parser.add_argument("--fit-from-cv", metavar="DIR", help="train on train+val for the epoch chosen by the "
@@ -70,11 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.cv:
-            summary = run_cv(config, args.cv)
+            summary = run_cv(config, args.cv, only=args.fold)
             if summary.get("complete"):
                 print(f"{args.cv}-fold CV of {config.name}: macro AUROC {summary['cv_macro_auroc_mean']:.4f} "
                       f"+- {summary['cv_macro_auroc_std']:.4f} (folds), pooled out-of-fold "
                       f"{summary['oof_macro_auroc']:.4f}, at epoch {summary['chosen_epoch']}")
+            elif args.fold:
+                print(f"fold(s) {', '.join(map(str, args.fold))} trained; run --cv {args.cv} without --fold to "
+                      "summarise once every fold is finished")
             else:
                 print("CV paused (train.stop_after_epochs); run the same command again to continue")
             return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,13 @@ def _epochs_done(run_dir: Path) -> int:
     return int(json.loads(state.read_text(encoding="utf-8"))["loop"]["epoch"])
 
 
-def run_cv(config: Config, folds: int = 5, taxonomy: Taxonomy | None = None) -> dict[str, Any]:
+def run_cv(config: Config, folds: int = 5, taxonomy: Taxonomy | None = None,
+           only: Sequence[int] | None = None) -> dict[str, Any]:
     """Train every fold (skipping finished ones, resuming interrupted ones), then summarise; returns the summary.
+
+    ``only`` trains just those folds (0-based), so several processes or machines can share one CV: each runs its
+    own folds with ``only``, and a last call without it finds them finished and writes the summary. The summary is
+    written only once every fold is finished; until then the result says ``complete: false``.
 
     ``train.stop_after_epochs`` still slices the work: the call returns after that many epochs of the first
     unfinished fold (with ``complete: false`` in the result), and calling again continues.
@@ -73,11 +79,14 @@ def run_cv(config: Config, folds: int = 5, taxonomy: Taxonomy | None = None) -> 
 
     if folds < 2:
         raise CVError(f"cross-validation needs at least 2 folds, got {folds}")
+    chosen = sorted(set(range(folds) if only is None else only))
+    if not chosen or not all(0 <= fold < folds for fold in chosen):
+        raise CVError(f"folds to train must be between 0 and {folds - 1}, got {list(only or [])}")
     taxonomy = taxonomy or load_taxonomy()
     out = cv_dir(config, folds)
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.yaml")
-    for fold in range(folds):
+    for fold in chosen:
         cfg = fold_config(config, folds, fold)
         done = _epochs_done(cfg.run_dir())
         if done >= config.train.epochs:
@@ -87,6 +96,8 @@ def run_cv(config: Config, folds: int = 5, taxonomy: Taxonomy | None = None) -> 
         train(cfg, resume=done > 0, taxonomy=taxonomy)
         if _epochs_done(cfg.run_dir()) < config.train.epochs:
             return {"complete": False, "cv_dir": str(out)}
+    if any(_epochs_done(fold_config(config, folds, k).run_dir()) < config.train.epochs for k in range(folds)):
+        return {"complete": False, "cv_dir": str(out)}
     summary = summarise_cv(config, folds, taxonomy)
     summary["complete"] = True
     return summary

@@ -12,7 +12,7 @@ from conftest import CARD_KEYS, write_tiny_nih_csv
 
 from core.card import ModelCard
 from core.config import config_from_dict
-from core.crossval import cv_dir, fold_config, load_oof, run_cv
+from core.crossval import CVError, cv_dir, fold_config, load_oof, run_cv
 from core.data import cv_folds, load_splits
 from core.export import export_model
 from core.inference import Predictor
@@ -66,6 +66,13 @@ def test_cv_then_fit_then_export(tiny, taxonomy, tmp_path):
     held = [load_splits(fold_config(config, 2, k))["val"] for k in range(2)]
     assert sum(len(h) for h in held) == pool and not set(held[0].paths) & set(held[1].paths)
 
+    # One process may train only some folds (``--fold``): no summary until every fold is finished.
+    partial = run_cv(config, folds=2, only=[1])
+    assert partial["complete"] is False and not (cv_dir(config, 2) / "cv_summary.json").exists()
+    assert (fold_config(config, 2, 1).run_dir() / "checkpoints" / "last_state.json").is_file()
+    assert not (fold_config(config, 2, 0).run_dir() / "checkpoints" / "last_state.json").exists()
+    with pytest.raises(CVError, match="between 0 and 1"):
+        run_cv(config, folds=2, only=[2])
     summary = run_cv(config, folds=2)
     assert summary["complete"] and summary["epochs"] == [1, 2] and summary["images"] == pool
     assert len(summary["cv_fold_macro_auroc"]) == 2 and summary["chosen_epoch"] in (1, 2)
