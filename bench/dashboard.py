@@ -29,17 +29,16 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+from bench import dashboard_server  # noqa: E402 - importable once the repository root is on the path
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -51,38 +50,10 @@ GOALS = {"warm_page_load_s": 5.0, "upload_png_to_tree_s": 1.0, "upload_dicom_j2k
          "display_over_analysis": 0.05}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(weights_dir: Path, log_path: Path, runs_log: Path, profile: bool = False
-                 ) -> tuple[subprocess.Popen, str]:
-    """``streamlit run dashboard/app.py`` on a free loopback port, every script run timed into ``runs_log``
-    (``bench/timed_streamlit.py``); returns the process and its URL once healthy."""
-    port = _free_port()
-    log = open(log_path, "w")  # noqa: SIM115 - closed with the process by the caller's exit
-    proc = subprocess.Popen(
-        [sys.executable, "bench/timed_streamlit.py", str(runs_log), *(["--profile"] if profile else []), "run",
-         "dashboard/app.py",
-         "--server.port", str(port), "--server.headless", "true", "--server.address", "127.0.0.1",
-         "--", "--weights-dir", str(weights_dir)],
-        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.3)
+def timed_streamlit(runs_log: Path, profile: bool = False) -> list[str]:
+    """The command that stands for ``streamlit``: every script run timed into ``runs_log`` (and profiled)."""
+    return [sys.executable, str(REPO_ROOT / "bench" / "timed_streamlit.py"), str(runs_log),
+            *(["--profile"] if profile else [])]
 
 
 def _tree_text(page) -> str:
@@ -336,15 +307,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{CHROMIUM} is missing: run `make system-deps`")
     tmp = Path(tempfile.mkdtemp(prefix="hicxr_bench_"))
     runs_log = tmp / "runs.jsonl"
-    proc, url = start_server(weights_dir, tmp / "streamlit.log", runs_log)
     try:
-        figures = browser_figures(url, args.reps, Path(args.data), weights_dir, runs_log, args.only_reruns)
+        with dashboard_server.running(tmp / "streamlit.log", server_args=["--server.address", "127.0.0.1"],
+                                      app_args=["--weights-dir", str(weights_dir)],
+                                      streamlit=timed_streamlit(runs_log)) as server:
+            figures = browser_figures(server.url, args.reps, Path(args.data), weights_dir, runs_log,
+                                      args.only_reruns)
+    except dashboard_server.DashboardStartError as exc:
+        raise SystemExit(str(exc)) from None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
     for key, values in figures.items():
         medians[key] = statistics.median(values)

@@ -11,15 +11,15 @@ port), the Compare tab and the imported variant's model card are captured into O
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench import dashboard_server  # noqa: E402 - importable once the repository root is on the path
+
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -29,22 +29,8 @@ def main(weights: Path, out: Path) -> int:
         if not link.exists():
             link.symlink_to(path)
     out.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(out / "streamlit.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1", "--", "--weights-dir", str(weights)],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
+    with dashboard_server.running(out / "streamlit.log", server_args=["--server.address", "127.0.0.1"],
+                                  app_args=["--weights-dir", str(weights)]) as server:
         from playwright.sync_api import TimeoutError as PlaywrightTimeout
         from playwright.sync_api import sync_playwright
 
@@ -52,7 +38,7 @@ def main(weights: Path, out: Path) -> int:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
             page = browser.new_page(viewport={"width": 1600, "height": 2000})
             page.set_default_timeout(300_000)
-            page.goto(url)
+            page.goto(server.url)
             # Nothing is analysed before an image is picked; pick once the first screen's run has finished (a click
             # on a select box being redrawn is lost: then the list is opened again).
             page.locator(".st-key-sample").wait_for()
@@ -80,10 +66,6 @@ def main(weights: Path, out: Path) -> int:
             time.sleep(3)
             page.screenshot(path=str(out / "card_txv_random.png"), full_page=True)
             browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
     return 0
 
 

@@ -256,7 +256,7 @@ def fit_call_evidence(probs: np.ndarray, labels: LabelSet, names: Sequence[str],
     """
     from sklearn.metrics import roc_auc_score
 
-    from core.metrics import bootstrap_ci
+    from core.metrics import bootstrap_ci, resampled_auroc
 
     skip = set(not_learnt)
     if groups is None:
@@ -273,11 +273,7 @@ def fit_call_evidence(probs: np.ndarray, labels: LabelSet, names: Sequence[str],
         auroc = ci = None
         if n1 and n0:
             auroc = float(roc_auc_score(y, p))
-
-            def stat(rows: np.ndarray, y: np.ndarray = y, p: np.ndarray = p) -> float | None:
-                return float(roc_auc_score(y[rows], p[rows])) if 0 < y[rows].sum() < len(rows) else None
-
-            ci = bootstrap_ci(stat, g, n_boot=n_boot, level=rule.confidence)
+            ci = bootstrap_ci(resampled_auroc(y, p), g, n_boot=n_boot, level=rule.confidence)
         reason = judge(label, auroc, ci, n1, n0, rule)
         threshold = sens = spec = None
         if n1 and n0:

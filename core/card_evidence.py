@@ -13,6 +13,13 @@ uses (:class:`core.inference.Predictor`: decoding, preprocessing, calibration, M
   Kermany patients *not* used to fit the population classifier), per check.
 
 Scores are cached as ``.npz`` files in ``--cache`` so a second run only rewrites the cards.
+
+A new export (:func:`core.export.export_model`) fits its card's call evidence with the same function
+(:func:`card_call_evidence`) on its own held-out predictions (out-of-fold, or the validation split); running this
+command afterwards replaces it with evidence on unseen patients, which holds only for models trained before
+2026-12-01: the added patients are in today's train and val splits, so a model trained on them must keep its
+export's evidence. The population-check rates (``ood.measured``) need image sets outside the training config
+(other collections, held-out pediatric films) and are measured here only.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.calls import CallRule, fit_call_evidence
+from core.calls import CallEvidence, CallRule, card_rule, fit_call_evidence
+from core.card import ModelCard
 from core.card_sections import OODInfo
 from core.head import head_outputs
 from core.imaging import ImageError
@@ -174,6 +182,25 @@ def heldout_labels(table: pd.DataFrame, rows: np.ndarray, taxonomy_labels: list[
     return labels
 
 
+def card_call_evidence(card: ModelCard, probs: np.ndarray, labels: LabelSet, source: str
+                       ) -> tuple[CallRule, CallEvidence]:
+    """The call rule ``card`` states (the default rule for a card without one) and the evidence of each of its learnt
+    labels under that rule, fitted on held-out displayed probabilities: the one way a card's ``call_evidence`` is
+    made, here for a shipped model's unseen patients and by :func:`core.export.export_model` for a new model's
+    out-of-fold or validation predictions.
+
+    Args:
+        card: The model card (its ``call_rule`` and ``labels_not_learnt`` are read).
+        probs: ``(N, L)`` probabilities as the model displays them, for images the model never trained on.
+        labels: Their labels, in the taxonomy's output order (``Patient ID`` in the metadata makes the AUROC
+            bootstrap resample patients).
+        source: What the held-out images and probabilities are, for the card.
+    """
+    rule = card_rule(card)
+    return rule, fit_call_evidence(probs, labels, list(labels.labels), rule, set(card.labels_not_learnt),
+                                   source=source)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point (see the module docstring)."""
 
@@ -204,11 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         assert card is not None and loaded.variant is not None
         rows = unseen_rows(unseen, str(card.data.trained_on or "train"), seen_in=nih)
         held = heldout_labels(unseen, rows, labels)
-        rule = card.call_rule or CallRule()
-        evidence = fit_call_evidence(nih_scores[name].mc_mean[rows], held, labels, rule, set(card.labels_not_learnt),
-                                     source=f"NIH images of {unseen.loc[rows, 'Patient ID'].nunique()} patients the "
-                                            f"model never trained on, outside the test split ({int(rows.sum())} "
-                                            "images; displayed Monte-Carlo mean probabilities)")
+        rule, evidence = card_call_evidence(
+            card, nih_scores[name].mc_mean[rows], held,
+            source=f"NIH images of {unseen.loc[rows, 'Patient ID'].nunique()} patients the model never trained on, "
+                   f"outside the test split ({int(rows.sum())} images; displayed Monte-Carlo mean probabilities)")
         ood = card.ood or OODInfo()
         measured = measure_ood({k: v[name] for k, v in sets.items()},
                                np.inf if ood.threshold is None else ood.threshold,

@@ -8,8 +8,9 @@ Two ways in, one code path (:func:`export_model`):
   the existing card.
 
 Everything the card states is computed from the exported fp16 file itself (reloaded), so its numbers are what a
-user of the file gets. Calibration, operating points and the out-of-distribution threshold are fitted on held-out
-data (:mod:`core.heldout`); the test split is only measured, once.
+user of the file gets. Calibration, operating points, the call rule's evidence (:mod:`core.card_evidence`) and the
+out-of-distribution threshold are fitted on held-out data (:mod:`core.heldout`); the test split is only measured,
+once.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.calls import CallEvidence, CallRule
 from core.card import Calibration, ModelCard, OperatingPoint
+from core.card_evidence import card_call_evidence
 from core.card_sections import (
     CrossValidationInfo,
     DataInfo,
@@ -177,7 +180,11 @@ def export_model(
     )
     for key, value in (card_updates or {}).items():
         setattr(card, key, value)
-    # 7. where its maps point, against NIH's radiologist boxes (when the box file is beside the label table)
+    # 7. the call rule's evidence, from the held-out predictions that set the operating points
+    evidence = _call_evidence(card, held, measured)
+    if evidence is not None:
+        card.call_rule, card.call_evidence = evidence
+    # 8. where its maps point, against NIH's radiologist boxes (when the box file is beside the label table)
     from core.pointing import measure_for_card
 
     card.pointing = measure_for_card(model, card, resolve_path(config.data.csv), resolve_path(config.data.images))
@@ -201,6 +208,8 @@ class _Measured:
     test_probs: np.ndarray
     raw_probs: np.ndarray
     test_features: np.ndarray
+    #: The held-out predictions as displayed (calibrated, max-constrained), ``None`` without held-out data.
+    held_probs: np.ndarray | None = None
 
 
 def _calibrate_and_measure(model: HiCXRNet, config: Config, held: HeldOut | None, learnt: np.ndarray,
@@ -224,12 +233,30 @@ def _calibrate_and_measure(model: HiCXRNet, config: Config, held: HeldOut | None
         val_logits, _ = predict_outputs(model, val)
         metrics["val"] = evaluate_predictions(val.labels.targets, output_probs(val_logits, temperature, model,
                                                                                taxonomy), taxonomy, val.labels.mask)
-    points = {}
+    points, held_probs = {}, None
     if held is not None:
         held_probs = output_probs(held.logits, temperature, model, taxonomy)
         points = fit_operating_points(held_probs, held.labels, learnt, taxonomy, config.eval.target_sensitivity)
         metrics["test"].operating_points = measure_operating_points(points, test_probs, tl, taxonomy)
-    return _Measured(calibration, temperature, points, metrics, test_probs, raw_probs, test_features)
+    return _Measured(calibration, temperature, points, metrics, test_probs, raw_probs, test_features, held_probs)
+
+
+def _call_evidence(card: ModelCard, held: HeldOut | None, measured: _Measured
+                   ) -> tuple[CallRule, CallEvidence] | None:
+    """The card's call rule and per-label call evidence (:func:`core.card_evidence.card_call_evidence`), fitted on
+    the held-out predictions; ``None`` without held-out data (a model fitted on train+val without a
+    cross-validation folder): the card then falls back to :func:`core.calls.card_evidence`'s analytic rule.
+
+    The held-out logits are single passes without Monte-Carlo dropout (the fold models' stored out-of-fold logits;
+    scoring them again with dropout would mean loading every fold model), so the evidence rests on the calibrated
+    single-pass probabilities, as the operating points do, while the dashboard compares the Monte-Carlo mean with
+    the threshold. ``python -m core.card_evidence`` measures the Monte-Carlo mean on unseen patients where such
+    images exist, and replaces this evidence.
+    """
+    if held is None or measured.held_probs is None:
+        return None
+    return card_call_evidence(card, measured.held_probs, held.labels,
+                              source=f"{held.source}; calibrated single-pass probabilities (no Monte-Carlo dropout)")
 
 
 def _fit_ood_and_resave(model: HiCXRNet, weights: Path, train: XrayDataset, config: Config,

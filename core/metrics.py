@@ -99,6 +99,36 @@ def per_label_ece(
     return [expected_calibration_error(t, s, n_bins) for t, s in _columns(y_true, y_prob, mask)]
 
 
+def resampled_auroc(y_true: np.ndarray, y_score: np.ndarray) -> Callable[[np.ndarray], float | None]:
+    """A statistic for :func:`bootstrap_ci`: the AUROC of ``y_true[rows], y_score[rows]`` for a resample ``rows``
+    (indices, repeats allowed), ``None`` when the resample holds one class only.
+
+    Equal to ``roc_auc_score`` on the resampled arrays (the Mann–Whitney statistic, a tied positive and negative
+    counting one half), but computed from each row's repeat count over scores sorted once, so a resample costs a
+    few vector operations instead of scikit-learn's sort and validation: a 1,000-resample interval over a few
+    thousand images takes well under a second instead of about five.
+    """
+    y = np.asarray(y_true).astype(bool)
+    scores = np.asarray(y_score, dtype=float)
+    order = np.argsort(scores, kind="stable")
+    y_sorted = y[order]
+    # Rows of equal score are one tie group; groups are contiguous in the sorted order.
+    starts = np.flatnonzero(np.r_[True, np.diff(scores[order]) != 0])
+    n = len(y)
+
+    def auroc(rows: np.ndarray) -> float | None:
+        weight = np.bincount(rows, minlength=n)[order].astype(float)
+        pos = np.add.reduceat(weight * y_sorted, starts)
+        neg = np.add.reduceat(weight * ~y_sorted, starts)
+        n_pos, n_neg = pos.sum(), neg.sum()
+        if n_pos == 0 or n_neg == 0:
+            return None
+        below = np.cumsum(neg) - neg  # negatives scored strictly below each tie group
+        return float((pos * (below + 0.5 * neg)).sum() / (n_pos * n_neg))
+
+    return auroc
+
+
 def bootstrap_ci(
     statistic: Callable[[np.ndarray], float | None],
     groups: Sequence,

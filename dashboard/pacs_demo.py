@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from core.pacs.devserver import start_seeded  # noqa: E402
-from core.pacs.orthanc import OrthancError  # noqa: E402
+from core.pacs.orthanc import OrthancError, stop_process  # noqa: E402
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
@@ -64,12 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        if dashboard.poll() is None:
-            dashboard.terminate()
-            try:
-                dashboard.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                dashboard.kill()
+        stop_process(dashboard)
         pacs.stop()
 
 

@@ -7,20 +7,16 @@ browser, lazy tabs, and real downloads. Screenshots go to ``tests/artifacts/`` (
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from bench import dashboard_server
 from core.imaging import ImageError, read_image
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
@@ -47,44 +43,13 @@ def node_trace(page, n: int):
     raise AssertionError(f"no tree trace with {n} captioned nodes")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
     """A dashboard server on a free port with the shipped weights (as `make dashboard`); stopped after the module."""
-    weights = REPO_ROOT / "weights"
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("log") / "streamlit.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-             "--server.headless", "true", "--server.address", "127.0.0.1", "--", "--weights-dir", str(weights)],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with dashboard_server.running(log_path, server_args=["--server.address", "127.0.0.1"],
+                                  app_args=["--weights-dir", str(REPO_ROOT / "weights")], timeout=90) as running:
+        yield running.url
     log_text = log_path.read_text()
     assert "Traceback" not in log_text, log_text[-3000:]
 

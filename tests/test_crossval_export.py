@@ -10,11 +10,14 @@ import pytest
 import torch
 from conftest import CARD_KEYS, write_tiny_nih_csv
 
+from core.calls import CallRule, card_evidence
 from core.card import ModelCard
+from core.card_evidence import card_call_evidence
 from core.config import config_from_dict
 from core.crossval import CVError, cv_dir, fold_config, load_oof, run_cv
 from core.data import cv_folds, load_splits
 from core.export import export_model
+from core.heldout import output_probs
 from core.inference import Predictor
 from core.trainer import train
 
@@ -87,8 +90,11 @@ def test_cv_then_fit_then_export(tiny, taxonomy, tmp_path):
                               "train": {**data["train"], "keep_epoch": summary["chosen_epoch"]}})
     result = train(final)
     assert result.state.best_epoch == summary["chosen_epoch"] and len(result.datasets["train"]) == pool
+    # A card may state its own call rule; this lenient one lets the tiny held-out data make labels callable, so
+    # the operating points show which probabilities the evidence was fitted on.
+    lenient = CallRule(auroc_floor=0.0, min_positives=2)
     card = export_model(result.model, final, tmp_path / "weights" / "tiny", cv_dir=folder, reproduce="test",
-                        aliases=["tiny_alias"])
+                        aliases=["tiny_alias"], card_updates={"call_rule": lenient})
     written = json.loads((tmp_path / "weights" / "tiny.json").read_text())
     assert set(CARD_KEYS) <= set(written)
     assert card.calibration is not None and "out-of-fold" in card.calibration.fitted_on
@@ -102,6 +108,22 @@ def test_cv_then_fit_then_export(tiny, taxonomy, tmp_path):
     assert 0 <= card.ood.population_flagged_heldout_outliers <= 1
     assert card.cross_validation.folds == 2 and card.aliases == ["tiny_alias"] and written["aliases"] == ["tiny_alias"]
     assert card.data.trained_on == "train+val"
+    # The export writes the call rule's evidence itself (no fallback to the analytic rule): what core.card_evidence
+    # fits on the same out-of-fold predictions that set the operating points, calibrated as the card states.
+    assert card.call_rule == lenient and card.call_evidence is not None
+    assert card.call_evidence.source.startswith(card.calibration.fitted_on) and "test" not in card.call_evidence.source
+    temperature = np.asarray(card.calibration.temperature) if card.calibration.applied else None
+    oof_logits, oof_labels, _ = load_oof(final, folder)
+    oof_probs = output_probs(oof_logits, temperature, result.model, taxonomy)
+    _, expected = card_call_evidence(card, oof_probs, oof_labels, source=card.call_evidence.source)
+    assert card.call_evidence.to_dict() == expected.to_dict() and expected.thresholds()
+    if card.calibration.applied:  # thresholds on uncalibrated probabilities would differ
+        _, raw = card_call_evidence(card, output_probs(oof_logits, None, result.model, taxonomy), oof_labels, "")
+        assert raw.thresholds() != expected.thresholds()
+    assert sorted(card.call_evidence.labels) == sorted(set(taxonomy.labels) - set(card.labels_not_learnt))
+    assert all(e.ci_method.startswith("patient-level percentile bootstrap") for e in card.call_evidence.labels.values())
+    assert written["call_evidence"] == expected.to_dict() and written["call_rule"] == lenient.to_dict()
+    assert card_evidence(ModelCard.read(tmp_path / "weights" / "tiny.json"))[1].to_dict() == expected.to_dict()
 
     predictor = Predictor(tmp_path / "weights", variants=["tiny"], mc_samples=3)
     loaded = predictor.get()

@@ -10,16 +10,13 @@ reads the audit log the others produced.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from bench import dashboard_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.auth, pytest.mark.timeout(600)]
 
@@ -37,12 +34,6 @@ MALLORY = ("mallory-sub-0c1d", "mallory@elsewhere.example")  # neither
 PHI_TOKEN = "ZZPHITOKEN"
 PHI_DATE = "19010203"
 PHI_STUDY_UID = "1.2.826.0.1.3680043.2.1143.990077"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +60,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(provider, run_dir) -> Iterator[str]:
-    port = _free_port()
+    port = dashboard_server.free_port()
     url = f"http://127.0.0.1:{port}"
     secrets = run_dir / "secrets.toml"
     secrets.write_text(f"""
@@ -86,34 +77,12 @@ required_claim = "groups"
 required_values = ["radiology"]
 idle_timeout_minutes = {IDLE_MINUTES}
 """)
-    log_path = run_dir / "streamlit.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-             "--server.headless", "true", "--secrets.files", str(secrets), "--",
-             "--weights-dir", str(REPO_ROOT / "weights"), "--audit-log", str(run_dir / "audit.jsonl")],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "AUTHLIB_INSECURE_TRANSPORT": "1"},
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    # The secrets' redirect URI names the server's port, so the port is chosen before the server starts.
+    with dashboard_server.running(
+            run_dir / "streamlit.log", port=port, server_args=["--secrets.files", str(secrets)],
+            app_args=["--weights-dir", str(REPO_ROOT / "weights"), "--audit-log", str(run_dir / "audit.jsonl")],
+            env={"AUTHLIB_INSECURE_TRANSPORT": "1"}) as running:
+        yield running.url
 
 
 @pytest.fixture(scope="module")

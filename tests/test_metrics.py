@@ -13,6 +13,7 @@ from core.metrics import (
     macro_mean,
     per_label_auroc,
     positive_counts,
+    resampled_auroc,
     violation_rate,
     weighted_mean,
 )
@@ -64,6 +65,24 @@ def test_bootstrap_draws_whole_groups():
 
     lo, hi = bootstrap_ci(stat, groups, n_boot=50, seed=0)
     assert lo <= hi and min(seen) < 6  # some resamples repeat a group
+
+
+def test_resampled_auroc_is_scikit_learns_auroc_of_the_resample(reference, taxonomy):
+    """The fast bootstrap statistic equals ``roc_auc_score`` on the resampled rows (repeats, tied scores counted
+    half), and is undefined on a resample of one class; on the official release's scores and on coarse scores."""
+    from sklearn.metrics import roc_auc_score
+
+    _, y, p = reference
+    rng = np.random.default_rng(3)
+    columns = [(y[:, taxonomy.index(x)], p[:, taxonomy.index(x)]) for x in taxonomy.chexpert_labels[:6]]
+    columns += [(rng.random(300) < 0.1, np.round(rng.random(300), 1)) for _ in range(3)]  # many ties
+    for truth, score in columns:
+        truth = truth.astype(bool)
+        stat = resampled_auroc(truth, score)
+        for _ in range(20):
+            rows = rng.integers(0, len(truth), len(truth))
+            assert stat(rows) == pytest.approx(roc_auc_score(truth[rows], score[rows]), abs=1e-12)
+        assert stat(np.flatnonzero(truth)) is None and stat(np.flatnonzero(~truth)[:5]) is None
 
 
 def test_one_class_label_has_no_auroc_and_is_skipped():

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import dashboard_server
 from dashboard.serving import RISK_FLAG, SECURITY_HEADERS, StartPlan, UnsafeStartError, check_start, is_loopback
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +53,8 @@ def test_check_start_matrix():
 # ------------------------------------------------------------------------------------------------ real servers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: The app's arguments of every server here: the shipped weights.
+WEIGHTS_ARGS = ["--weights-dir", str(REPO_ROOT / "weights")]
 
 
 def own_address() -> str | None:
@@ -119,37 +118,6 @@ def trap() -> Iterator[TrapProxy]:
     proxy.close()
 
 
-def start(port: int, extra: list[str], app_args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """``streamlit run dashboard/app.py`` from the repository with the repository's .streamlit/config.toml."""
-    cmd = [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-           "--server.headless", "true", *extra, "--", "--weights-dir", str(REPO_ROOT / "weights"), *app_args]
-    with open(log, "w") as out:
-        return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.3)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def refused(host: str, port: int) -> bool:
     """True if nothing accepts a TCP connection at ``host:port``."""
     try:
@@ -162,14 +130,10 @@ def refused(host: str, port: int) -> bool:
 @pytest.fixture(scope="module")
 def local_server(tmp_path_factory, trap) -> Iterator[tuple[str, int]]:
     """The dashboard as `make dashboard` starts it (no address given: the config's default), behind the trap."""
-    port = _free_port()
+    port = dashboard_server.free_port()
     log = tmp_path_factory.mktemp("serving") / "streamlit.log"
-    proc = start(port, [], [], trap.env(), log)
-    try:
-        wait_healthy(proc, f"http://127.0.0.1:{port}", log)
-        yield f"http://127.0.0.1:{port}", port
-    finally:
-        stop(proc)
+    with dashboard_server.running(log, port=port, app_args=WEIGHTS_ARGS, env=trap.env()) as server:
+        yield server.url, port
 
 
 def _get(url: str, headers: dict[str, str] | None = None):
@@ -222,14 +186,14 @@ def test_refuses_network_address_without_login(tmp_path, trap):
     address = own_address()
     if address is None:
         pytest.skip("this machine has no non-loopback address to try")
-    port = _free_port()
+    port = dashboard_server.free_port()
     log = tmp_path / "refused.log"
-    proc = start(port, ["--server.address", address], [], trap.env(), log)
+    proc = dashboard_server.launch(port, log, ["--server.address", address], WEIGHTS_ARGS, trap.env())
     try:
         rc = proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
-            stop(proc)
+            dashboard_server.stop_process(proc)
     text = log.read_text()
     assert rc == 2, text
     assert "refuses to listen" in text and RISK_FLAG in text
@@ -243,12 +207,12 @@ def test_risk_flag_serves_network_address(tmp_path, trap):
     if address is None:
         pytest.skip("this machine has no non-loopback address to try")
     before = trap.connections
-    port = _free_port()
+    port = dashboard_server.free_port()
     log = tmp_path / "flag.log"
-    proc = start(port, ["--server.address", address], [RISK_FLAG], trap.env(), log)
+    proc = dashboard_server.launch(port, log, ["--server.address", address], [*WEIGHTS_ARGS, RISK_FLAG], trap.env())
     try:
-        wait_healthy(proc, f"http://{address}:{port}", log)
+        dashboard_server.wait_healthy(proc, f"http://{address}:{port}", log)
         assert _get(f"http://{address}:{port}/")[0] == 200
     finally:
-        stop(proc)
+        dashboard_server.stop_process(proc)
     assert trap.connections == before

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from conftest import CARD_KEYS, write_tiny_nih_csv
 
+from core.calls import CallRule
 from core.config import REPO_ROOT, ConfigError, config_from_dict, load_config, resolve_path
 from core.model import load_model
 
@@ -62,6 +63,10 @@ def test_train_and_export_writes_a_complete_model_card(tiny_csv, shared_data, tm
     assert moved == cal["applied"]
     assert test["ece"] == pytest.approx(cal["test_ece_calibrated" if cal["applied"] else "test_ece_uncalibrated"])
     assert card["ood"]["threshold_rule"].startswith("quantile of the model's own training scores")
+    # The call rule (the default for a new card) and its evidence, fitted on the same held-out data, never on test.
+    assert card["call_rule"] == CallRule().to_dict()
+    assert card["call_evidence"]["source"].startswith("validation split (16 images);")
+    assert sorted(card["call_evidence"]["labels"]) == sorted(set(taxonomy.labels) - set(card["labels_not_learnt"]))
     assert card["training"]["epochs_run"] == 2 and 1 <= card["training"]["best_epoch"] <= 2
     assert "--export" in card["reproduce"] and "nih_hbce_soft_data.yaml" in card["reproduce"]
     assert "not a medical device" in card["intended_use"]

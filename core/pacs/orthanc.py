@@ -31,7 +31,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ORTHANC_BINARY", "DICOMWEB_PLUGIN", "OrthancError", "OrthancServer", "free_port"]
+__all__ = ["ORTHANC_BINARY", "DICOMWEB_PLUGIN", "OrthancError", "OrthancServer", "free_port", "stop_process"]
 
 ORTHANC_BINARY = "Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -61,6 +61,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """Stop a server process this program started, by its pid: SIGTERM, then SIGKILL if it has not exited after
+    ``timeout`` seconds (never by name, so no other process is touched)."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
 
 
 @dataclass
@@ -218,13 +231,8 @@ class OrthancServer:
 
     def stop(self) -> None:
         """Stop Orthanc by its pid (SIGTERM, SIGKILL after 10 s) and remove the temporary folder."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=10)
+        if self._process is not None:
+            stop_process(self._process, timeout=10)
         self._process = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
