@@ -10,7 +10,8 @@ served from a previous repeat's session cache), then the goals:
 - ``upload_png_to_tree_s``: a 512 px NIH PNG (a different test-split film each repeat) through the real file input
   until its tree shows;
 - ``upload_dicom_<kind>_to_tree_s``: the same for compressed DICOMs (JPEG 2000 lossless 2128 x 2000 and JPEG-LS
-  1955 x 1841 chest films from ``../shared/data/dicom``);
+  1955 x 1841 chest films from ``../shared/data/dicom``), and ``upload_dicom_<kind>_server_s`` the server's script
+  time within it (the rest is the browser: sending the file, drawing the page);
 - ``variant_switch_cached_s``: choosing a variant already analysed in this session until its tree shows;
 - ``compare_tab_s``: opening the Compare tab (every distinct variant, none analysed yet) until every map is drawn;
 - ``node_click_to_map_s``: clicking a tree node until its map and caption show (a display-only interaction);
@@ -106,28 +107,38 @@ def _new_page(browser, url: str, width: int = 1600):
     return context, page, load, sample
 
 
-def upload(page, path: Path) -> float:
-    """Seconds from handing the file to the uploader until the tree shows the new analysis."""
+def _settled_at(page, runs_log: Path, quiet: float = 0.5) -> float:
+    """``perf_counter()`` when the page last went idle, once no further script run has started for ``quiet``
+    seconds: an upload can cause two runs (the first redraws the previous image), so the first idle page is not
+    yet the new image's page."""
+    while True:
+        _idle(page)
+        idle_at = time.perf_counter()
+        count = _lines(runs_log)
+        time.sleep(quiet)
+        if _lines(runs_log) == count and page.evaluate(
+                "() => document.querySelector(\"[data-testid='stApp']\")?.dataset.testScriptState") == "notRunning":
+            return idle_at
+
+
+def upload(page, path: Path, runs_log: Path) -> float:
+    """Seconds from handing the file to the uploader until the tree shows the new analysis and the page is idle."""
     before = _tree_text(page)
     start = time.perf_counter()
     page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(path))
     _wait_tree_changed(page, before)
-    seconds = time.perf_counter() - start
-    _idle(page)
-    return seconds
+    return _settled_at(page, runs_log) - start
 
 
-def choose_variant(page, option: str) -> float:
-    """Seconds from picking ``option`` in the sidebar's Variant box until the tree shows it."""
+def choose_variant(page, option: str, runs_log: Path) -> float:
+    """Seconds from picking ``option`` in the sidebar's Variant box until the tree shows it and the page is idle."""
     before = _tree_text(page)
     page.locator(".st-key-variant").click()
     target = page.get_by_role("option", name=option, exact=True)
     start = time.perf_counter()
     target.click()
     _wait_tree_changed(page, before)
-    seconds = time.perf_counter() - start
-    _idle(page)
-    return seconds
+    return _settled_at(page, runs_log) - start
 
 
 def open_compare(page, expected: int) -> float:
@@ -147,15 +158,28 @@ def open_compare(page, expected: int) -> float:
 
 def click_node(page, label: str, learnt: list[str]) -> float:
     """Seconds from clicking ``label``'s node until the map caption names it."""
-    traces = page.locator(f"{TREE} .scatterlayer .trace")
     nodes = None
-    for i in range(traces.count()):
-        trace = traces.nth(i)
-        if trace.locator("path.point").count() == len(learnt) and trace.locator(".textpoint").count() == len(learnt):
-            nodes = trace.locator("path.point")
-    if nodes is None:
-        raise RuntimeError("tree nodes not found")
-    box = nodes.nth(learnt.index(label)).bounding_box()
+    deadline = time.monotonic() + 30
+    while nodes is None:  # the chart may still be drawing its traces
+        traces = page.locator(f"{TREE} .scatterlayer .trace")
+        for i in range(traces.count()):
+            trace = traces.nth(i)
+            points = trace.locator("path.point").count()
+            if points == len(learnt) and trace.locator(".textpoint").count() == len(learnt):
+                nodes = trace.locator("path.point")
+        if nodes is None and time.monotonic() > deadline:
+            counts = [traces.nth(i).locator("path.point").count() for i in range(traces.count())]
+            raise RuntimeError(f"tree nodes not found: {len(learnt)} learnt labels, traces with {counts} points")
+        time.sleep(0.2)
+    node = nodes.nth(learnt.index(label))
+    node.scroll_into_view_if_needed()  # a mouse click lands in the viewport only
+    box = None
+    for _ in range(50):  # the page may still be moving (the viewer sets its height once its image is drawn)
+        time.sleep(0.2)
+        now = node.bounding_box()
+        if now == box:
+            break
+        box = now
     start = time.perf_counter()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.wait_for_function(
@@ -216,11 +240,9 @@ def _pick_label(label: str):
     return action
 
 
-def _upload(path: Path):
+def _upload(path: Path, runs_log: Path):
     def action(page) -> None:
-        before = _tree_text(page)
-        page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(path))
-        _wait_tree_changed(page, before)
+        upload(page, path, runs_log)
     return action
 
 
@@ -264,7 +286,7 @@ def browser_figures(url: str, reps: int, data: Path, weights_dir: Path, runs_log
             context, page, load, sample = _new_page(browser, url)
             add("warm_page_load_s", load)
             add("sample_to_tree_s", sample)
-            add("upload_png_to_tree_s", upload(page, pngs[rep]))
+            add("upload_png_to_tree_s", upload(page, pngs[rep], runs_log))
             # Server-side script time: display-only changes (map opacity, the selected label) against a rerun
             # that analyses an image new to the session. Each display change reruns only the viewer's fragment.
             for action in (_nudge_opacity, _pick_label("Pleural Effusion"), _nudge_opacity,
@@ -272,20 +294,23 @@ def browser_figures(url: str, reps: int, data: Path, weights_dir: Path, runs_log
                 seconds, fragment_only = timed_runs(page, runs_log, action)
                 add("display_rerun_s", seconds)
                 add("display_rerun_fragment_only", float(fragment_only))
-            add("analysis_rerun_s", timed_runs(page, runs_log, _upload(pngs[3 * reps + rep]))[0])
+            add("analysis_rerun_s", timed_runs(page, runs_log, _upload(pngs[3 * reps + rep], runs_log))[0])
             if only_reruns:
                 context.close()
                 continue
             for kind, path in dicoms.items():
-                add(f"upload_dicom_{kind}_to_tree_s", upload(page, path))
-            add("upload_png_to_tree_s", upload(page, pngs[reps + rep]))
+                start = _lines(runs_log)
+                add(f"upload_dicom_{kind}_to_tree_s", upload(page, path, runs_log))
+                time.sleep(0.5)
+                add(f"upload_dicom_{kind}_server_s", sum(r["seconds"] for r in _runs_since(runs_log, start)))
+            add("upload_png_to_tree_s", upload(page, pngs[reps + rep], runs_log))
             shown = page.locator(".st-key-viewer_caption").inner_text().split(" ·")[0]
             target = next(lab for lab in ("Cardiomegaly", "Pleural Effusion", "Atelectasis") if lab != shown)
             add("node_click_to_map_s", click_node(page, target, learnt))
-            choose_variant(page, option[other])  # analyses it once
-            add("variant_switch_cached_s", choose_variant(page, option[default]))
-            add("variant_switch_cached_s", choose_variant(page, option[other]))
-            choose_variant(page, option[default])
+            choose_variant(page, option[other], runs_log)  # analyses it once
+            add("variant_switch_cached_s", choose_variant(page, option[default], runs_log))
+            add("variant_switch_cached_s", choose_variant(page, option[other], runs_log))
+            choose_variant(page, option[default], runs_log)
             add("compare_tab_s", open_compare(page, min(4, len(distinct))))
             context.close()
         browser.close()
