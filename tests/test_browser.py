@@ -183,7 +183,9 @@ def test_upload_png_click_node_and_see_its_cam(page, shared_data):
     targets = [label for label in ("Cardiomegaly", "Edema", "Pleural Effusion")
                if not shown.startswith(f"{label} ·")][:2]  # clicking the label already shown would deselect it
     for label in targets:
-        box = nodes.nth(learnt.index(label)).bounding_box()
+        node = nodes.nth(learnt.index(label))
+        node.scroll_into_view_if_needed()  # a mouse click at coordinates lands only inside the viewport
+        box = node.bounding_box()
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.wait_for_function(
             """label => {
@@ -200,7 +202,9 @@ def test_upload_png_click_node_and_see_its_cam(page, shared_data):
     # Hovering a node quotes the label's test AUROC with the test positives it rests on; few positives: unreliable.
     positives = default.per_label_positives("test")
     few = min((label for label in learnt if positives.get(label)), key=lambda label: positives[label])
-    box = nodes.nth(learnt.index(few)).bounding_box()
+    node = nodes.nth(learnt.index(few))
+    node.scroll_into_view_if_needed()
+    box = node.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     hover = page.locator(".hoverlayer .hovertext").first
     hover.wait_for()
