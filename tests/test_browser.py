@@ -498,6 +498,11 @@ def test_keyboard_selects_tree_nodes(page):
         "label => document.querySelector('.st-key-viewer_caption')?.innerText.startsWith(label + ' ·')",
         arg=following)
     _settled(page)
+    # The tree's side follows too (its keyboard list is outside the viewer's own panel).
+    page.wait_for_function(
+        """label => [...document.querySelectorAll(".st-key-label_pick label")]
+                       .some(l => l.querySelector("input:checked") && l.innerText.startsWith(label))""",
+        arg=following)
     _images_loaded(page)
     _shot(page, "24_keyboard_selection")
 
