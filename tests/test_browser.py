@@ -162,6 +162,26 @@ def _learnt_labels(variant) -> list[str]:
     return [label for label in variant.labels if variant.card.learnt(label)]
 
 
+def _still_box(locator) -> dict:
+    """The element's box once it is in the viewport and has stopped moving: a click at coordinates lands only
+    inside the viewport, and the page below the viewer moves (and Plotly redraws the tree, replacing its nodes)
+    once the viewer has drawn its image and set its height."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    box = None
+    for _ in range(100):
+        try:
+            locator.scroll_into_view_if_needed(timeout=5_000)
+            now = locator.bounding_box(timeout=5_000)
+        except PlaywrightError:  # the node was replaced while we looked: look again
+            now = None
+        if now is not None and now == box:
+            return box
+        box = now
+        time.sleep(0.2)
+    raise AssertionError("the tree node never stopped moving")
+
+
 def test_upload_png_click_node_and_see_its_cam(page, shared_data):
     from core.registry import default_variant, get_variant
 
@@ -183,9 +203,7 @@ def test_upload_png_click_node_and_see_its_cam(page, shared_data):
     targets = [label for label in ("Cardiomegaly", "Edema", "Pleural Effusion")
                if not shown.startswith(f"{label} ·")][:2]  # clicking the label already shown would deselect it
     for label in targets:
-        node = nodes.nth(learnt.index(label))
-        node.scroll_into_view_if_needed()  # a mouse click at coordinates lands only inside the viewport
-        box = node.bounding_box()
+        box = _still_box(nodes.nth(learnt.index(label)))
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.wait_for_function(
             """label => {
@@ -202,9 +220,7 @@ def test_upload_png_click_node_and_see_its_cam(page, shared_data):
     # Hovering a node quotes the label's test AUROC with the test positives it rests on; few positives: unreliable.
     positives = default.per_label_positives("test")
     few = min((label for label in learnt if positives.get(label)), key=lambda label: positives[label])
-    node = nodes.nth(learnt.index(few))
-    node.scroll_into_view_if_needed()
-    box = node.bounding_box()
+    box = _still_box(nodes.nth(learnt.index(few)))
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     hover = page.locator(".hoverlayer .hovertext").first
     hover.wait_for()
