@@ -40,11 +40,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench import dashboard_server  # noqa: E402 - importable once the repository root is on the path
+from bench.browser_steps import TREE, sample_option, settled, still_box  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-TREE = ".st-key-tree .js-plotly-plot"
 TIMEOUT_MS = 180_000
 GOALS = {"warm_page_load_s": 5.0, "upload_png_to_tree_s": 1.0, "upload_dicom_j2k_to_tree_s": 1.5,
          "upload_dicom_jpegls_to_tree_s": 1.5, "variant_switch_cached_s": 0.3, "compare_tab_s": 3.0,
@@ -71,12 +71,6 @@ def _wait_tree_changed(page, before: str) -> None:
     )
 
 
-def _idle(page) -> None:
-    """Wait until the script run has finished (Streamlit's running indicator gone)."""
-    page.wait_for_function(
-        "() => document.querySelector(\"[data-testid='stApp']\")?.dataset.testScriptState === 'notRunning'")
-
-
 SAMPLE = "Cardiomegaly · NIH PNG"
 
 
@@ -89,21 +83,14 @@ def _new_page(browser, url: str, width: int = 1600):
     start = time.perf_counter()
     page.goto(url)
     page.locator(".st-key-sample").wait_for()
-    _idle(page)
+    settled(page)
     load = time.perf_counter() - start
-    target = page.get_by_role("option", name=SAMPLE, exact=True)
-    for _ in range(3):  # a click on a select box being redrawn does not open it: open it again
-        page.locator(".st-key-sample").click()
-        try:
-            target.wait_for(timeout=20_000)
-            break
-        except Exception:  # noqa: BLE001 - Playwright's timeout
-            page.keyboard.press("Escape")
+    target = sample_option(page, SAMPLE)
     start = time.perf_counter()
     target.click()
     page.wait_for_selector(TREE)
     sample = time.perf_counter() - start
-    _idle(page)
+    settled(page)
     return context, page, load, sample
 
 
@@ -112,7 +99,7 @@ def _settled_at(page, runs_log: Path, quiet: float = 0.5) -> float:
     seconds: an upload can cause two runs (the first redraws the previous image), so the first idle page is not
     yet the new image's page."""
     while True:
-        _idle(page)
+        settled(page)
         idle_at = time.perf_counter()
         count = _lines(runs_log)
         time.sleep(quiet)
@@ -152,7 +139,7 @@ def open_compare(page, expected: int) -> float:
         arg=expected,
     )
     seconds = time.perf_counter() - start
-    _idle(page)
+    settled(page)
     return seconds
 
 
@@ -171,15 +158,7 @@ def click_node(page, label: str, learnt: list[str]) -> float:
             counts = [traces.nth(i).locator("path.point").count() for i in range(traces.count())]
             raise RuntimeError(f"tree nodes not found: {len(learnt)} learnt labels, traces with {counts} points")
         time.sleep(0.2)
-    node = nodes.nth(learnt.index(label))
-    node.scroll_into_view_if_needed()  # a mouse click lands in the viewport only
-    box = None
-    for _ in range(50):  # the page may still be moving (the viewer sets its height once its image is drawn)
-        time.sleep(0.2)
-        now = node.bounding_box()
-        if now == box:
-            break
-        box = now
+    box = still_box(nodes.nth(learnt.index(label)))
     start = time.perf_counter()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.wait_for_function(
@@ -187,7 +166,7 @@ def click_node(page, label: str, learnt: list[str]) -> float:
         arg=label,
     )
     seconds = time.perf_counter() - start
-    _idle(page)
+    settled(page)
     return seconds
 
 
@@ -207,15 +186,13 @@ def timed_runs(page, runs_log: Path, action) -> tuple[float, bool]:
     start = _lines(runs_log)
     action(page)
     # The browser may send the change a moment after it shows it (a slider is debounced): wait for the server's
-    # run to be logged, then for the page to settle (a run may ask for another).
+    # run to be logged, then for the page to settle.
     deadline = time.monotonic() + TIMEOUT_MS / 1000
     while _lines(runs_log) == start:
         if time.monotonic() > deadline:
             raise RuntimeError("the action caused no script run")
         time.sleep(0.05)
-    _idle(page)
-    time.sleep(0.5)
-    _idle(page)
+    _settled_at(page, runs_log)  # a run may ask for another
     runs = _runs_since(runs_log, start)
     return sum(r["seconds"] for r in runs), all(r["fragment"] for r in runs)
 

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import dashboard_server  # noqa: E402 - importable once the repository root is on the path
+from bench.browser_steps import pick_sample  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -31,7 +32,6 @@ def main(weights: Path, out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with dashboard_server.running(out / "streamlit.log", server_args=["--server.address", "127.0.0.1"],
                                   app_args=["--weights-dir", str(weights)]) as server:
-        from playwright.sync_api import TimeoutError as PlaywrightTimeout
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
@@ -39,21 +39,7 @@ def main(weights: Path, out: Path) -> int:
             page = browser.new_page(viewport={"width": 1600, "height": 2000})
             page.set_default_timeout(300_000)
             page.goto(server.url)
-            # Nothing is analysed before an image is picked; pick once the first screen's run has finished (a click
-            # on a select box being redrawn is lost: then the list is opened again).
-            page.locator(".st-key-sample").wait_for()
-            page.wait_for_function("() => document.querySelector(\"[data-testid='stApp']\")"
-                                   "?.dataset.testScriptState === 'notRunning'")
-            option = page.get_by_role("option").filter(has_text="Cardiomegaly").first
-            for _ in range(3):
-                page.locator(".st-key-sample").click()
-                try:
-                    option.wait_for(timeout=20_000)
-                    break
-                except PlaywrightTimeout:
-                    page.keyboard.press("Escape")
-            option.click()
-            page.wait_for_selector(".st-key-tree .js-plotly-plot")
+            pick_sample(page, "Cardiomegaly · NIH PNG")  # nothing is analysed before an image is picked
             page.get_by_role("tab", name="Compare variants").click()
             page.locator(".st-key-compare_bars .js-plotly-plot").wait_for()
             time.sleep(3)

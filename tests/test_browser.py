@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from bench import dashboard_server
+from bench.browser_steps import TREE, pick_sample, settled, still_box
 from core.imaging import ImageError, read_image
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
@@ -29,7 +30,6 @@ CHROMIUM_ARGS = [
     "--disable-sync", "--no-first-run",
 ]
 RENDER_TIMEOUT_MS = 120_000
-TREE = ".st-key-tree .js-plotly-plot"
 
 
 def node_trace(page, n: int):
@@ -74,38 +74,13 @@ def page(browser, server):
     pg = context.new_page()
     pg.set_default_timeout(RENDER_TIMEOUT_MS)
     pg.goto(server)
-    _pick_sample(pg, FIRST_SAMPLE)
+    pick_sample(pg, FIRST_SAMPLE)
     yield pg
     context.close()
 
 
 #: The sample the page fixture picks (nothing is analysed before a pick).
 FIRST_SAMPLE = "Cardiomegaly · NIH PNG"
-
-
-def _settled(page) -> None:
-    """Wait until the page's script run has finished (Streamlit marks the app ``notRunning``)."""
-    page.wait_for_function(
-        "() => document.querySelector(\"[data-testid='stApp']\")?.dataset.testScriptState === 'notRunning'")
-
-
-def _pick_sample(page, name: str) -> None:
-    """Pick a bundled sample in the sidebar and wait for its tree (the first screen must have finished its run, or
-    the click can land on a select box that is being redrawn: then the list is opened again)."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    page.locator(".st-key-sample").wait_for()
-    _settled(page)
-    option = page.get_by_role("option", name=name, exact=True)
-    for _ in range(3):
-        page.locator(".st-key-sample").click()
-        try:
-            option.wait_for(timeout=20_000)
-            break
-        except PlaywrightTimeout:
-            page.keyboard.press("Escape")
-    option.click()
-    page.wait_for_selector(TREE)
 
 
 def _shot(page, name: str) -> Path:
@@ -162,26 +137,6 @@ def _learnt_labels(variant) -> list[str]:
     return [label for label in variant.labels if variant.card.learnt(label)]
 
 
-def _still_box(locator) -> dict:
-    """The element's box once it is in the viewport and has stopped moving: a click at coordinates lands only
-    inside the viewport, and the page below the viewer moves (and Plotly redraws the tree, replacing its nodes)
-    once the viewer has drawn its image and set its height."""
-    from playwright.sync_api import Error as PlaywrightError
-
-    box = None
-    for _ in range(100):
-        try:
-            locator.scroll_into_view_if_needed(timeout=5_000)
-            now = locator.bounding_box(timeout=5_000)
-        except PlaywrightError:  # the node was replaced while we looked: look again
-            now = None
-        if now is not None and now == box:
-            return box
-        box = now
-        time.sleep(0.2)
-    raise AssertionError("the tree node never stopped moving")
-
-
 def test_upload_png_click_node_and_see_its_cam(page, shared_data):
     from core.registry import default_variant, get_variant
 
@@ -203,7 +158,7 @@ def test_upload_png_click_node_and_see_its_cam(page, shared_data):
     targets = [label for label in ("Cardiomegaly", "Edema", "Pleural Effusion")
                if not shown.startswith(f"{label} ·")][:2]  # clicking the label already shown would deselect it
     for label in targets:
-        box = _still_box(nodes.nth(learnt.index(label)))
+        box = still_box(nodes.nth(learnt.index(label)))
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.wait_for_function(
             """label => {
@@ -220,7 +175,7 @@ def test_upload_png_click_node_and_see_its_cam(page, shared_data):
     # Hovering a node quotes the label's test AUROC with the test positives it rests on; few positives: unreliable.
     positives = default.per_label_positives("test")
     few = min((label for label in learnt if positives.get(label)), key=lambda label: positives[label])
-    box = _still_box(nodes.nth(learnt.index(few)))
+    box = still_box(nodes.nth(learnt.index(few)))
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     hover = page.locator(".hoverlayer .hovertext").first
     hover.wait_for()
@@ -269,7 +224,7 @@ def test_bad_file_shows_its_message(page, tmp_path):
         read_image(bad)
     alert = page.locator("[data-testid='stAlertContentError']").first
     alert.wait_for()
-    _settled(page)  # the run has finished, so a tree still on the page would be a stale result
+    settled(page)  # the run has finished, so a tree still on the page would be a stale result
     assert str(expected.value) in alert.inner_text()
     assert page.locator(TREE).count() == 0  # no stale result from the previous image
     assert "Traceback" not in page.content()
@@ -287,7 +242,7 @@ def test_non_finite_dicoms_show_plain_messages(page, tmp_path):
     page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(nan))
     alert = page.locator("[data-testid='stAlertContentError']").first
     alert.wait_for()
-    _settled(page)  # the run has finished: the previous image's tree is no longer on the page as a stale element
+    settled(page)  # the run has finished: the previous image's tree is no longer on the page as a stale element
     assert "pixel value(s) that are not numbers (infinite or NaN)" in alert.inner_text()
     assert page.locator(TREE).count() == 0 and page.locator("[data-testid='stException']").count() == 0
     _shot(page, "05b_nan_dicom")
@@ -401,7 +356,7 @@ def test_out_of_population_child_has_the_banner_and_no_calls(page, shared_data):
 
 
 def test_normal_film_has_no_banner_and_few_calls(page):
-    _pick_sample(page, "No finding · NIH PNG")
+    pick_sample(page, "No finding · NIH PNG")
     page.get_by_text("(No finding · NIH PNG)").first.wait_for()  # the new analysis is on the page
     assert page.locator("[data-testid='stAlertContentError']").count() == 0
     assert _tree_text(page).count("▲") <= 1
@@ -436,7 +391,7 @@ def _window_text(page, pane: int) -> str:
 def test_viewer_presets_drag_readout_reset_and_the_map_follows(page, shared_data):
     path = shared_data / "dicom" / "pljd_RG1_JLSN_CR_MONO1_JPEGLS_near_lossless_chest.dcm"  # 15-bit, MONOCHROME1
     _upload(page, path)
-    _settled(page)
+    settled(page)
     image = read_image(path, keep_raw=True)
     viewer, frame = _viewer(page), _viewer_frame(page)
     center, width = image.default_window
@@ -464,7 +419,7 @@ def test_viewer_presets_drag_readout_reset_and_the_map_follows(page, shared_data
     page.mouse.up()
     dragged = _window_text(page, 0)
     assert dragged != lung and _window_text(page, 1) == dragged
-    _settled(page)  # the window went back to Streamlit (for the PDF); the viewer keeps it across the rerun
+    settled(page)  # the window went back to Streamlit (for the PDF); the viewer keeps it across the rerun
     assert _window_text(page, 0) == dragged
 
     # Pixel-value readout in the file's own units, at the pixel under the mouse.
@@ -505,7 +460,7 @@ def test_keyboard_selects_tree_nodes(page):
         "label => document.querySelector('.st-key-viewer_caption')?.innerText.startsWith(label + ' ·')",
         arg=expected)
     _viewer(page).locator("#t1").filter(has_text=f"{expected} ·").wait_for()
-    _settled(page)
+    settled(page)
     # The viewer's own shortcut: ] selects the next finding in tree order.
     _viewer(page).locator("#p0").focus()
     page.keyboard.press("]")
@@ -513,7 +468,7 @@ def test_keyboard_selects_tree_nodes(page):
     page.wait_for_function(
         "label => document.querySelector('.st-key-viewer_caption')?.innerText.startsWith(label + ' ·')",
         arg=following)
-    _settled(page)
+    settled(page)
     # The tree's side follows too (its keyboard list is outside the viewer's own panel).
     page.wait_for_function(
         """label => [...document.querySelectorAll(".st-key-label_pick label")]
@@ -530,13 +485,13 @@ def test_compare_grid_never_overlaps(browser, server, width):
         page = context.new_page()
         page.set_default_timeout(RENDER_TIMEOUT_MS)
         page.goto(server)
-        _pick_sample(page, FIRST_SAMPLE)
+        pick_sample(page, FIRST_SAMPLE)
         page.get_by_role("tab", name="Compare variants").click()
         tiles = page.locator(".st-key-compare_maps [data-testid='stImage']")
         page.wait_for_function(
             "() => [...document.querySelectorAll(\".st-key-compare_maps [data-testid='stImage'] img\")]"
             ".filter(img => img.complete && img.naturalWidth > 0).length >= 2")
-        _settled(page)
+        settled(page)
         _images_loaded(page)
         main = page.locator("[data-testid='stMainBlockContainer']").bounding_box()
         boxes = [tiles.nth(i).bounding_box() for i in range(tiles.count())]
