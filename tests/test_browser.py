@@ -446,6 +446,66 @@ def test_viewer_presets_drag_readout_reset_and_the_map_follows(page, shared_data
     _shot(page, "23_viewer_reset")
 
 
+RED_MINUS_BLUE = """id => {
+    const c = document.getElementById(id), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let s = 0;
+    for (let i = 0; i < d.length; i += 4) s += d[i] - d[i + 2];
+    return s / (d.length / 4);
+}"""
+
+
+def test_map_controls_apply_in_the_viewer(page):
+    from core.taxonomy import load_taxonomy
+    from dashboard.components.tree import tree_order
+
+    viewer, frame = _viewer(page), _viewer_frame(page)
+    # A label whose map is a Grad-CAM heat map (not the dashed lines of a relative map).
+    for label in tree_order(load_taxonomy()):
+        if "Grad-CAM" in _cam_caption(page):
+            break
+        page.locator(".st-key-label_pick label").filter(has_text=label).first.click()
+        page.wait_for_function(
+            "l => document.querySelector('.st-key-viewer_caption')?.innerText.startsWith(l + ' ·')", arg=label)
+        settled(page)
+    shown = _cam_caption(page).split(" ·")[0]
+    assert "Grad-CAM" in _cam_caption(page)
+    viewer.locator("#t1").filter(has_text=f"{shown} ·").wait_for()
+    frame.wait_for_function("() => S.overlay !== null")  # the heat layer is decoded and coloured
+
+    def means() -> tuple[float, float]:
+        return frame.evaluate(CANVAS_MEAN, "c0"), frame.evaluate(CANVAS_MEAN, "c1")
+
+    # Opacity 0: the map pane is the radiograph; full opacity: the map covers it where it is above the threshold.
+    opacity = viewer.locator("#m-opacity")
+    opacity.focus()
+    page.keyboard.press("Home")
+    assert viewer.locator("#m-opacity-v").inner_text() == "0.00"
+    image, bare = means()
+    assert abs(bare - image) < 0.5
+    page.keyboard.press("End")
+    _, covered = means()
+    assert abs(covered - image) > 5
+    # Threshold 1: nothing is coloured any more.
+    viewer.locator("#m-threshold").focus()
+    page.keyboard.press("End")
+    assert abs(means()[1] - image) < 0.5
+    page.keyboard.press("Home")
+    # The colour map: inferno is red-yellow over the middle values, viridis blue-green.
+    warm = frame.evaluate(RED_MINUS_BLUE, "c1")
+    viewer.locator("#m-colormap").select_option("viridis")
+    assert frame.evaluate(RED_MINUS_BLUE, "c1") < warm - 5
+    _shot(page, "25_map_controls_viridis")
+    # The settings go back to the server (the gallery draws with them) without a new analysis or a page run.
+    settled(page)
+    assert viewer.locator("#m-colormap").input_value() == "viridis"  # kept across that rerun
+    # The map pane can be hidden (checkbox or M) and shown again.
+    viewer.locator("#m-show").uncheck()
+    assert viewer.locator("#mapbox").is_hidden()
+    viewer.locator("#p0").focus()
+    page.keyboard.press("m")
+    assert viewer.locator("#mapbox").is_visible() and viewer.locator("#m-show").is_checked()
+
+
 def test_keyboard_selects_tree_nodes(page):
     from core.taxonomy import load_taxonomy
     from dashboard.components.tree import tree_order

@@ -19,10 +19,20 @@ from streamlit.testing.v1 import AppTest
 
 from core.analysis import Analysis, Violation
 from core.card import ModelCard
+from core.explain import RELATIVE_LEVELS, contour_paths, upsample
 from core.imaging import ImageError, read_image
 from core.inference import Predictor
 from core.registry import scan_weights
-from dashboard.components.cam import cam_caption, cam_map, cam_overlay, gallery_labels, shows_relative_map
+from dashboard.components.cam import (
+    COLORMAPS,
+    cam_caption,
+    cam_map,
+    cam_overlay,
+    colormap_tables,
+    gallery_labels,
+    map_layer,
+    shows_relative_map,
+)
 from dashboard.components.compare import comparison_frame, grouped_bar_figure, violations_frame
 from dashboard.components.image_view import (
     display_pixels,
@@ -34,6 +44,7 @@ from dashboard.components.image_view import (
 from dashboard.components.model_card import auroc_figure, auroc_frame, calibration_frame, plot_paths, summary_table
 from dashboard.components.tree import (
     REFERENCE_STDS,
+    PreparedTree,
     halo_size,
     label_from_selection,
     taxonomy_figure,
@@ -121,7 +132,7 @@ def _chart(at: AppTest, key: str) -> dict:
 def _viewer_args(at: AppTest) -> dict:
     """The JSON arguments the page sent to the radiograph viewer component."""
     (viewer,) = [c for c in at.get("component_instance") if c.proto.component_name.endswith("hicxr_viewer")]
-    return json.loads(viewer.proto.json_args)
+    return json.loads(json.loads(viewer.proto.json_args)["spec"])
 
 
 def _node_trace(spec: dict) -> dict:
@@ -195,6 +206,24 @@ def test_tree_figure_encodes_mean_std_operating_points_not_learnt_and_violations
     assert bad.line.dash == "dash" and list(bad.x).count(None) == 1
     normal = next(t for t in fig.data if t.name == "parent → child")
     assert list(normal.x).count(None) == len(taxonomy.edges) - 1
+
+
+def test_prepared_tree_moves_only_its_frame(taxonomy):
+    import plotly.io as pio
+
+    n = taxonomy.num_labels
+    analysis = _analysis(taxonomy, np.linspace(0.05, 0.95, n), np.full(n, 0.02))
+    figure = taxonomy_figure(analysis, taxonomy)
+    prepared = PreparedTree(figure, taxonomy)
+    for label in ("Edema", "Cardiomegaly", None):
+        # What st.plotly_chart sends: the figure as built with that frame, without validating or copying it again.
+        want = taxonomy_figure(analysis, taxonomy, selected=label).to_dict()
+        want["layout"].setdefault("shapes", [])  # no frame: an empty list of shapes draws the same as none
+        got = prepared.select(label).to_dict()
+        assert json.loads(pio.to_json(got, validate=False)) == json.loads(pio.to_json(want, validate=False))
+    (box,) = prepared.select("Edema").to_dict()["layout"]["shapes"]
+    x, y = tree_positions(taxonomy)["Edema"]
+    assert box["name"] == "selected" and box["x0"] < x < box["x1"] and box["y0"] < y < box["y1"]
 
 
 def test_tree_refuses_other_labels(taxonomy):
@@ -277,6 +306,50 @@ def test_empty_grad_cam_falls_back_to_the_relative_map(taxonomy):
     heat = cam_overlay(analysis, full, opacity=0.8).astype(int)
     assert (np.abs(heat - gray[..., None]).max(axis=2) > 30).mean() > 0.5
     assert "Not evidence" in cam_caption(analysis, empty) and "Grad-CAM" in cam_caption(analysis, full)
+
+
+def test_viewer_map_layers_leave_the_controls_to_the_browser(taxonomy):
+    import matplotlib
+
+    n = taxonomy.num_labels
+    image = np.zeros((900, 1200), np.float32)
+    analysis = _analysis(taxonomy, np.full(n, 0.3), np.zeros(n), image=image)
+    heat_label, relative_label = taxonomy.labels[4], taxonomy.labels[6]
+    analysis.cams[analysis.index(relative_label)] = 0.0
+    analysis.relative_cams = np.random.default_rng(2).uniform(0, 1, analysis.cams.shape).astype(np.float32)
+    # A Grad-CAM: the smoothed map itself as a grey PNG at most 256 px, in the image's aspect; 0..255 for 0..1.
+    heat = map_layer(analysis, heat_label, image.shape)
+    assert (heat.kind, heat.width, heat.height, heat.paths) == ("heat", 256, 192, ())
+    grey = np.asarray(Image.open(io.BytesIO(heat.png)))
+    assert grey.shape == (192, 256) and grey.dtype == np.uint8
+    expected = upsample(analysis.cams[analysis.index(heat_label)], (192, 256)) * 255
+    assert np.abs(grey - expected).max() <= 0.5 + 1e-3
+    # A relative map: its dashed lines as paths on a 160 px grid, the same lines the gallery draws.
+    rel = map_layer(analysis, relative_label, image.shape)
+    assert (rel.kind, rel.width, rel.height, rel.png) == ("relative", 160, 120, b"")
+    traced = contour_paths(upsample(analysis.relative_cams[analysis.index(relative_label)], (120, 160)))
+    assert len(rel.paths) == len(traced) > 0
+    for path, (k, points) in zip(rel.paths, traced, strict=True):
+        assert path[0] == k and 0 <= k < len(RELATIVE_LEVELS)
+        np.testing.assert_allclose(np.asarray(path[1:]).reshape(-1, 2), points, atol=0.051)
+    # The browser colours a heat layer through these tables: the colour maps' own colours.
+    tables = np.frombuffer(colormap_tables(), np.uint8).reshape(len(COLORMAPS), 256, 3)
+    for table, name in zip(tables, COLORMAPS, strict=True):
+        want = np.rint(matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255)
+        np.testing.assert_array_equal(table, want)
+    with pytest.raises(KeyError):
+        map_layer(analysis, "Not a label", image.shape)
+
+
+def test_contour_paths_follow_the_levels():
+    yy, xx = np.mgrid[0:101, 0:101].astype(np.float32)
+    cone = np.clip(1.0 - np.hypot(xx - 50, yy - 50) / 50.0, 0, 1)  # level v lies on the circle of radius 50 (1 - v)
+    paths = contour_paths(cone)
+    assert sorted({k for k, _ in paths}) == [0, 1, 2]
+    for k, points in paths:
+        radius = np.hypot(points[:, 0] - 50, points[:, 1] - 50)
+        np.testing.assert_allclose(radius, 50 * (1 - sorted(RELATIVE_LEVELS)[k]), atol=0.6)
+    assert contour_paths(np.full((20, 20), 0.7, np.float32)) == []  # a flat map has no lines
 
 
 def test_image_view_windowing_and_metadata(shared_data):
@@ -428,11 +501,19 @@ def test_app_display_controls_never_rerun_the_network(weights_dir, monkeypatch):
     at = _app(weights_dir, monkeypatch)
     runs = at.session_state["analysis_cache"].network_runs
     assert runs == 1
-    at.slider(key="cam_opacity").set_value(0.9).run()
-    at.slider(key="cam_threshold").set_value(0.5).run()
-    at.selectbox(key="cam_colormap").set_value("viridis").run()
-    at.toggle(key="show_map").set_value(False).run()
-    at.toggle(key="show_map").set_value(True).run()
+    # The map controls live in the viewer (applied in the browser); what it reports back reruns no network, the
+    # next viewer drawn anew starts from it, and the gallery's tiles use it.
+    viewer = _viewer_args(at)
+    assert viewer["map"] == {"colormap": "inferno", "opacity": 0.45, "threshold": 0.2, "show_map": True}
+    first_layer = viewer["layer_id"]
+    settings = {"colormap": "viridis", "opacity": 0.9, "threshold": 0.5, "show_map": False}
+    at.session_state["viewer"] = {"image_id": viewer["image_id"], "center": viewer["presets"][0]["center"],
+                                  "width": viewer["presets"][0]["width"], "invert": False, "preset": "file",
+                                  "map": settings}
+    at.run()
+    assert _viewer_args(at)["map"] == settings
+    assert _viewer_args(at)["layer_id"] == first_layer  # the layer does not depend on the settings: not remade
+    assert at.session_state["map_settings"].colormap == "viridis"
     assert "gallery_min_p" not in [s.key for s in at.slider]  # the gallery is lazy: closed, nothing drawn
     at.session_state["gallery"] = True
     at.run()

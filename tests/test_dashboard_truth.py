@@ -82,9 +82,9 @@ def test_not_learnt_labels_and_operating_points_on_the_page(weights_dir, monkeyp
     # Picking a label the model never learnt draws no map over the image, and says why.
     at.radio(key="label_pick").set_value("Fracture").run()
     (viewer,) = [c for c in at.get("component_instance") if c.proto.component_name.endswith("hicxr_viewer")]
-    args = json.loads(viewer.proto.json_args)
-    assert args["overlay_id"] == "none" and args["map_title"].endswith(": no map")
-    assert not [a for a in viewer.proto.special_args if a.key == "overlay" and a.bytes]
+    args = json.loads(json.loads(viewer.proto.json_args)["spec"])
+    assert args["layer_id"] == "none" and args["layer"] is None and args["map_title"].endswith(": no map")
+    assert not [a for a in viewer.proto.special_args if a.key == "layer_png" and a.bytes]
     assert any(c.value.startswith("Fracture · not learnt") and "No map" in c.value for c in at.caption)
 
 

@@ -9,6 +9,10 @@ empty, its *relative* map (where it is least unlikely, not evidence for it) is d
 
 from __future__ import annotations
 
+import functools
+import io
+from dataclasses import dataclass
+
 import numpy as np
 
 from core.analysis import Analysis
@@ -16,14 +20,14 @@ from core.explain import (
     COLORMAPS,
     DEFAULT_COLORMAP,
     contour_overlay,
-    dashed_contours,
+    contour_paths,
     overlay,
     upsample,
 )
 from dashboard.components.image_view import downsample
 
-__all__ = ["COLORMAPS", "DEFAULT_COLORMAP", "cam_caption", "cam_layer", "cam_map", "cam_overlay", "gallery_labels",
-           "shows_relative_map"]
+__all__ = ["COLORMAPS", "DEFAULT_COLORMAP", "MapLayer", "cam_caption", "cam_map", "cam_overlay", "colormap_tables",
+           "gallery_labels", "map_layer", "shows_relative_map"]
 
 # Overlays are blended at display size: a gallery of 21 full-resolution DICOM overlays would take seconds.
 OVERLAY_MAX_SIDE = 768
@@ -59,36 +63,62 @@ def cam_overlay(
     return overlay(image, cam_map(analysis, label), colormap=colormap, opacity=opacity, threshold=threshold)
 
 
-def cam_layer(
-    analysis: Analysis,
-    label: str,
-    shape: tuple[int, int],
-    *,
-    colormap: str = DEFAULT_COLORMAP,
-    opacity: float = 0.45,
-    threshold: float = 0.2,
-) -> np.ndarray:
-    """The map of ``label`` alone, as an RGBA uint8 layer of ``shape`` (h, w) to lay over the displayed image: a
-    heat map (alpha ``opacity`` where the map is at least ``threshold``) or, for a relative map, dashed contours
-    on a transparent ground. The viewer draws it over the image as windowed, inverted and zoomed there."""
-    import matplotlib
+@dataclass(frozen=True)
+class MapLayer:
+    """One label's map as the viewer draws it over the windowed, zoomed image, made once per label: the colours,
+    opacity and threshold are applied in the browser, so changing them costs the server nothing.
+
+    ``kind`` is ``"heat"`` (a Grad-CAM: ``png`` is the smoothed map as an 8-bit grey PNG, 0 to 255 for 0 to 1,
+    coloured through a colour map's table, transparent below the threshold) or ``"relative"`` (a relative map:
+    ``paths`` are its dashed iso-lines, each ``[k, x0, y0, x1, y1, ...]`` with ``k`` the level's rank and pixel
+    centres of the ``width`` x ``height`` map grid at integers).
+    """
+
+    kind: str
+    width: int
+    height: int
+    png: bytes = b""
+    paths: tuple[tuple[float, ...], ...] = ()
+
+
+#: The longest side of a heat layer (the map is an 8 x 8 or 4 x 4 grid, smoothly upsampled: 256 px stretched by the
+#: browser looks the same as full size) and of the grid a relative map's lines are traced on.
+HEAT_SIDE, CONTOUR_SIDE = 256, 160
+
+
+def map_layer(analysis: Analysis, label: str, image_shape: tuple[int, int]) -> MapLayer:
+    """``label``'s map for the viewer (see :class:`MapLayer`), on a grid with the aspect of ``image_shape``."""
+    from PIL import Image
 
     if label not in analysis.labels:
         raise KeyError(f"unknown label {label!r}")
+    cam = cam_map(analysis, label)
     if shows_relative_map(analysis, label):
-        # Contours cost more as the canvas grows: 320 px is sharp enough once stretched.
-        scale = min(1.0, 320 / max(shape))
-        small = (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
-        return dashed_contours(upsample(cam_map(analysis, label), small))
-    heat = upsample(cam_map(analysis, label), shape)
-    # A 256-entry colour table indexed by the map: the same colours as the colour map, at a fraction of its cost.
-    table = np.rint(matplotlib.colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.uint8)
-    rgba = np.empty((*shape, 4), dtype=np.uint8)
-    rgba[..., :3] = table[np.rint(heat * 255.0).astype(np.intp)]
-    # Alpha rises over 0.04 of map value above the threshold: a soft edge, not a staircase once stretched.
-    ramp = np.clip((heat - np.float32(threshold)) / np.float32(0.04), 0.0, 1.0)
-    rgba[..., 3] = np.rint(ramp * np.float32(opacity * 255.0)).astype(np.uint8)
-    return rgba
+        h, w = _grid(image_shape, CONTOUR_SIDE)
+        paths = tuple((float(k), *np.round(points, 1).ravel().tolist())
+                      for k, points in contour_paths(upsample(cam, (h, w))))
+        return MapLayer("relative", w, h, paths=paths)
+    h, w = _grid(image_shape, HEAT_SIDE)
+    grey = np.rint(upsample(cam, (h, w)) * 255.0).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(grey, mode="L").save(buffer, format="PNG", compress_level=1)
+    return MapLayer("heat", w, h, png=buffer.getvalue())
+
+
+def _grid(shape: tuple[int, int], max_side: int) -> tuple[int, int]:
+    h, w = shape
+    scale = min(1.0, max_side / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+@functools.cache
+def colormap_tables() -> bytes:
+    """The 256-entry RGB tables of :data:`COLORMAPS`, one after the other (768 bytes each), for the browser to
+    colour a heat layer exactly as :func:`core.explain.overlay` does."""
+    import matplotlib
+
+    return b"".join(np.rint(matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0)
+                    .astype(np.uint8).tobytes() for name in COLORMAPS)
 
 
 def cam_caption(analysis: Analysis, label: str) -> str:

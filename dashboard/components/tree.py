@@ -384,21 +384,44 @@ def taxonomy_figure(
     return fig
 
 
-def show_selection(fig: go.Figure, taxonomy: Taxonomy, selected: str | None) -> go.Figure:
-    """Frame ``selected``'s node and caption in ``fig`` (a tinted box, unlike any ring), replacing any earlier
-    frame; ``None`` or an unknown label removes it. Changes ``fig`` in place and returns it.
+def selection_shapes(taxonomy: Taxonomy, selected: str | None) -> list[dict]:
+    """The frame around ``selected``'s node and caption (a tinted box, unlike any ring) as layout shapes; none for
+    ``None`` or an unknown label."""
+    if selected not in taxonomy.labels:
+        return []
+    x, y = tree_positions(taxonomy)[selected]
+    return [dict(type="rect", x0=x - 0.48, x1=x + 0.48, y0=y - _caption_depth(selected) - 0.03, y1=y + 0.2,
+                 line=dict(color=SELECTED_COLOR, width=2), fillcolor=SELECTED_FILL, layer="below", name="selected")]
 
-    The rest of a tree figure depends only on the analysis, so the dashboard builds it once per analysis and moves
-    the frame on each click: a millisecond, against tens for building the figure again.
-    """
-    shapes = []
-    if selected in taxonomy.labels:
-        x, y = tree_positions(taxonomy)[selected]
-        shapes.append(dict(type="rect", x0=x - 0.48, x1=x + 0.48, y0=y - _caption_depth(selected) - 0.03,
-                           y1=y + 0.2, line=dict(color=SELECTED_COLOR, width=2), fillcolor=SELECTED_FILL,
-                           layer="below", name="selected"))
-    fig.layout.shapes = shapes
+
+def show_selection(fig: go.Figure, taxonomy: Taxonomy, selected: str | None) -> go.Figure:
+    """Frame ``selected``'s node and caption in ``fig``, replacing any earlier frame; ``None`` or an unknown label
+    removes it. Changes ``fig`` in place and returns it."""
+    fig.layout.shapes = selection_shapes(taxonomy, selected)
     return fig
+
+
+class PreparedTree(go.Figure):
+    """A tree figure drawn again and again with only its selection frame moved (a label pick in the dashboard).
+
+    ``st.plotly_chart`` turns a figure into its plain form on every run (``to_dict``: a deep copy of the whole
+    figure, 20-35 ms for a tree); this figure makes that plain form once, and :meth:`select` edits the frame in it,
+    so a label pick costs neither a copy nor Plotly's validation. Build it from a finished figure; later changes to
+    its Plotly properties are not seen (use :meth:`select`).
+    """
+
+    def __init__(self, figure: go.Figure, taxonomy: Taxonomy) -> None:
+        super().__init__()  # an empty figure: the plain form below is what is drawn
+        self._plain = figure.to_dict()
+        self._taxonomy = taxonomy
+
+    def select(self, selected: str | None) -> PreparedTree:
+        """Frame ``selected`` (see :func:`selection_shapes`); returns the figure."""
+        self._plain.setdefault("layout", {})["shapes"] = selection_shapes(self._taxonomy, selected)
+        return self
+
+    def to_dict(self) -> dict:  # noqa: D102 - the plain form, made once
+        return self._plain
 
 
 def label_from_selection(selection: Mapping | None, labels: Sequence[str]) -> str | None:

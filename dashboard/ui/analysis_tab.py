@@ -16,11 +16,11 @@ import streamlit as st
 from core.calls import card_rule
 from core.imaging import XrayImage
 from core.ood import is_technical_note
-from dashboard.components.cam import COLORMAPS, cam_caption, cam_layer, cam_overlay, gallery_labels
+from dashboard.components.cam import cam_caption, cam_overlay, gallery_labels, map_layer
 from dashboard.components.image_view import is_dicom_metadata, metadata_table
-from dashboard.components.tree import label_from_selection, show_selection, taxonomy_figure, tree_order
-from dashboard.components.viewer import ViewerState, png_bytes, radiograph_viewer
-from dashboard.ui.state import SELECTED_LABEL, VIEWER_KEY, Context
+from dashboard.components.tree import PreparedTree, label_from_selection, taxonomy_figure, tree_order
+from dashboard.components.viewer import MapSettings, ViewerState, radiograph_viewer
+from dashboard.ui.state import MAP_SETTINGS, SELECTED_LABEL, VIEWER_KEY, Context
 
 TREE_CONFIG = {"displaylogo": False, "displayModeBar": False}
 VIEWER_HEIGHT = 560
@@ -83,8 +83,9 @@ def _workspace(ctx: Context) -> None:
 
 @st.fragment
 def _viewer_panel(ctx: Context) -> None:
-    """The viewer, its map controls and the gallery, a fragment inside the workspace: a map control (colours,
-    opacity, threshold) or a window the reader settles on reruns only this, not the tree and table."""
+    """The viewer and the gallery, a fragment inside the workspace: the viewer applies its map controls (colours,
+    opacity, threshold) and window in the browser, and the settings it reports back rerun only this, not the tree
+    and table."""
     if _take_viewer_value(ctx):
         # The reader picked another label with the viewer's [ ] keys: the tree's frame must follow, so the whole
         # page runs again (rare, unlike the map controls).
@@ -94,9 +95,12 @@ def _viewer_panel(ctx: Context) -> None:
 
 
 def _take_viewer_value(ctx: Context) -> bool:
-    """Keep the window the reader chose for this image, and follow a label picked with the viewer's [ ] keys;
-    True when that changed the selected label."""
+    """Keep the window the reader chose for this image and the map settings they chose, and follow a label picked
+    with the viewer's [ ] keys; True when that changed the selected label."""
     value = st.session_state.get(VIEWER_KEY)
+    settings = MapSettings.from_value(value)
+    if settings is not None:
+        st.session_state[MAP_SETTINGS] = settings
     if not isinstance(value, dict) or value.get("image_id") != ctx.digest:
         return False
     try:
@@ -114,40 +118,24 @@ def _take_viewer_value(ctx: Context) -> bool:
     return False
 
 
+def _map_settings() -> MapSettings:
+    return st.session_state.get(MAP_SETTINGS) or MapSettings()
+
+
 def _viewer(ctx: Context) -> None:
     analysis = ctx.analysis
     selected = ctx.selected_label()
     display = ctx.display_copy()
-    # The controls come after the viewer on the page (so the radiograph sits above the fold) but are read first.
-    viewer_slot, controls = st.container(), st.container()
-    c1, c2, c3, c4 = controls.columns([1, 1, 1, 1.2], vertical_alignment="bottom")
-    colormap = c1.selectbox("Map colours", COLORMAPS, key="cam_colormap",
-                            help="Perceptually uniform, colour-blind-safe maps only.")
-    opacity = c2.slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="cam_opacity")
-    threshold = c3.slider(
-        "Hide map below", 0.0, 1.0, 0.2, 0.05, key="cam_threshold",
-        help="Map values below this are transparent, so only the strongest regions are coloured.",
-    )
-    show_map = c4.toggle("Map beside the radiograph", value=True, key="show_map",
-                         help="The map pane follows the radiograph's window/level, invert and zoom.")
-    layer_key = (ctx.digest, ctx.variant, ctx.mc_samples, selected, colormap, opacity, threshold)
-    # A label the model never learnt has no map worth drawing: its pane shows the image alone, and says so.
-    learnt = analysis.learnt(selected)
-    overlay = ctx.memo("layer", layer_key, lambda: png_bytes(cam_layer(
-        analysis, selected, _layer_shape(display.levels.shape), colormap=colormap, opacity=opacity,
-        threshold=threshold))) if show_map and learnt else None
-    with viewer_slot:
-        _draw_viewer(ctx, display, overlay, layer_key, show_map)
-
-
-def _draw_viewer(ctx: Context, display, overlay: bytes | None, layer_key: tuple, show_map: bool) -> None:
-    analysis = ctx.analysis
-    selected = ctx.selected_label()
+    # A label the model never learnt has no map worth drawing: its pane shows the image alone, and says so. The
+    # layer does not depend on the map controls (the browser applies them), so it is made once per label.
+    layer_key = (ctx.digest, ctx.variant, ctx.mc_samples, selected)
+    layer = ctx.memo("layer", layer_key, lambda: map_layer(analysis, selected, display.levels.shape)) \
+        if analysis.learnt(selected) else None
     radiograph_viewer(
         display, ctx.digest, key=VIEWER_KEY, initial=st.session_state.get(ctx.view_key),
-        overlay_png=overlay, overlay_id=repr(layer_key) if overlay else "none",
+        layer=layer, layer_id=repr(layer_key), map_settings=_map_settings(),
         map_title=f"{selected} · {_value(analysis, selected)}" + ("" if analysis.learnt(selected) else ": no map"),
-        labels=tree_order(ctx.taxonomy), selected=selected, height=VIEWER_HEIGHT, show_map=show_map,
+        labels=tree_order(ctx.taxonomy), selected=selected, height=VIEWER_HEIGHT,
         image_title="Radiograph · SAMPLE IMAGE (not a patient's film)" if analysis.sample else "Radiograph",
     )
     about = cam_caption(analysis, selected) if analysis.learnt(selected) else "No map: the model never learnt " \
@@ -155,14 +143,6 @@ def _draw_viewer(ctx: Context, display, overlay: bytes | None, layer_key: tuple,
     with st.container(key="viewer_caption"):
         st.caption(f"{selected} · {_value(analysis, selected)} — {about} Window/level, invert and zoom change the "
                    "display only: the model saw the file's own window.")
-
-
-def _layer_shape(shape: tuple[int, int], max_side: int = 256) -> tuple[int, int]:
-    # The maps are 8 x 8 (or 4 x 4) grids upsampled smoothly: 256 px, stretched by the browser, looks the same as
-    # full size and costs a sixteenth of a 1,024 px layer on each display change.
-    h, w = shape
-    scale = min(1.0, max_side / max(h, w))
-    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def _metadata_panel(image: XrayImage) -> None:
@@ -192,9 +172,9 @@ def _tree(ctx: Context) -> None:
     selected = ctx.selected_label()
     card = ctx.get_variant(ctx.variant).card
     # Built once per analysis; a click only moves the selection frame (in place, this session's own copy).
-    figure = show_selection(ctx.memo("tree", (ctx.digest, ctx.variant, ctx.mc_samples), lambda: taxonomy_figure(
+    figure = ctx.memo("tree", (ctx.digest, ctx.variant, ctx.mc_samples), lambda: PreparedTree(taxonomy_figure(
         analysis, ctx.taxonomy, auroc_notes=ctx.auroc_notes(), training_positives=card.training_positives,
-        height=TREE_HEIGHT)), ctx.taxonomy, selected)
+        height=TREE_HEIGHT), ctx.taxonomy)).select(selected)
     st.plotly_chart(figure, key="tree", on_select=partial(_on_tree_click, list(analysis.labels)),
                     selection_mode="points", config=TREE_CONFIG)
     # Keyboard route to every node: the same labels, in the tree's order, as a radio group (Tab to it, then the
@@ -284,9 +264,7 @@ def _gallery(ctx: Context) -> None:
     gallery = st.expander("Gallery: every label above a probability", key="gallery", on_change="rerun")
     if gallery.open is False:  # lazy: the tiles are only drawn while the gallery is open
         return
-    colormap = st.session_state.get("cam_colormap", COLORMAPS[0])
-    opacity = st.session_state.get("cam_opacity", 0.45)
-    threshold = st.session_state.get("cam_threshold", 0.2)
+    settings = _map_settings()  # the viewer's map controls
     base = ctx.display_copy_pixels()
     with gallery:
         min_p = st.slider("Probability at least", 0.0, 1.0, 0.5, 0.05, key="gallery_min_p")
@@ -299,8 +277,8 @@ def _gallery(ctx: Context) -> None:
             j = analysis.index(label)
             with columns[n % 4]:
                 st.image(
-                    cam_overlay(analysis, label, colormap=colormap, opacity=opacity, threshold=threshold,
-                                base=base, max_side=256),
+                    cam_overlay(analysis, label, colormap=settings.colormap, opacity=settings.opacity,
+                                threshold=settings.threshold, base=base, max_side=256),
                     caption=f"{label} · {analysis.mc_mean[j]:.2f} ± {analysis.mc_std[j]:.2f}"
                     + ("" if analysis.cams[j].any() else " · relative map (dashed): not evidence"),
                     width="stretch",

@@ -58,6 +58,13 @@ def _upload_digest(upload) -> str:
     return known[1]
 
 
+def _forget_sample() -> None:
+    # An upload replaces the sample for good: removing the file goes back to the first screen, not to a sample
+    # picked long before (which also spares the browser a whole page drawn between an old file and a new one:
+    # the uploader drops the old file, one run, before it sends the new one, another).
+    st.session_state["sample"] = None
+
+
 def render_sidebar(scan: RegistryScan, uploads: bool = True) -> Choice:
     """Draw the sidebar and return what the user chose (``uploads=False``: the image comes from the PACS worklist,
     so neither uploader nor samples are drawn and ``data`` is ``None``)."""
@@ -67,7 +74,8 @@ def render_sidebar(scan: RegistryScan, uploads: bool = True) -> Choice:
             st.header("Image")
             # No type filter: DICOM files often have no extension, and core.imaging names the problem with any
             # other file better than the uploader's generic refusal would.
-            upload = st.file_uploader("Upload a chest radiograph", type=None, key="upload", help=UPLOAD_HELP)
+            upload = st.file_uploader("Upload a chest radiograph", type=None, key="upload", help=UPLOAD_HELP,
+                                      on_change=_forget_sample)
             # No sample is preselected: nothing is analysed until the user uploads an image or picks a sample.
             sample = st.selectbox(
                 "…or try a bundled sample", list(SAMPLES), index=None, key="sample", disabled=upload is not None,

@@ -38,6 +38,8 @@ SAMPLES: dict[str, str] = {
 CACHE_KEY = "analysis_cache"
 SELECTED_LABEL = "selected_label"
 VIEWER_KEY = "viewer"
+#: The map controls the reader last set in the viewer (:class:`dashboard.components.viewer.MapSettings`).
+MAP_SETTINGS = "map_settings"
 MEMO_KEY = "display_memo"
 #: Display products memoised per session (display copies ~2 MB each, map layers and figures far less).
 MEMO_LIMITS = {"display": 2, "layer": 16, "tree": 8, "table": 8}
