@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import streamlit as st
@@ -58,10 +59,30 @@ def _upload_digest(upload) -> str:
     return known[1]
 
 
+#: How long a run without the file waits for the run with the reader's next file (see :func:`_await_next_file`).
+NEXT_FILE_WAIT_S = 0.8
+
+
+def _await_next_file() -> None:
+    """Called when the uploaded file has just gone: wait a moment for the run that brings the next one.
+
+    A file dropped on the uploader while another is loaded comes in two runs: Streamlit's uploader first drops the
+    old file (one run, without any file), then sends the new one (another run). Drawing the first screen in between
+    would tear the whole page down in the browser (viewer, tree, table), only to build it again a moment later,
+    which costs more than the analysis. Waiting here lets the run with the new file interrupt this one (a session-
+    state read is a point where Streamlit does that), so the page goes from one analysis to the next. A reader who
+    only removed the file sees the first screen after this wait.
+    """
+    deadline = time.monotonic() + NEXT_FILE_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        st.session_state.get(UPLOAD_DIGEST)  # where a rerun with the new file ends this run
+    st.session_state[UPLOAD_DIGEST] = None
+
+
 def _forget_sample() -> None:
     # An upload replaces the sample for good: removing the file goes back to the first screen, not to a sample
-    # picked long before (which also spares the browser a whole page drawn between an old file and a new one:
-    # the uploader drops the old file, one run, before it sends the new one, another).
+    # picked long before (and not to a sample's whole page drawn between an old file and a new one).
     st.session_state["sample"] = None
 
 
@@ -108,6 +129,8 @@ def render_sidebar(scan: RegistryScan, uploads: bool = True) -> Choice:
             st.rerun()
     if not uploads:
         return Choice(data=None, source="pacs", variant=variant, mc_samples=int(mc))
+    if upload is None and st.session_state.get(UPLOAD_DIGEST) is not None:
+        _await_next_file()
     if upload is not None:
         return Choice(data=upload.getvalue(), source="upload", variant=variant, mc_samples=int(mc),
                       digest=_upload_digest(upload))
