@@ -59,8 +59,14 @@ def render_analysis(ctx: Context) -> None:
     """Draw the Analysis tab for the current image and variant: the viewer first (above the fold), then the tree
     and the table of every output, then the image's details."""
     population_banner(ctx.analysis)
+    in_banner = {c.message for c in ctx.analysis.population_checks}
+    for warning in ctx.analysis.warnings:
+        if warning not in in_banner:  # the banner already says it
+            st.warning(warning, icon=":material/warning:")
     _workspace(ctx)
-    # Outside the fragments: the table depends on the analysis only, so a click on the tree need not send it again.
+    # Outside the fragments: what depends on the analysis only (the tree's legend, the table) is not sent again
+    # when a label is picked.
+    _tree_legend(ctx)
     st.subheader("All outputs")
     _findings_table(ctx)
     _metadata_panel(ctx.image)
@@ -70,11 +76,6 @@ def render_analysis(ctx: Context) -> None:
 def _workspace(ctx: Context) -> None:
     """Viewer, gallery and tree in one fragment: picking a label (a node click or the keyboard list) reruns only
     this panel, from cached records and figures (no hashing, no file read, no network pass)."""
-    analysis = ctx.analysis
-    in_banner = {c.message for c in analysis.population_checks}
-    for warning in analysis.warnings:
-        if warning not in in_banner:  # the banner already says it
-            st.warning(warning, icon=":material/warning:")
     _viewer_panel(ctx)
     # Full width for the tree, so its 12 px captions never collide at 1,280 px.
     st.subheader("Findings in the clinical taxonomy")
@@ -183,6 +184,10 @@ def _tree(ctx: Context) -> None:
     st.radio("Findings in tree order (keyboard: Tab here, then the arrow keys)", tree_order(ctx.taxonomy),
              key="label_pick", on_change=_on_label_pick, horizontal=True,
              format_func=lambda label: _pick_text(analysis, label))
+
+
+def _tree_legend(ctx: Context) -> None:
+    analysis = ctx.analysis
     rule = card_rule(ctx.get_variant(ctx.variant).card)
     st.caption(
         "Node colour: probability (mean of the MC dropout samples). Orange halo: uncertainty (their standard "
