@@ -48,6 +48,7 @@ from dashboard.components.tree import (
     halo_size,
     label_from_selection,
     taxonomy_figure,
+    taxonomy_spec,
     tree_positions,
 )
 from dashboard.pipeline import GENERIC_ERROR, AnalysisCache, analyse_bytes, sha256
@@ -208,19 +209,36 @@ def test_tree_figure_encodes_mean_std_operating_points_not_learnt_and_violations
     assert list(normal.x).count(None) == len(taxonomy.edges) - 1
 
 
-def test_prepared_tree_moves_only_its_frame(taxonomy):
+def _plain_json(figure) -> object:
+    """A figure's JSON with Plotly's base64 typed arrays written out as numbers (the same figure either way)."""
+    import base64
+
     import plotly.io as pio
+
+    def expand(value):
+        if isinstance(value, dict) and set(value) == {"dtype", "bdata"}:
+            return np.frombuffer(base64.b64decode(value["bdata"]), value["dtype"]).tolist()
+        if isinstance(value, dict):
+            return {k: expand(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [expand(v) for v in value]
+        return value
+
+    return expand(json.loads(pio.to_json(figure, validate=False)))
+
+
+def test_prepared_tree_moves_only_its_frame(taxonomy):
+    import plotly.graph_objects as go
 
     n = taxonomy.num_labels
     analysis = _analysis(taxonomy, np.linspace(0.05, 0.95, n), np.full(n, 0.02))
-    figure = taxonomy_figure(analysis, taxonomy)
-    prepared = PreparedTree(figure, taxonomy)
+    prepared = PreparedTree(taxonomy_spec(analysis, taxonomy), taxonomy)
     for label in ("Edema", "Cardiomegaly", None):
-        # What st.plotly_chart sends: the figure as built with that frame, without validating or copying it again.
-        want = taxonomy_figure(analysis, taxonomy, selected=label).to_dict()
-        want["layout"].setdefault("shapes", [])  # no frame: an empty list of shapes draws the same as none
-        got = prepared.select(label).to_dict()
-        assert json.loads(pio.to_json(got, validate=False)) == json.loads(pio.to_json(want, validate=False))
+        # What st.plotly_chart sends is a valid figure, the one Plotly's objects build with that frame.
+        want = taxonomy_figure(analysis, taxonomy, selected=label)
+        want.layout.shapes = want.layout.shapes or ()  # no frame: no shapes at all draws the same as an empty list
+        got = go.Figure(prepared.select(label).to_dict())
+        assert _plain_json(got) == _plain_json(want)
     (box,) = prepared.select("Edema").to_dict()["layout"]["shapes"]
     x, y = tree_positions(taxonomy)["Edema"]
     assert box["name"] == "selected" and box["x0"] < x < box["x1"] and box["y0"] < y < box["y1"]

@@ -16,6 +16,7 @@ two parents), so every parent -> child edge is drawn; none is dropped to make it
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from collections.abc import Mapping, Sequence
 
@@ -213,14 +214,14 @@ def _edge_path(
     return xs.tolist(), ys.tolist()
 
 
-def _edge_trace(edges: list[tuple[str, str]], pos: Mapping[str, tuple[float, float]], **line) -> go.Scatter:
+def _edge_trace(edges: list[tuple[str, str]], pos: Mapping[str, tuple[float, float]], **line) -> dict:
     xs: list[float | None] = []
     ys: list[float | None] = []
     for parent, child in edges:
         ex, ey = _edge_path(pos[parent], pos[child], depth=_caption_depth(parent))
         xs += ex + [None]
         ys += ey + [None]
-    return go.Scatter(x=xs, y=ys, mode="lines", line=line, hoverinfo="skip")
+    return dict(type="scatter", x=xs, y=ys, mode="lines", line=line, hoverinfo="skip")
 
 
 def taxonomy_figure(
@@ -232,7 +233,23 @@ def taxonomy_figure(
     title: str | None = None,
     training_positives: Mapping[str, int] | None = None,
 ) -> go.Figure:
-    """Plotly figure of the taxonomy for one analysis (see the module docstring for what each mark means).
+    """Plotly figure of the taxonomy for one analysis (see the module docstring for what each mark means); the
+    arguments are those of :func:`taxonomy_spec`, which it validates."""
+    return go.Figure(taxonomy_spec(analysis, taxonomy, auroc_notes=auroc_notes, selected=selected, height=height,
+                                   title=title, training_positives=training_positives))
+
+
+def taxonomy_spec(
+    analysis: Analysis,
+    taxonomy: Taxonomy,
+    auroc_notes: Mapping[str, str] | None = None,
+    selected: str | None = None,
+    height: int = 560,
+    title: str | None = None,
+    training_positives: Mapping[str, int] | None = None,
+) -> dict:
+    """The taxonomy figure as Plotly's plain form (``data`` and ``layout``), built without Plotly's objects: a
+    tenth of the time, which every new analysis pays (see :class:`PreparedTree`).
 
     Args:
         analysis: Supplies ``mc_mean`` (node colour), ``mc_std`` (halo), operating points, not-learnt labels and
@@ -259,17 +276,18 @@ def taxonomy_figure(
     violating = violation_edges(analysis)
     normal = [e for e in taxonomy.edges if e not in violating]
     learnt = [analysis.learnt(lab) for lab in labels]
-    fig = go.Figure()
+    data: list[dict] = []
     edge = _edge_trace(normal, pos, color=EDGE_COLOR, width=1.5)
     edge.update(name="parent → child", showlegend=True)
-    fig.add_trace(edge)
+    data.append(edge)
     bad = _edge_trace(violating, pos, color=VIOLATION_COLOR, width=2.5, dash="dash")
     # Always drawn (possibly empty), so the key lists what a red edge would mean and trace order stays fixed.
     bad.update(name=f"violation: child > {analysis.threshold:.1f} > parent", showlegend=True)
-    fig.add_trace(bad)
+    data.append(bad)
 
-    fig.add_trace(
-        go.Scatter(
+    data.append(
+        dict(
+            type="scatter",
             x=xs,
             y=ys,
             mode="markers",
@@ -290,16 +308,16 @@ def taxonomy_figure(
     # Three marks that must not be confused: "called" is a pink ring around the node, "selected" a tinted box
     # around node and caption, "not learnt" a hollow grey ring with no fill. Rings sit under the nodes, no clicks.
     called = [i for i, up in enumerate(above) if up]
-    fig.add_trace(go.Scatter(
+    data.append(dict(
+        type="scatter",
         x=[xs[i] for i in called], y=[ys[i] for i in called], mode="markers", hoverinfo="skip", showlegend=False,
         name="called", customdata=[labels[i] for i in called],
         marker=dict(size=CALLED_RING, symbol="circle-open", color=POSITIVE_COLOR, line=dict(width=3)),
     ))
-    show_selection(fig, taxonomy, selected)
 
-    def nodes(rows: list[int], name: str, text_color: str, marker: dict) -> go.Scatter:
-        return go.Scatter(
-            x=[xs[i] for i in rows], y=[ys[i] for i in rows], mode="markers+text",
+    def nodes(rows: list[int], name: str, text_color: str, marker: dict) -> dict:
+        return dict(
+            type="scatter", x=[xs[i] for i in rows], y=[ys[i] for i in rows], mode="markers+text",
             text=[node_text(analysis, labels[i]) for i in rows], textposition="bottom center",
             textfont=dict(size=LABEL_FONT_PX, color=text_color), customdata=[labels[i] for i in rows],
             hovertext=[hover[i] for i in rows], hoverinfo="text", marker=marker, name=name, showlegend=False,
@@ -310,13 +328,13 @@ def taxonomy_figure(
 
     # Out of population the outputs do not apply: the probabilities are greyed (a grey scale, no colour bar).
     greyed = analysis.out_of_population
-    fig.add_trace(nodes(shown, "labels", "#6b7280" if greyed else "#1a202c", dict(
+    data.append(nodes(shown, "labels", "#6b7280" if greyed else "#1a202c", dict(
         size=NODE_SIZE, color=[mean[labels[i]] for i in shown], colorscale=GREYED_SCALE if greyed else COLORSCALE,
         cmin=0.0, cmax=1.0, showscale=not greyed, line=dict(width=1.5, color="#ffffff"),
         colorbar=dict(title=dict(text="P (MC mean)", side="right"), thickness=10, len=0.7, x=1.0, xpad=0,
                       tickfont=dict(size=LABEL_FONT_PX)))))
     # Not-learnt outputs: a hollow grey ring, no number; their output is not a probability worth reading.
-    fig.add_trace(nodes(hidden, "not learnt", "#4b5563", dict(
+    data.append(nodes(hidden, "not learnt", "#4b5563", dict(
         size=NODE_SIZE, color=NOT_LEARNT_COLOR, symbol="circle-open", line=dict(width=2.5))))
     # Legend entries for the marks (dummy points outside the view).
     for name, marker in (
@@ -328,15 +346,16 @@ def taxonomy_figure(
         ("not learnt (no meaningful output)", dict(size=12, color=NOT_LEARNT_COLOR, symbol="circle-open",
                                                    line=dict(width=2.5))),
     ):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker=marker, name=name, showlegend=True,
-                                 hoverinfo="skip"))
+        data.append(dict(type="scatter", x=[None], y=[None], mode="markers", marker=marker, name=name,
+                         showlegend=True, hoverinfo="skip"))
 
     # Uncertainty key in the lower-left corner, drawn with the same size mapping as the halos.
     x_max = max(xs)
     key_x = [x_max - 2.0 * _MIN_GAP + 0.7 * k for k in range(len(REFERENCE_STDS))]
     key_y = [min(ys)] * len(REFERENCE_STDS)
-    fig.add_trace(
-        go.Scatter(
+    data.append(
+        dict(
+            type="scatter",
             x=key_x,
             y=key_y,
             mode="markers+text",
@@ -349,8 +368,9 @@ def taxonomy_figure(
             name="uncertainty key",
         )
     )
-    fig.add_trace(
-        go.Scatter(
+    data.append(
+        dict(
+            type="scatter",
             x=key_x,
             y=key_y,
             mode="markers",
@@ -359,18 +379,15 @@ def taxonomy_figure(
             showlegend=False,
         )
     )
-    fig.add_annotation(
-        x=key_x[0] - 0.35, y=key_y[0] + 0.42, xanchor="left", showarrow=False,
-        font=dict(size=LABEL_FONT_PX, color="#1a202c"),
-        text="halo = MC uncertainty (std)",
-    )
-
-    fig.update_layout(
+    layout = dict(
+        shapes=selection_shapes(taxonomy, selected),
+        annotations=[dict(x=key_x[0] - 0.35, y=key_y[0] + 0.42, xanchor="left", showarrow=False,
+                          font=dict(size=LABEL_FONT_PX, color="#1a202c"), text="halo = MC uncertainty (std)")],
         height=height,
         margin=dict(l=10, r=10, t=70 if title else 10, b=10),
         # The title sits at the very top of the figure, the legend between it and the tree: they never overlap.
-        title=dict(text=title, x=0.01, xanchor="left", y=1.0, yref="container", yanchor="top", pad=dict(t=6),
-                   font=dict(size=15)) if title else None,
+        **({"title": dict(text=title, x=0.01, xanchor="left", y=1.0, yref="container", yanchor="top",
+                          pad=dict(t=6), font=dict(size=15))} if title else {}),
         xaxis=dict(visible=False, range=[min(xs) - 0.7, x_max + 0.7]),
         yaxis=dict(visible=False, range=[min(ys) - 0.75, max(ys) + 0.35]),
         plot_bgcolor="rgba(0,0,0,0)",
@@ -381,7 +398,7 @@ def taxonomy_figure(
         # Dark text on white with a dark border: readable, unlike plotly's default light grey on white.
         hoverlabel=dict(bgcolor="#ffffff", bordercolor="#1a202c", font=dict(size=13, color="#1a202c")),
     )
-    return fig
+    return {"data": data, "layout": layout}
 
 
 def selection_shapes(taxonomy: Taxonomy, selected: str | None) -> list[dict]:
@@ -405,23 +422,29 @@ class PreparedTree(go.Figure):
     """A tree figure drawn again and again with only its selection frame moved (a label pick in the dashboard).
 
     ``st.plotly_chart`` turns a figure into its plain form on every run (``to_dict``: a deep copy of the whole
-    figure, 20-35 ms for a tree); this figure makes that plain form once, and :meth:`select` edits the frame in it,
-    so a label pick costs neither a copy nor Plotly's validation. Build it from a finished figure; later changes to
-    its Plotly properties are not seen (use :meth:`select`).
+    figure, 20-35 ms for a tree), and building the figure from Plotly's objects costs about 0.1 s per analysis. This
+    figure holds the plain form of :func:`taxonomy_spec` (with the default template a built figure would carry),
+    and :meth:`select` edits the frame in it, so neither an analysis nor a label pick pays for Plotly's objects.
     """
 
-    def __init__(self, figure: go.Figure, taxonomy: Taxonomy) -> None:
+    def __init__(self, spec: dict, taxonomy: Taxonomy) -> None:
         super().__init__()  # an empty figure: the plain form below is what is drawn
-        self._plain = figure.to_dict()
+        self._plain = {"data": spec["data"], "layout": {**spec["layout"], "template": _default_template()}}
         self._taxonomy = taxonomy
 
     def select(self, selected: str | None) -> PreparedTree:
         """Frame ``selected`` (see :func:`selection_shapes`); returns the figure."""
-        self._plain.setdefault("layout", {})["shapes"] = selection_shapes(self._taxonomy, selected)
+        self._plain["layout"]["shapes"] = selection_shapes(self._taxonomy, selected)
         return self
 
     def to_dict(self) -> dict:  # noqa: D102 - the plain form, made once
         return self._plain
+
+
+@functools.cache
+def _default_template() -> dict:
+    # The template Plotly puts in every figure it builds (Streamlit's, once Streamlit is imported), in plain form.
+    return go.Figure().to_dict()["layout"].get("template", {})
 
 
 def label_from_selection(selection: Mapping | None, labels: Sequence[str]) -> str | None:

@@ -18,7 +18,7 @@ from core.imaging import XrayImage
 from core.ood import is_technical_note
 from dashboard.components.cam import cam_caption, cam_overlay, gallery_labels, map_layer
 from dashboard.components.image_view import is_dicom_metadata, metadata_table
-from dashboard.components.tree import PreparedTree, label_from_selection, taxonomy_figure, tree_order
+from dashboard.components.tree import PreparedTree, label_from_selection, taxonomy_spec, tree_order
 from dashboard.components.viewer import MapSettings, ViewerState, radiograph_viewer
 from dashboard.ui.state import MAP_SETTINGS, SELECTED_LABEL, VIEWER_KEY, Context
 
@@ -173,7 +173,7 @@ def _tree(ctx: Context) -> None:
     selected = ctx.selected_label()
     card = ctx.get_variant(ctx.variant).card
     # Built once per analysis; a click only moves the selection frame (in place, this session's own copy).
-    figure = ctx.memo("tree", (ctx.digest, ctx.variant, ctx.mc_samples), lambda: PreparedTree(taxonomy_figure(
+    figure = ctx.memo("tree", (ctx.digest, ctx.variant, ctx.mc_samples), lambda: PreparedTree(taxonomy_spec(
         analysis, ctx.taxonomy, auroc_notes=ctx.auroc_notes(), training_positives=card.training_positives,
         height=TREE_HEIGHT), ctx.taxonomy)).select(selected)
     st.plotly_chart(figure, key="tree", on_select=partial(_on_tree_click, list(analysis.labels)),
