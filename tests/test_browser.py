@@ -494,7 +494,7 @@ def test_map_controls_apply_in_the_viewer(page):
     warm = frame.evaluate(RED_MINUS_BLUE, "c1")
     viewer.locator("#m-colormap").select_option("viridis")
     assert frame.evaluate(RED_MINUS_BLUE, "c1") < warm - 5
-    _shot(page, "25_map_controls_viridis")
+    _shot(page, "26_map_controls_viridis")
     # The settings go back to the server (the gallery draws with them) without a new analysis or a page run.
     settled(page)
     assert viewer.locator("#m-colormap").input_value() == "viridis"  # kept across that rerun
