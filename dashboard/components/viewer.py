@@ -36,8 +36,8 @@ def _component(**kwargs: Any) -> Any:
 @dataclass(frozen=True)
 class MapSettings:
     """How the map pane draws a heat map: its colour map, opacity, the map value below which it is transparent, and
-    whether the pane is shown at all. Set in the viewer's own toolbar and applied in the browser (no rerun); the
-    gallery draws its tiles with the same settings."""
+    whether the pane is shown at all. Set in the viewer's own toolbar and applied in the browser at once, then
+    reported back (a run of the viewer's fragment only) so the gallery draws its tiles with the same settings."""
 
     colormap: str = DEFAULT_COLORMAP
     opacity: float = 0.45
