@@ -532,6 +532,15 @@ def test_app_display_controls_never_rerun_the_network(weights_dir, monkeypatch):
     assert _viewer_args(at)["map"] == settings
     assert _viewer_args(at)["layer_id"] == first_layer  # the layer does not depend on the settings: not remade
     assert at.session_state["map_settings"].colormap == "viridis"
+    # A malformed value (a colour map not offered, an opacity out of range, a window that is not a number) changes
+    # nothing and breaks nothing.
+    view = at.session_state[f"view_{viewer['image_id'][:12]}"]
+    at.session_state["viewer"] = {"image_id": viewer["image_id"], "center": "wide", "width": None, "invert": False,
+                                  "map": {"colormap": "jet", "opacity": 2.0, "threshold": 0.5, "show_map": True}}
+    at.run()
+    _no_failure(at)
+    assert _viewer_args(at)["map"] == settings
+    assert at.session_state[f"view_{viewer['image_id'][:12]}"] == view
     assert "gallery_min_p" not in [s.key for s in at.slider]  # the gallery is lazy: closed, nothing drawn
     at.session_state["gallery"] = True
     at.run()

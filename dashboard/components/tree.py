@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import textwrap
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -224,19 +225,10 @@ def _edge_trace(edges: list[tuple[str, str]], pos: Mapping[str, tuple[float, flo
     return dict(type="scatter", x=xs, y=ys, mode="lines", line=line, hoverinfo="skip")
 
 
-def taxonomy_figure(
-    analysis: Analysis,
-    taxonomy: Taxonomy,
-    auroc_notes: Mapping[str, str] | None = None,
-    selected: str | None = None,
-    height: int = 560,
-    title: str | None = None,
-    training_positives: Mapping[str, int] | None = None,
-) -> go.Figure:
-    """Plotly figure of the taxonomy for one analysis (see the module docstring for what each mark means); the
-    arguments are those of :func:`taxonomy_spec`, which it validates."""
-    return go.Figure(taxonomy_spec(analysis, taxonomy, auroc_notes=auroc_notes, selected=selected, height=height,
-                                   title=title, training_positives=training_positives))
+def taxonomy_figure(analysis: Analysis, taxonomy: Taxonomy, **options: Any) -> go.Figure:
+    """Plotly figure of the taxonomy for one analysis (see the module docstring for what each mark means): the
+    validated :func:`taxonomy_spec`, whose keyword arguments ``options`` are."""
+    return go.Figure(taxonomy_spec(analysis, taxonomy, **options))
 
 
 def taxonomy_spec(
@@ -409,13 +401,6 @@ def selection_shapes(taxonomy: Taxonomy, selected: str | None) -> list[dict]:
     x, y = tree_positions(taxonomy)[selected]
     return [dict(type="rect", x0=x - 0.48, x1=x + 0.48, y0=y - _caption_depth(selected) - 0.03, y1=y + 0.2,
                  line=dict(color=SELECTED_COLOR, width=2), fillcolor=SELECTED_FILL, layer="below", name="selected")]
-
-
-def show_selection(fig: go.Figure, taxonomy: Taxonomy, selected: str | None) -> go.Figure:
-    """Frame ``selected``'s node and caption in ``fig``, replacing any earlier frame; ``None`` or an unknown label
-    removes it. Changes ``fig`` in place and returns it."""
-    fig.layout.shapes = selection_shapes(taxonomy, selected)
-    return fig
 
 
 class PreparedTree(go.Figure):

@@ -71,6 +71,18 @@ class ViewerState:
     select: str | None = None
     nonce: int | None = None
 
+    @classmethod
+    def from_value(cls, value: Any, image_id: str) -> ViewerState | None:
+        """The state in a value the viewer sent for ``image_id``; ``None`` for another image or a malformed value."""
+        if not isinstance(value, dict) or value.get("image_id") != image_id:
+            return None
+        try:
+            return cls(center=float(value["center"]), width=float(value["width"]), invert=bool(value["invert"]),
+                       preset=str(value.get("preset", "custom")), select=value.get("select"),
+                       nonce=value.get("nonce"))
+        except (KeyError, TypeError, ValueError):
+            return None
+
 
 def _sent_key(key: str) -> str:
     return f"_{key}_levels_sent"
@@ -152,11 +164,4 @@ def radiograph_viewer(
                             layer_png=layer.png if layer is not None else b"", tables=colormap_tables())
     if levels:
         st.session_state[_sent_key(key)] = image_id
-    if not isinstance(value, dict) or value.get("image_id") != image_id:
-        return None
-    try:
-        return ViewerState(center=float(value["center"]), width=float(value["width"]), invert=bool(value["invert"]),
-                           preset=str(value.get("preset", "custom")), select=value.get("select"),
-                           nonce=value.get("nonce"))
-    except (KeyError, TypeError, ValueError):
-        return None
+    return ViewerState.from_value(value, image_id)

@@ -102,15 +102,11 @@ def _take_viewer_value(ctx: Context) -> bool:
     settings = MapSettings.from_value(value)
     if settings is not None:
         st.session_state[MAP_SETTINGS] = settings
-    if not isinstance(value, dict) or value.get("image_id") != ctx.digest:
-        return False
-    try:
-        state = ViewerState(center=float(value["center"]), width=float(value["width"]),
-                            invert=bool(value["invert"]), preset=str(value.get("preset", "custom")))
-    except (KeyError, TypeError, ValueError):
+    state = ViewerState.from_value(value, ctx.digest)
+    if state is None:
         return False
     st.session_state[ctx.view_key] = state
-    nonce, label = value.get("nonce"), value.get("select")
+    nonce, label = state.nonce, state.select
     if nonce is not None and nonce != st.session_state.get("_viewer_nonce") and label in ctx.analysis.labels:
         st.session_state["_viewer_nonce"] = nonce
         changed = st.session_state.get(SELECTED_LABEL) != label
