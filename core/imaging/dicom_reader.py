@@ -444,6 +444,8 @@ def _decode_first_frame(ds: Any, ts_name: str, n_frames: int, notes: list[str], 
     """Decode only frame 0: (rows, cols) for grayscale, (rows, cols, 3) RGB for colour."""
     from pydicom.pixels import get_decoder, pixel_array
 
+    from core.imaging.dicom_codecs import plugin_for
+
     try:
         decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
     except NotImplementedError:
@@ -456,7 +458,8 @@ def _decode_first_frame(ds: Any, ts_name: str, n_frames: int, notes: list[str], 
     if n_frames > 1:
         notes.append(f"multi-frame DICOM: first of {n_frames} frames shown")
     try:
-        stored = pixel_array(ds, index=0, raw=keep_ybr)
+        # The faster codec where one is installed (core.imaging.dicom_codecs); "" = pydicom's own order.
+        stored = pixel_array(ds, index=0, raw=keep_ybr, decoding_plugin=plugin_for(ds.file_meta.TransferSyntaxUID))
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - codec plugins raise arbitrary types on bad data
