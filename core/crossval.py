@@ -113,7 +113,8 @@ def _selected(labels: LabelSet, min_positives: int) -> list[int]:
     return [j for j in range(labels.targets.shape[1]) if pos[j] >= min_positives and neg[j] >= 1]
 
 
-def _probabilities(logits: np.ndarray, config: Config, taxonomy: Taxonomy) -> np.ndarray:
+def cv_probabilities(logits: np.ndarray, config: Config, taxonomy: Taxonomy) -> np.ndarray:
+    """Probabilities of a CV's logits under its config (the max constraint where the model has it)."""
     import torch
 
     from core.model import output_probabilities
@@ -159,11 +160,11 @@ def summarise_cv(config: Config, folds: int, taxonomy: Taxonomy | None = None,
     for epoch in common:
         fold_values = []
         for labels, logits in zip(fold_sets, fold_logits, strict=True):
-            probs = _probabilities(logits[epoch], config, taxonomy)
+            probs = cv_probabilities(logits[epoch], config, taxonomy)
             sel = _selected(labels, min_pos)
             fold_values.append(macro_mean(per_label_auroc(labels.targets[:, sel], probs[:, sel],
                                                           labels.mask[:, sel])))
-        pooled = _probabilities(np.concatenate([lg[epoch] for lg in fold_logits]), config, taxonomy)
+        pooled = cv_probabilities(np.concatenate([lg[epoch] for lg in fold_logits]), config, taxonomy)
         oof = macro_mean(per_label_auroc(pooled_targets[:, pooled_sel], pooled[:, pooled_sel],
                                          pooled_mask[:, pooled_sel]))
         defined = [v for v in fold_values if v is not None]
@@ -177,7 +178,7 @@ def summarise_cv(config: Config, folds: int, taxonomy: Taxonomy | None = None,
     best = max(per_epoch, key=lambda r: (r["mean"] is not None, r["mean"] or 0.0))
     chosen = best["epoch"]
     oof_logits = np.concatenate([lg[chosen] for lg in fold_logits]).astype(np.float32)
-    oof_probs = _probabilities(oof_logits, config, taxonomy)
+    oof_probs = cv_probabilities(oof_logits, config, taxonomy)
     per_label = per_label_auroc(pooled_targets, oof_probs, pooled_mask)
     positives = ((pooled_targets == 1) & pooled_mask).sum(axis=0)
     suffix = "" if logits_folder == "val_logits" else "_raw"

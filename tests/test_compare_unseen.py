@@ -1,0 +1,79 @@
+"""core.compare_unseen: which images count as unseen, and the paired comparison's numbers (against scikit-learn)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from core.compare_unseen import ComparisonError, compare, unseen_rows
+
+GROWN_BY = ["muhammedtalo/COVID-19", "MichaelNoya/nih-chest-xray-webdataset-subset"]
+
+
+def test_unseen_rows_on_the_real_table_leave_out_patients_with_older_images(shared_data) -> None:
+    table = pd.read_csv(shared_data / "nih" / "labels.csv")
+    table = table[table["split"].isin(["train", "val"])].reset_index(drop=True)
+    rows, dropped = unseen_rows(table, GROWN_BY)
+    chosen = table.iloc[rows]
+    new = table[table["source_repo"].isin(GROWN_BY)]
+    old_patients = set(table.loc[~table["source_repo"].isin(GROWN_BY), "Patient ID"].astype(str))
+    assert set(chosen["source_repo"]) <= set(GROWN_BY)
+    assert not set(chosen["Patient ID"].astype(str)) & old_patients  # nobody the old model may have seen
+    left_out = new[~new.index.isin(rows)]
+    assert len(left_out) == dropped > 0
+    assert set(left_out["Patient ID"].astype(str)) <= old_patients  # and nothing dropped without that reason
+    assert len(chosen) + dropped == len(new)
+
+
+def test_unseen_rows_say_what_is_wrong() -> None:
+    table = pd.DataFrame({"source_repo": ["a", "b"], "Patient ID": [1, 1]})
+    with pytest.raises(ComparisonError, match="no cross-validated image comes from c"):
+        unseen_rows(table, ["c"])
+    with pytest.raises(ComparisonError, match="patient who also has an older image"):
+        unseen_rows(table, ["b"])
+    with pytest.raises(ComparisonError, match="'source_repo'"):
+        unseen_rows(table.drop(columns="source_repo"), ["b"])
+
+
+def _data(seed: int = 3, n: int = 300):
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((n, 3)) < [0.3, 0.1, 0.02]).astype(np.float32)
+    mask = np.ones_like(targets, dtype=bool)
+    mask[::7, 0] = False  # unknown entries are left out of that label only
+    weak = targets * 0.3 + rng.random((n, 3))
+    strong = targets * 1.5 + rng.random((n, 3))
+    groups = np.repeat(np.arange(n // 2), 2)
+    return targets, mask, weak, strong, groups
+
+
+def test_compare_matches_scikit_learn_and_skips_rare_or_unlearnt_labels() -> None:
+    targets, mask, weak, strong, groups = _data()
+    learnt = np.array([True, True, True])
+    result = compare(weak, strong, targets, mask, groups, ["A", "B", "C"], learnt, n_boot=200)
+    # C is rare (2%): whether it reaches 5 positives and 5 negatives is counted here independently.
+    counted = [name for j, name in enumerate("ABC")
+               if min(targets[mask[:, j], j].sum(), (1 - targets[mask[:, j], j]).sum()) >= 5]
+    assert [r.label for r in result.labels] == counted
+    for r in result.labels:
+        j = "ABC".index(r.label)
+        known = mask[:, j]
+        assert r.shipped_auroc == pytest.approx(roc_auc_score(targets[known, j], weak[known, j]), abs=1e-12)
+        assert r.cv_auroc == pytest.approx(roc_auc_score(targets[known, j], strong[known, j]), abs=1e-12)
+        assert r.positives == int(targets[known, j].sum())
+    assert result.difference == pytest.approx(result.cv_macro_auroc - result.shipped_macro_auroc)
+    assert result.difference > 0.1
+    low, high = result.difference_ci
+    assert 0 < low < result.difference < high
+    unlearnt = compare(weak, strong, targets, mask, groups, ["A", "B", "C"], np.array([False, True, True]),
+                       n_boot=0)
+    assert "A" not in [r.label for r in unlearnt.labels] and unlearnt.difference_ci is None
+
+
+def test_the_same_predictions_differ_by_exactly_zero() -> None:
+    targets, mask, weak, _, groups = _data()
+    result = compare(weak, weak, targets, mask, groups, ["A", "B", "C"], np.ones(3, bool), n_boot=100)
+    assert result.difference == 0 and result.difference_ci == (0.0, 0.0)
+    with pytest.raises(ComparisonError, match="no label has 500 positives"):
+        compare(weak, weak, targets, mask, groups, ["A", "B", "C"], np.ones(3, bool), min_positives=500)
