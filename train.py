@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # Heavy imports (torch) only once the config is known to be valid: config mistakes are answered at once.
-    from core.crossval import load_cv_summary, run_cv
+    from core.crossval import fit_overrides, run_cv
     from core.distributed import cleanup_distributed
     from core.trainer import train
 
@@ -86,8 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("CV paused (train.stop_after_epochs); run the same command again to continue")
             return 0
         if args.fit_from_cv:
-            summary = load_cv_summary(resolve_path(args.fit_from_cv))
-            overrides += ["data.fit_on=train+val", f"train.keep_epoch={summary['chosen_epoch']}"]
+            overrides += fit_overrides(resolve_path(args.fit_from_cv))
             config = load_config(config_path, overrides)
         result = train(config, resume=args.resume)
         if args.export and result.info.is_main:

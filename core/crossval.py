@@ -227,6 +227,29 @@ def load_cv_summary(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def fit_overrides(folder: str | Path) -> list[str]:
+    """Config overrides that fit the final model as the cross-validation in ``folder`` chose it.
+
+    Train on train+val, stop at the chosen epoch, and keep the CV's schedule length: the learning rate at epoch
+    ``k`` of a cosine schedule depends on how many epochs it spans, so the chosen epoch means the same only under
+    the same ``train.epochs`` (a CV run with ``--epochs 12`` must not be fitted with a config's 15).
+
+    Raises:
+        CVError: the folder has no summary or no saved config.
+    """
+    import yaml
+
+    summary = load_cv_summary(folder)
+    saved = Path(folder) / "config.yaml"
+    if not saved.is_file():
+        raise CVError(f"{saved}: missing (the cross-validation saves its config there; run it again)")
+    try:
+        epochs = int(yaml.safe_load(saved.read_text(encoding="utf-8"))["train"]["epochs"])
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise CVError(f"{saved}: no readable train.epochs ({type(exc).__name__})") from None
+    return ["data.fit_on=train+val", f"train.epochs={epochs}", f"train.keep_epoch={int(summary['chosen_epoch'])}"]
+
+
 def plot_cv_curve(summary: dict[str, Any], path: str | Path) -> Path:
     """Mean fold macro AUROC (band: +-1 std), each fold, and the pooled OOF AUROC per epoch."""
     import matplotlib

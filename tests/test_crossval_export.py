@@ -14,7 +14,7 @@ from core.calls import CallRule, card_evidence
 from core.card import ModelCard
 from core.card_evidence import card_call_evidence
 from core.config import config_from_dict
-from core.crossval import CVError, cv_dir, fold_config, load_oof, run_cv
+from core.crossval import CVError, cv_dir, fit_overrides, fold_config, load_oof, run_cv
 from core.data import cv_folds, load_splits
 from core.export import export_model
 from core.heldout import output_probs
@@ -59,6 +59,22 @@ def tiny(shared_data: Path, tmp_path_factory) -> tuple[dict, Path]:
     return data, root
 
 
+def test_fit_keeps_the_schedule_the_epoch_was_chosen_under(tmp_path):
+    folder = tmp_path / "cv"
+    with pytest.raises(CVError, match="no cross-validation summary"):
+        fit_overrides(folder)
+    folder.mkdir()
+    (folder / "cv_summary.json").write_text(json.dumps({"chosen_epoch": 11}))
+    with pytest.raises(CVError, match="config.yaml: missing"):
+        fit_overrides(folder)
+    (folder / "config.yaml").write_text("train:\n  lr: 0.001\n")
+    with pytest.raises(CVError, match="no readable train.epochs"):
+        fit_overrides(folder)
+    # A CV run with --epochs 12 under a config of 15: the fit must span 12 epochs too, and stop at 11.
+    (folder / "config.yaml").write_text("train:\n  epochs: 12\n  lr: 0.001\n")
+    assert fit_overrides(folder) == ["data.fit_on=train+val", "train.epochs=12", "train.keep_epoch=11"]
+
+
 @pytest.mark.slow
 def test_cv_then_fit_then_export(tiny, taxonomy, tmp_path):
     data, root = tiny
@@ -86,6 +102,8 @@ def test_cv_then_fit_then_export(tiny, taxonomy, tmp_path):
     again = run_cv(config, folds=2)  # finished folds are not trained again
     assert again["cv_macro_auroc_mean"] == summary["cv_macro_auroc_mean"]
 
+    assert fit_overrides(folder) == ["data.fit_on=train+val", f"train.epochs={data['train']['epochs']}",
+                                     f"train.keep_epoch={summary['chosen_epoch']}"]
     final = config_from_dict({**data, "data": {**data["data"], "fit_on": "train+val"},
                               "train": {**data["train"], "keep_epoch": summary["chosen_epoch"]}})
     result = train(final)
