@@ -91,6 +91,16 @@ def _register() -> None:
         _registered = True
 
 
+def warm() -> None:
+    """Import pydicom's pixel decoders and the faster codecs, and register the plugin, ahead of the first file.
+
+    About 0.4 s of imports that the first compressed DICOM of a process would otherwise wait for (the dashboard
+    calls this from its background warm-up thread).
+    """
+    for syntax in PREFERRED_PLUGIN:
+        plugin_for(syntax)
+
+
 def plugin_for(transfer_syntax: str) -> str:
     """The pydicom decoding plugin to ask for by name, or ``""`` for pydicom's own order of plugins."""
     preferred = PREFERRED_PLUGIN.get(transfer_syntax, "")

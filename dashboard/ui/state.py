@@ -19,6 +19,7 @@ import streamlit as st
 from core.analysis import Analysis
 from core.display import DisplayImage, display_image
 from core.imaging import XrayImage
+from core.imaging.dicom_codecs import warm as warm_decoders
 from core.inference import Predictor
 from core.registry import RegistryScan, Variant, resolve_weights_dir, scan_weights
 from core.taxonomy import Taxonomy, load_taxonomy
@@ -71,7 +72,8 @@ def get_predictor(weights_dir: str) -> Predictor:
 @st.cache_resource(show_spinner=False)
 def warm_variants(weights_dir: str, names: tuple[str, ...]) -> threading.Thread:
     """Load every distinct variant into the shared predictor in the background, once per process, so the first
-    variant switch and the Compare tab do not wait for weights files to be read (loading is thread-safe)."""
+    variant switch and the Compare tab do not wait for weights files to be read (loading is thread-safe); then
+    the DICOM decoders, so the first compressed film does not wait for their imports."""
 
     def load_all() -> None:
         predictor = get_predictor(weights_dir)
@@ -80,6 +82,10 @@ def warm_variants(weights_dir: str, names: tuple[str, ...]) -> threading.Thread:
                 predictor.load(name)
             except Exception:  # noqa: BLE001 - a broken variant is reported when it is chosen, not here
                 logging.getLogger("hicxr.dashboard").warning("could not preload a variant", exc_info=True)
+        try:
+            warm_decoders()
+        except Exception:  # noqa: BLE001 - a decoder that cannot load is reported when a file needs it
+            logging.getLogger("hicxr.dashboard").warning("could not preload the DICOM decoders", exc_info=True)
         settle_heap()
 
     thread = threading.Thread(target=load_all, name="hicxr-warm-variants", daemon=True)
