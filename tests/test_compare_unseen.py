@@ -1,4 +1,5 @@
-"""core.compare_unseen: which images count as unseen, and the paired comparison's numbers (against scikit-learn)."""
+"""core.compare_unseen (which images count as unseen) and core.paired (the paired comparison's numbers, against
+scikit-learn)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core.compare_unseen import ComparisonError, compare, unseen_rows
+from core.compare_unseen import unseen_rows
+from core.paired import ComparisonError, paired_comparison
 
 GROWN_BY = ["muhammedtalo/COVID-19", "MichaelNoya/nih-chest-xray-webdataset-subset"]
 
@@ -51,7 +53,7 @@ def _data(seed: int = 3, n: int = 300):
 def test_compare_matches_scikit_learn_and_skips_rare_or_unlearnt_labels() -> None:
     targets, mask, weak, strong, groups = _data()
     learnt = np.array([True, True, True])
-    result = compare(weak, strong, targets, mask, groups, ["A", "B", "C"], learnt, n_boot=200)
+    result = paired_comparison(weak, strong, targets, mask, groups, ["A", "B", "C"], learnt, n_boot=200)
     # C is rare (2%): whether it reaches 5 positives and 5 negatives is counted here independently.
     counted = [name for j, name in enumerate("ABC")
                if min(targets[mask[:, j], j].sum(), (1 - targets[mask[:, j], j]).sum()) >= 5]
@@ -59,21 +61,21 @@ def test_compare_matches_scikit_learn_and_skips_rare_or_unlearnt_labels() -> Non
     for r in result.labels:
         j = "ABC".index(r.label)
         known = mask[:, j]
-        assert r.shipped_auroc == pytest.approx(roc_auc_score(targets[known, j], weak[known, j]), abs=1e-12)
-        assert r.cv_auroc == pytest.approx(roc_auc_score(targets[known, j], strong[known, j]), abs=1e-12)
+        assert r.a_auroc == pytest.approx(roc_auc_score(targets[known, j], weak[known, j]), abs=1e-12)
+        assert r.b_auroc == pytest.approx(roc_auc_score(targets[known, j], strong[known, j]), abs=1e-12)
         assert r.positives == int(targets[known, j].sum())
-    assert result.difference == pytest.approx(result.cv_macro_auroc - result.shipped_macro_auroc)
+    assert result.difference == pytest.approx(result.b_macro - result.a_macro)
     assert result.difference > 0.1
     low, high = result.difference_ci
     assert 0 < low < result.difference < high
-    unlearnt = compare(weak, strong, targets, mask, groups, ["A", "B", "C"], np.array([False, True, True]),
+    unlearnt = paired_comparison(weak, strong, targets, mask, groups, ["A", "B", "C"], np.array([False, True, True]),
                        n_boot=0)
     assert "A" not in [r.label for r in unlearnt.labels] and unlearnt.difference_ci is None
 
 
 def test_the_same_predictions_differ_by_exactly_zero() -> None:
     targets, mask, weak, _, groups = _data()
-    result = compare(weak, weak, targets, mask, groups, ["A", "B", "C"], np.ones(3, bool), n_boot=100)
+    result = paired_comparison(weak, weak, targets, mask, groups, ["A", "B", "C"], np.ones(3, bool), n_boot=100)
     assert result.difference == 0 and result.difference_ci == (0.0, 0.0)
     with pytest.raises(ComparisonError, match="no label has 500 positives"):
-        compare(weak, weak, targets, mask, groups, ["A", "B", "C"], np.ones(3, bool), min_positives=500)
+        paired_comparison(weak, weak, targets, mask, groups, ["A", "B", "C"], np.ones(3, bool), min_positives=500)
