@@ -8,7 +8,8 @@ Usage::
 ``--weights`` takes the variant prefix (``weights/NAME`` for ``weights/NAME.safetensors`` + ``weights/NAME.json``);
 the card's temperatures are used when the card says ``calibration.applied``. Inference is batched, without
 augmentation or Monte-Carlo dropout, at each model's own input size. With several variants the per-label AUROC
-table has one column per variant.
+table has one column per variant; ``--paired`` compares each later variant with the first on the same images
+instead (the macro AUROC difference with a paired patient-level bootstrap CI).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from core.config import DataConfig, resolve_path
 from core.data import DataError, XrayDataset, split_table
 from core.distributed import DistInfo, autocast_context, gather_rows, unwrap
 from core.errors import HiCXRError
+from core.labels import LabelSet
 from core.metrics import evaluate_predictions
 from core.model import HiCXRNet, ModelLoadError, constraint_matrix, load_model, output_probabilities
+from core.paired import PairedComparison, paired_comparison
 from core.plots import plot_calibration, plot_roc
 from core.preprocess import Fit, normalize
 from core.progress import progress
@@ -156,6 +159,52 @@ def _f(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def variant_probabilities(
+    prefixes: Sequence[str | Path], labels: LabelSet, images: str | Path, batch_size: int = 64,
+    taxonomy: Taxonomy | None = None,
+) -> dict[str, tuple[np.ndarray, XrayDataset, ModelCard | None, bool]]:
+    """Each variant's probabilities on ``labels`` (its card's temperatures applied when it says so).
+
+    Returns name -> (probabilities ``(N, L)``, the dataset they were computed on, the card, temperature applied).
+    Variants with the same input contract share one decoded dataset.
+    """
+    taxonomy = taxonomy or load_taxonomy()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    datasets: dict[tuple[int, Fit], XrayDataset] = {}
+    out: dict[str, tuple[np.ndarray, XrayDataset, ModelCard | None, bool]] = {}
+    for prefix in prefixes:
+        name = variant_paths(prefix)[0].stem
+        if name in out:  # two folders' variants of the same name (e.g. a retrained bce against the shipped one)
+            name = f"{variant_paths(prefix)[0].parent.name}/{name}"
+        model, temperature, card = load_variant(prefix, taxonomy, device)
+        key = (model.config.input_size, Fit.of(model.config))
+        if key not in datasets:
+            datasets[key] = XrayDataset(labels, images, key[0], cache=True, progress=sys.stderr.isatty(), fit=key[1])
+        ds = datasets[key]
+        logits = predict_dataset(model, ds, batch_size)
+        if temperature is not None:
+            logits = logits / temperature
+        probs = output_probabilities(torch.from_numpy(logits), constraint_matrix(model.config, taxonomy)).numpy()
+        out[name] = (probs, ds, card, temperature is not None)
+    return out
+
+
+def split_labels(csv: str | Path, images: str | Path, split: str, taxonomy: Taxonomy,
+                 data: DataConfig | None = None) -> LabelSet:
+    """The rows of ``split`` (or ``all``) of a label table, in each release's own layout and official split.
+
+    Raises:
+        DataError: the split has no row.
+    """
+    data = data or DataConfig(csv=str(csv), images=str(images))
+    labels, assignment = split_table(data, taxonomy)
+    if split != "all":
+        labels = labels.subset(assignment == split)
+        if len(labels) == 0:
+            raise DataError(f"{resolve_path(csv)}: no rows in split {split!r}")
+    return labels
+
+
 def evaluate_variants(
     prefixes: Sequence[str | Path], csv: str | Path, images: str | Path, split: str = "test",
     out: str | Path | None = None, n_boot: int = 1000, batch_size: int = 64, taxonomy: Taxonomy | None = None,
@@ -167,41 +216,40 @@ def evaluate_variants(
         LabelError, DataError, ModelLoadError: with a message naming the file, column or variant.
     """
     taxonomy = taxonomy or load_taxonomy()
-    data = data or DataConfig(csv=str(csv), images=str(images))
-    csv, images = resolve_path(csv), resolve_path(images)
-    labels, assignment = split_table(data, taxonomy)  # each release's own layout and official split
-    if split != "all":
-        labels = labels.subset(assignment == split)
-        if len(labels) == 0:
-            raise DataError(f"{csv}: no rows in split {split!r}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    labels = split_labels(csv, images, split, taxonomy, data)
     out_dir = Path(out) if out else None
     results: dict[str, SplitMetrics] = {}
-    curves: dict[str, np.ndarray] = {}
-    datasets: dict[tuple[int, Fit], XrayDataset] = {}
-    for prefix in prefixes:
-        name = variant_paths(prefix)[0].stem
-        model, temperature, _ = load_variant(prefix, taxonomy, device)
-        key = (model.config.input_size, Fit.of(model.config))
-        if key not in datasets:  # variants with the same input contract share one decoded dataset
-            datasets[key] = XrayDataset(labels, images, key[0], cache=True, progress=sys.stderr.isatty(), fit=key[1])
-        ds = datasets[key]
-        logits = predict_dataset(model, ds, batch_size)
-        if temperature is not None:
-            logits = logits / temperature
-        probs = output_probabilities(torch.from_numpy(logits), constraint_matrix(model.config, taxonomy)).numpy()
+    predicted = variant_probabilities(prefixes, labels, resolve_path(images), batch_size, taxonomy)
+    for name, (probs, ds, _, applied) in predicted.items():
         y, m = ds.labels.targets, ds.labels.mask
         results[name] = evaluate_predictions(y, probs, taxonomy, m, groups=ds.groups, n_boot=n_boot)
-        results[name].temperature_applied = temperature is not None
-        curves[name] = probs
+        results[name].temperature_applied = applied
         if out_dir is not None:
             plot_roc(y, probs, m, taxonomy.labels, out_dir / f"roc_{name}.png", title=f"{name}: ROC ({split})")
     if out_dir is not None:
-        any_ds = next(iter(datasets.values()))
-        plot_calibration(any_ds.labels.targets, curves, any_ds.labels.mask, out_dir / "calibration.png",
-                         title=f"Reliability ({split}, all known labels pooled)")
-        write_json({"split": split, "csv": str(csv), "results": {n: r.to_dict() for n, r in results.items()}},
-                   out_dir / "metrics.json")
+        any_ds = next(iter(predicted.values()))[1]
+        plot_calibration(any_ds.labels.targets, {n: p[0] for n, p in predicted.items()}, any_ds.labels.mask,
+                         out_dir / "calibration.png", title=f"Reliability ({split}, all known labels pooled)")
+        write_json({"split": split, "csv": str(resolve_path(csv)),
+                    "results": {n: r.to_dict() for n, r in results.items()}}, out_dir / "metrics.json")
+    return results
+
+
+def paired_against_first(prefixes: Sequence[str | Path], csv: str | Path, images: str | Path, split: str = "test",
+                         n_boot: int = 1000, batch_size: int = 64) -> list[PairedComparison]:
+    """Each later variant against the first on the same images of ``split``: per-label and macro AUROC and the
+    paired patient-level bootstrap CI of the difference (:mod:`core.paired`), over the labels both learnt with at
+    least 5 positives and negatives there."""
+    taxonomy = load_taxonomy()
+    labels = split_labels(csv, images, split, taxonomy)
+    predicted = variant_probabilities(prefixes, labels, resolve_path(images), batch_size, taxonomy)
+    (first, (base, ds, base_card, _)), *others = predicted.items()
+    results = []
+    for name, (probs, _, card, _) in others:
+        not_learnt = {lab for c in (base_card, card) if c is not None for lab in c.labels_not_learnt}
+        learnt = np.array([lab not in not_learnt for lab in taxonomy.labels])
+        results.append(paired_comparison(base, probs, ds.labels.targets, ds.labels.mask, ds.groups, taxonomy.labels,
+                                         learnt, names=(first, name), n_boot=n_boot, note=f"{split} split"))
     return results
 
 
@@ -215,7 +263,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="folder for plots and metrics.json")
     parser.add_argument("--n-boot", type=int, default=1000, help="patient-level bootstrap resamples for CIs")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--paired", action="store_true",
+                        help="instead of the table: each later variant against the first on the same images, with "
+                             "a paired patient-level bootstrap CI of the macro AUROC difference")
     args = parser.parse_args(argv)
+    if args.paired:
+        if len(args.weights) < 2:
+            parser.error("--paired needs at least two variants")
+        try:
+            for comparison in paired_against_first(args.weights, args.csv, args.images, args.split, args.n_boot,
+                                                   args.batch_size):
+                print(comparison.to_text() + "\n")
+        except HiCXRError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         results = evaluate_variants(args.weights, args.csv, args.images, args.split, args.out, args.n_boot,
                                     args.batch_size)

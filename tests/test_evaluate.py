@@ -134,3 +134,24 @@ def test_evaluate_cli_names_missing_weights_and_columns(tiny, variants, tmp_path
                  str(images)])
     err = capsys.readouterr().err
     assert code == 2 and "broken.csv" in err
+
+
+def test_paired_cli_gives_zero_for_the_same_ranking_and_names_same_named_variants_apart(tiny, variants, tmp_path,
+                                                                                       capsys):
+    csv, images = tiny
+    twin = tmp_path / "retrained"
+    twin.mkdir()
+    for suffix in (".safetensors", ".json"):  # another folder's variant of the same name
+        shutil.copy(variants / f"scaled{suffix}", twin / f"scaled{suffix}")
+    code = main(["--paired", "--weights", str(variants / "scaled"), str(variants / "raw"), str(twin / "scaled"),
+                 "--csv", str(csv), "--images", str(images), "--split", "all", "--n-boot", "50"])
+    captured = capsys.readouterr()
+    text = captured.out
+    assert code == 0, captured.err
+    summaries = [line for line in text.splitlines() if line.startswith("macro AUROC")]
+    assert len(summaries) == 2  # raw against scaled, retrained/scaled against scaled
+    assert "scaled" in summaries[0] and "raw" in summaries[0] and "retrained/scaled" in summaries[1]
+    # Temperature and a copy of the weights change no ranking: the difference and its interval are exactly 0.
+    assert all("difference +0.000 (paired patient bootstrap 95% CI +0.000 to +0.000" in s for s in summaries)
+    with pytest.raises(SystemExit):
+        main(["--paired", "--weights", str(variants / "raw"), "--csv", str(csv), "--images", str(images)])
