@@ -25,7 +25,6 @@ export's evidence. The population-check rates (``ood.measured``) need image sets
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from core.calls import CallEvidence, CallRule, card_rule, fit_call_evidence
 from core.card import ModelCard
 from core.card_sections import OODInfo
 from core.head import head_outputs
+from core.heldout import outlier_half
 from core.imaging import ImageError
 from core.inference import Predictor
 from core.labels import LabelSet, nih_labels
@@ -148,7 +148,7 @@ def unseen_rows(table: pd.DataFrame, trained_on: str, seen_in: pd.DataFrame | No
 def kermany_heldout(table: pd.DataFrame, n: int | None = None) -> pd.DataFrame:
     """Films of the Kermany patients not used to fit the population classifier (the half
     ``core.heldout.fit_population`` keeps out, by the same hash); a random sample of ``n`` when given."""
-    half = table["patient_id"].map(lambda p: int(hashlib.sha256(f"hicxr-ood:{p}".encode()).hexdigest(), 16) % 2)
+    half = table["patient_id"].map(outlier_half)
     rows = table[half == 1]
     return rows if n is None or n >= len(rows) else rows.sample(n, random_state=1)
 
