@@ -118,6 +118,12 @@ def relative_line_width(k: int) -> float:
     return (1.0 + 1.2 * k) * 100.0 / 72.0
 
 
+def warm() -> None:
+    """Import scikit-image's marching squares ahead of the first relative map (its lazy loader costs about 30 ms
+    once per process; the dashboard calls this from its background warm-up thread)."""
+    import skimage.measure  # noqa: F401 - imported for its side effect only
+
+
 def contour_paths(heat: np.ndarray, levels: Sequence[float] = RELATIVE_LEVELS) -> list[tuple[int, np.ndarray]]:
     """The iso-lines of a map (scikit-image's marching squares): ``(k, points)`` per line, ``k`` the rank of its
     level among the sorted ``levels`` and ``points`` an ``(N, 2)`` array of x, y pixel positions (pixel centres at

@@ -18,6 +18,7 @@ import streamlit as st
 
 from core.analysis import Analysis
 from core.display import DisplayImage, display_image
+from core.explain import warm as warm_contours
 from core.imaging import XrayImage
 from core.imaging.dicom_codecs import warm as warm_decoders
 from core.inference import Predictor
@@ -73,7 +74,8 @@ def get_predictor(weights_dir: str) -> Predictor:
 def warm_variants(weights_dir: str, names: tuple[str, ...]) -> threading.Thread:
     """Load every distinct variant into the shared predictor in the background, once per process, so the first
     variant switch and the Compare tab do not wait for weights files to be read (loading is thread-safe); then
-    the DICOM decoders, so the first compressed film does not wait for their imports."""
+    the DICOM decoders and scikit-image's contours, so the first compressed film and the first relative map do not
+    wait for their imports."""
 
     def load_all() -> None:
         predictor = get_predictor(weights_dir)
@@ -82,10 +84,11 @@ def warm_variants(weights_dir: str, names: tuple[str, ...]) -> threading.Thread:
                 predictor.load(name)
             except Exception:  # noqa: BLE001 - a broken variant is reported when it is chosen, not here
                 logging.getLogger("hicxr.dashboard").warning("could not preload a variant", exc_info=True)
-        try:
-            warm_decoders()
-        except Exception:  # noqa: BLE001 - a decoder that cannot load is reported when a file needs it
-            logging.getLogger("hicxr.dashboard").warning("could not preload the DICOM decoders", exc_info=True)
+        for warm in (warm_decoders, warm_contours):
+            try:
+                warm()
+            except Exception:  # noqa: BLE001 - a library that cannot load is reported when a view needs it
+                logging.getLogger("hicxr.dashboard").warning("could not preload %s", warm.__name__, exc_info=True)
         settle_heap()
 
     thread = threading.Thread(target=load_all, name="hicxr-warm-variants", daemon=True)
