@@ -20,16 +20,13 @@ the comparison is, if anything, slightly unfair to the new recipe.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from core.errors import HiCXRError
-from core.paired import ComparisonError, PairedComparison, paired_comparison
+from core.paired import ComparisonError, PairedComparison, paired_comparison, report
 
 SOURCE_COLUMN = "source_repo"
 PATIENT_COLUMN = "Patient ID"
@@ -105,16 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-boot", type=int, default=1000, help="paired patient-level bootstrap resamples")
     parser.add_argument("--json", default=None, help="also write the comparison to this JSON file")
     args = parser.parse_args(argv)
-    try:
-        result = compare_on_unseen(args.config, args.cv, args.variant, args.new_source, args.n_boot)
-    except HiCXRError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(result.to_text())
-    if args.json:
-        Path(args.json).write_text(json.dumps(asdict(result), indent=1) + "\n", encoding="utf-8")
-    return 0
-
+    return report(lambda: compare_on_unseen(args.config, args.cv, args.variant, args.new_source, args.n_boot),
+                  args.json)
 
 if __name__ == "__main__":
     sys.exit(main())

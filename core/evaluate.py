@@ -33,7 +33,7 @@ from core.errors import HiCXRError
 from core.labels import LabelSet
 from core.metrics import evaluate_predictions
 from core.model import HiCXRNet, ModelLoadError, constraint_matrix, load_model, output_probabilities
-from core.paired import PairedComparison, paired_comparison
+from core.paired import PairedComparison, paired_comparison, report
 from core.plots import plot_calibration, plot_roc
 from core.preprocess import Fit, normalize
 from core.progress import progress
@@ -270,14 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.paired:
         if len(args.weights) < 2:
             parser.error("--paired needs at least two variants")
-        try:
-            for comparison in paired_against_first(args.weights, args.csv, args.images, args.split, args.n_boot,
-                                                   args.batch_size):
-                print(comparison.to_text() + "\n")
-        except HiCXRError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
+        return report(lambda: paired_against_first(args.weights, args.csv, args.images, args.split, args.n_boot,
+                                                   args.batch_size))
     try:
         results = evaluate_variants(args.weights, args.csv, args.images, args.split, args.out, args.n_boot,
                                     args.batch_size)

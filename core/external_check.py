@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import HiCXRError
-from core.paired import PairedComparison, paired_comparison
+from core.paired import PairedComparison, paired_comparison, report
 
 KERMANY = Path("../shared/data/other/kermany")
 NORMAL = "No Finding"
@@ -93,14 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.weights) < 2:
         parser.error("give at least two variants: the first is compared with each other")
-    try:
-        for comparison in external_check(args.weights, args.folder, args.per_class, args.n_boot):
-            print(comparison.to_text() + "\n")
-    except HiCXRError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
+    return report(lambda: external_check(args.weights, args.folder, args.per_class, args.n_boot))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,8 +9,12 @@ narrower than comparing two separate intervals.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -146,3 +150,22 @@ def paired_comparison(
     return PairedComparison(names=names, images=len(targets), patients=len(set(np.asarray(groups).tolist())),
                             labels=results, a_macro=a_macro, b_macro=b_macro, difference=b_macro - a_macro,
                             difference_ci=ci, n_boot=n_boot, note=note)
+
+
+def report(build: Callable[[], Any], json_path: str | None = None) -> int:
+    """What the comparison CLIs do with their result: print its text (and write its JSON when asked), or print the
+    project error it raised as one line; returns the exit status (0, or 2 for an error).
+
+    ``build`` returns one result with ``to_text()`` or a list of them.
+    """
+    try:
+        result = build()
+    except HiCXRError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results = result if isinstance(result, list) else [result]
+    print("\n\n".join(r.to_text() for r in results))
+    if json_path:
+        payload = [asdict(r) for r in results] if isinstance(result, list) else asdict(result)
+        Path(json_path).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    return 0

@@ -18,16 +18,14 @@ predictions at one epoch:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from core.errors import HiCXRError
-from core.paired import ComparisonError, PairedComparison, paired_comparison
+from core.paired import ComparisonError, PairedComparison, paired_comparison, report
 
 SOURCE_COLUMN = "source_repo"
 
@@ -165,17 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-boot", type=int, default=1000, help="paired patient-level bootstrap resamples")
     parser.add_argument("--json", default=None, help="also write the comparison to this JSON file")
     args = parser.parse_args(argv)
-    try:
-        result = compare_recipes(args.cv_a, args.cv_b, args.epoch, sources=args.source,
-                                 exclude_sources=args.exclude_source, n_boot=args.n_boot)
-    except HiCXRError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(result.to_text())
-    if args.json:
-        Path(args.json).write_text(json.dumps(asdict(result), indent=1) + "\n", encoding="utf-8")
-    return 0
-
+    return report(lambda: compare_recipes(args.cv_a, args.cv_b, args.epoch, sources=args.source,
+                                          exclude_sources=args.exclude_source, n_boot=args.n_boot), args.json)
 
 if __name__ == "__main__":
     sys.exit(main())
