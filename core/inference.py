@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from core.analysis import Analysis, find_violations
-from core.calls import CallEvidence, CallRule, card_evidence, decide_calls
+from core.calls import CallRule, card_evidence, decide_calls
 from core.card import ModelCard
 from core.contract import DEFAULT_MC_SAMPLES
 from core.head import head_outputs
 from core.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, XrayImage, read_image
-from core.model import HiCXRNet, ModelConfig, constraint_matrix, load_model_and_extras
+from core.loaded_variant import LoadedVariant
+from core.model import HiCXRNet, constraint_matrix, load_model_and_extras
 from core.ood import FeatureReference, PopulationClassifier, image_warnings, is_technical_note, population_checks
 from core.preprocess import Fit, normalize, to_model_input
 from core.registry import (
@@ -69,50 +70,6 @@ class BatchItem:
     source: Any
     analyses: dict[str, Analysis]
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class LoadedVariant:
-    """A variant held by a :class:`Predictor`: the shared eval-mode model with its calibration and constraint.
-
-    Attributes:
-        name: Variant name.
-        model: The eval-mode model (never modified).
-        card: Its model card (``None`` for an in-memory model served without one).
-        temperature: ``(L,)`` temperatures the logits are divided by, or ``None``.
-        descendants: The max-constraint matrix of a C-HMCNN model, or ``None``.
-        variant: Its registry entry, when loaded from a weights folder.
-        ood: The out-of-distribution feature reference stored with the weights, or ``None``.
-        population: The population (pediatric film) classifier stored with the weights, or ``None``.
-        call_rule: The card's call rule (:mod:`core.calls`).
-        call_evidence: The card's per-label call inputs, or ``None`` (then nothing is callable).
-    """
-
-    name: str
-    model: HiCXRNet
-    card: ModelCard | None
-    temperature: torch.Tensor | None
-    descendants: torch.Tensor | None = None
-    variant: Variant | None = None
-    ood: FeatureReference | None = None
-    population: PopulationClassifier | None = None
-    call_rule: CallRule = CallRule()
-    call_evidence: CallEvidence | None = None
-
-    @property
-    def not_learnt(self) -> list[str]:
-        """Labels the card lists as not learnt."""
-        return list(self.card.labels_not_learnt) if self.card is not None else []
-
-    @property
-    def operating_points(self) -> dict[str, float]:
-        """Label -> operating point of each callable label under the card's call rule."""
-        return self.call_evidence.thresholds() if self.call_evidence is not None else {}
-
-    @property
-    def config(self) -> ModelConfig:
-        """The model's config (input contract)."""
-        return self.model.config
 
 
 def image_sha256(source: Source) -> str:
