@@ -96,3 +96,21 @@ def test_other_transfer_syntaxes_keep_pydicom_order() -> None:
     assert plugin_for(pydicom.uid.JPEGBaseline8Bit) == ""
     assert plugin_for(pydicom.uid.RLELossless) == ""
     assert 1 <= decode_threads() <= 4
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+@pytest.mark.parametrize("kept", [0.5, 0.05])
+def test_a_cut_codestream_is_a_clear_error_from_the_faster_codecs(name: str, kept: float) -> None:
+    import io
+
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from core.imaging import CorruptImageError
+
+    ds = pydicom.dcmread(DICOM_DIR / name)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[: int(len(frame) * kept)]])  # a well-formed file whose image stream stops
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(CorruptImageError, match="could not be decoded: the file may be damaged or incomplete"):
+        read_image(buffer.getvalue())
