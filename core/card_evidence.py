@@ -5,7 +5,8 @@ uses (:class:`core.inference.Predictor`: decoding, preprocessing, calibration, M
 
 * **call evidence** (:func:`core.calls.fit_call_evidence`): per learnt label, the held-out AUROC with a
   patient-level bootstrap interval and the operating point under the card's call rule. The held-out images are the
-  NIH images of **patients the model never trained on, outside the test split** (:func:`unseen_rows`): the 764
+  NIH images of **patients the model never trained on, outside the test split** (:func:`core.growth.unseen_rows`):
+  the 764
   images of patients first added to ``../shared/data/nih`` on 2026-12-01 and, for a model trained on ``train``
   only, the validation split as well. The test split is never read here.
 * **out-of-population checks** (:func:`measure_ood`): the share of adult films flagged (false alarms: NIH test,
@@ -36,6 +37,7 @@ import torch
 from core.calls import CallEvidence, CallRule, card_rule, fit_call_evidence
 from core.card import ModelCard
 from core.card_sections import OODInfo
+from core.growth import unseen_rows
 from core.head import head_outputs
 from core.heldout import outlier_half
 from core.imaging import ImageError
@@ -47,9 +49,6 @@ from core.preprocess import fit_to_model, normalize
 log = logging.getLogger(__name__)
 
 DATA = Path("../shared/data")
-#: Source copies of the NIH images added on 2026-12-01 (after the shipped models were trained; data README).
-GROWTH_SOURCES = frozenset({"muhammedtalo/COVID-19", "MichaelNoya/nih-chest-xray-webdataset-subset"})
-
 
 @dataclass
 class Scores:
@@ -129,20 +128,6 @@ def cached_scores(predictor: Predictor, key: str, paths: list[Path], cache: Path
     for v, s in scores.items():
         np.savez(files[v], **s.__dict__)
     return scores
-
-
-def unseen_rows(table: pd.DataFrame, trained_on: str, seen_in: pd.DataFrame | None = None) -> np.ndarray:
-    """Rows of the NIH table whose patient the model never trained on, outside the test split.
-
-    The shipped models were trained before the 2026-12-01 growth: on the then ``train`` split (``trained_on`` =
-    ``"train"``) or ``train`` + ``val`` (``"train+val"``). A patient is unseen when none of their images of the older
-    copies lies in a split the model trained on (looked up in ``seen_in``, the whole table, default ``table``).
-    """
-    full = table if seen_in is None else seen_in
-    splits = {"train"} if trained_on == "train" else {"train", "val"}
-    older = ~full["source_repo"].isin(GROWTH_SOURCES)
-    seen = set(full.loc[older & full["split"].isin(splits), "Patient ID"])
-    return ((table["split"] != "test") & ~table["Patient ID"].isin(seen)).to_numpy()
 
 
 def kermany_heldout(table: pd.DataFrame, n: int | None = None) -> pd.DataFrame:

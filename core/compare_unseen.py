@@ -28,29 +28,28 @@ import numpy as np
 
 from core.paired import ComparisonError, PairedComparison, paired_comparison, report
 
-SOURCE_COLUMN = "source_repo"
-PATIENT_COLUMN = "Patient ID"
 
-
-def unseen_rows(metadata, new_sources: Sequence[str]) -> tuple[np.ndarray, int]:
-    """Rows from ``new_sources`` whose patient has no row from another source, and how many rows were dropped.
+def unseen_rows(metadata, trained_on: str, new_sources: Sequence[str]) -> tuple[np.ndarray, int]:
+    """Indices of the cross-validated rows a model trained on ``trained_on`` before the growth never saw
+    (:func:`core.growth.unseen_rows`), and how many images of ``new_sources`` were left out because their patient
+    has an older image it trained on.
 
     Raises:
         ComparisonError: a column is missing or no row qualifies.
     """
-    for column in (SOURCE_COLUMN, PATIENT_COLUMN):
+    from core.growth import PATIENT_COLUMN, SOURCE_COLUMN
+    from core.growth import unseen_rows as growth_unseen
+
+    for column in (SOURCE_COLUMN, PATIENT_COLUMN, "split"):
         if column not in metadata.columns:
             raise ComparisonError(f"the label table has no {column!r} column to tell new images from old ones")
-    sources = metadata[SOURCE_COLUMN].astype(str).to_numpy()
-    patients = metadata[PATIENT_COLUMN].astype(str).to_numpy()
-    new = np.isin(sources, list(new_sources))
+    new = metadata[SOURCE_COLUMN].astype(str).isin(list(new_sources)).to_numpy()
     if not new.any():
         raise ComparisonError(f"no cross-validated image comes from {', '.join(new_sources)}")
-    old_patients = set(patients[~new])
-    keep = new & ~np.isin(patients, list(old_patients))
+    keep = growth_unseen(metadata, trained_on, growth_sources=new_sources)
     if not keep.any():
         raise ComparisonError("every new image belongs to a patient who also has an older image")
-    return np.flatnonzero(keep), int(new.sum() - keep.sum())
+    return np.flatnonzero(keep), int((new & ~keep).sum())
 
 
 def compare_on_unseen(config_path: str | Path, cv_dir: str | Path, variant: str | Path,
@@ -73,10 +72,11 @@ def compare_on_unseen(config_path: str | Path, cv_dir: str | Path, variant: str 
     taxonomy = load_taxonomy()
     config = load_config(resolve_path(config_path))
     logits, labels, _ = load_oof(config, resolve_path(cv_dir), taxonomy)
-    rows, dropped = unseen_rows(labels.metadata, new_sources)
+    model, _, card = load_variant(resolve_path(variant), taxonomy)
+    trained_on = str(card.data.trained_on or "train") if card is not None else "train+val"
+    rows, dropped = unseen_rows(labels.metadata, trained_on, new_sources)
     unseen = labels.subset(rows)
     cv_probs = cv_probabilities(logits[rows], config, taxonomy)
-    model, _, card = load_variant(resolve_path(variant), taxonomy)
     dataset = XrayDataset(unseen, resolve_path(config.data.images), model.config.input_size, cache=False,
                           progress=sys.stderr.isatty(), fit=Fit.of(model.config))
     shipped_logits = predict_dataset(model, dataset)
@@ -85,8 +85,8 @@ def compare_on_unseen(config_path: str | Path, cv_dir: str | Path, variant: str 
     not_learnt = set(card.labels_not_learnt) if card is not None else set()
     oof_labels = set(load_cv_summary(resolve_path(cv_dir))["oof_labels"])
     learnt = np.array([name not in not_learnt and name in oof_labels for name in taxonomy.labels])
-    note = (f"images the data grew by ({', '.join(new_sources)}) that {variant} never trained on; {dropped} left "
-            "out because their patient also has an older image")
+    note = (f"train+val images {variant} never trained on (the data grew by {', '.join(new_sources)}); {dropped} "
+            "new images left out because their patient also has an older image it trained on")
     return paired_comparison(shipped_probs, cv_probs, unseen.targets, unseen.mask, dataset.groups, taxonomy.labels,
                              learnt, names=(Path(str(variant)).name, "CV out-of-fold"), n_boot=n_boot, note=note)
 
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cv", required=True, help="the cross-validation folder (runs/NAME_cvK)")
     parser.add_argument("--variant", required=True, help="the shipped variant, e.g. weights/bce")
     parser.add_argument("--new-source", action="append", required=True,
-                        help=f"a {SOURCE_COLUMN} value of the images the data grew by (repeat for several)")
+                        help="a source_repo value of the images the data grew by (repeat for several)")
     parser.add_argument("--n-boot", type=int, default=1000, help="paired patient-level bootstrap resamples")
     parser.add_argument("--json", default=None, help="also write the comparison to this JSON file")
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ GROWN_BY = ["muhammedtalo/COVID-19", "MichaelNoya/nih-chest-xray-webdataset-subs
 def test_unseen_rows_on_the_real_table_leave_out_patients_with_older_images(shared_data) -> None:
     table = pd.read_csv(shared_data / "nih" / "labels.csv")
     table = table[table["split"].isin(["train", "val"])].reset_index(drop=True)
-    rows, dropped = unseen_rows(table, GROWN_BY)
+    rows, dropped = unseen_rows(table, "train+val", GROWN_BY)
     chosen = table.iloc[rows]
     new = table[table["source_repo"].isin(GROWN_BY)]
     old_patients = set(table.loc[~table["source_repo"].isin(GROWN_BY), "Patient ID"].astype(str))
@@ -30,13 +30,18 @@ def test_unseen_rows_on_the_real_table_leave_out_patients_with_older_images(shar
 
 
 def test_unseen_rows_say_what_is_wrong() -> None:
-    table = pd.DataFrame({"source_repo": ["a", "b"], "Patient ID": [1, 1]})
+    table = pd.DataFrame({"source_repo": ["a", "b"], "Patient ID": [1, 1], "split": ["train", "val"]})
     with pytest.raises(ComparisonError, match="no cross-validated image comes from c"):
-        unseen_rows(table, ["c"])
+        unseen_rows(table, "train+val", ["c"])
     with pytest.raises(ComparisonError, match="patient who also has an older image"):
-        unseen_rows(table, ["b"])
+        unseen_rows(table, "train+val", ["b"])
     with pytest.raises(ComparisonError, match="'source_repo'"):
-        unseen_rows(table.drop(columns="source_repo"), ["b"])
+        unseen_rows(table.drop(columns="source_repo"), "train+val", ["b"])
+    # A model trained on train only never saw the older validation images either: they count as unseen too.
+    older_val = pd.DataFrame({"source_repo": ["a", "a", "b"], "Patient ID": [1, 2, 3],
+                              "split": ["train", "val", "train"]})
+    assert unseen_rows(older_val, "train", ["b"])[0].tolist() == [1, 2]
+    assert unseen_rows(older_val, "train+val", ["b"])[0].tolist() == [2]
 
 
 def _data(seed: int = 3, n: int = 300):
