@@ -6,9 +6,8 @@ uses (:class:`core.inference.Predictor`: decoding, preprocessing, calibration, M
 * **call evidence** (:func:`core.calls.fit_call_evidence`): per learnt label, the held-out AUROC with a
   patient-level bootstrap interval and the operating point under the card's call rule. The held-out images are the
   NIH images of **patients the model never trained on, outside the test split** (:func:`core.growth.unseen_rows`):
-  the 764
-  images of patients first added to ``../shared/data/nih`` on 2026-12-01 and, for a model trained on ``train``
-  only, the validation split as well. The test split is never read here.
+  the 764 images of patients first added to ``../shared/data/nih`` on 2026-12-01 and, for a model trained on
+  ``train`` only, the validation split as well. The test split is never read here.
 * **out-of-population checks** (:func:`measure_ood`): the share of adult films flagged (false alarms: NIH test,
   the adult DICOMs, the COVID-19 collection, Shenzhen) and of held-out pediatric films flagged (detection: the
   Kermany patients *not* used to fit the population classifier), per check.

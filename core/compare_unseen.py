@@ -52,6 +52,17 @@ def unseen_rows(metadata, trained_on: str, new_sources: Sequence[str]) -> tuple[
     return np.flatnonzero(keep), int((new & ~keep).sum())
 
 
+def _trained_on(variant: str | Path) -> str:
+    """What the variant's card says it trained on (``train`` or ``train+val``; a card without it: ``train+val``)."""
+    from core.card import ModelCard
+    from core.config import resolve_path
+    from core.evaluate import variant_paths
+
+    card_path = variant_paths(resolve_path(variant))[1]
+    card = ModelCard.read(card_path) if card_path.is_file() else None
+    return str(card.data.trained_on or "train") if card is not None else "train+val"
+
+
 def compare_on_unseen(config_path: str | Path, cv_dir: str | Path, variant: str | Path,
                       new_sources: Sequence[str], n_boot: int = 1000) -> PairedComparison:
     """Load the CV's out-of-fold predictions and the shipped variant, score both on the unseen images.
@@ -59,29 +70,22 @@ def compare_on_unseen(config_path: str | Path, cv_dir: str | Path, variant: str 
     Raises:
         HiCXRError: a config, CV folder, variant or data problem, with a message naming it.
     """
-    import torch
-
     from core.config import load_config, resolve_path
     from core.crossval import cv_probabilities, load_cv_summary, load_oof
-    from core.data import XrayDataset
-    from core.evaluate import load_variant, predict_dataset
-    from core.model import constraint_matrix, output_probabilities
-    from core.preprocess import Fit
+    from core.evaluate import variant_probabilities
     from core.taxonomy import load_taxonomy
 
     taxonomy = load_taxonomy()
     config = load_config(resolve_path(config_path))
     logits, labels, _ = load_oof(config, resolve_path(cv_dir), taxonomy)
-    model, _, card = load_variant(resolve_path(variant), taxonomy)
-    trained_on = str(card.data.trained_on or "train") if card is not None else "train+val"
+    trained_on = _trained_on(variant)
     rows, dropped = unseen_rows(labels.metadata, trained_on, new_sources)
     unseen = labels.subset(rows)
     cv_probs = cv_probabilities(logits[rows], config, taxonomy)
-    dataset = XrayDataset(unseen, resolve_path(config.data.images), model.config.input_size, cache=False,
-                          progress=sys.stderr.isatty(), fit=Fit.of(model.config))
-    shipped_logits = predict_dataset(model, dataset)
-    shipped_probs = output_probabilities(torch.from_numpy(shipped_logits),
-                                         constraint_matrix(model.config, taxonomy)).numpy()
+    # The shipped model through core.evaluate's batch path: its own input contract, its card's calibration.
+    [(shipped_probs, dataset, card, _)] = variant_probabilities([resolve_path(variant)], unseen,
+                                                                resolve_path(config.data.images),
+                                                                taxonomy=taxonomy).values()
     not_learnt = set(card.labels_not_learnt) if card is not None else set()
     oof_labels = set(load_cv_summary(resolve_path(cv_dir))["oof_labels"])
     learnt = np.array([name not in not_learnt and name in oof_labels for name in taxonomy.labels])

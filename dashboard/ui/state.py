@@ -84,11 +84,11 @@ def warm_variants(weights_dir: str, names: tuple[str, ...]) -> threading.Thread:
                 predictor.load(name)
             except Exception:  # noqa: BLE001 - a broken variant is reported when it is chosen, not here
                 logging.getLogger("hicxr.dashboard").warning("could not preload a variant", exc_info=True)
-        for warm in (warm_decoders, warm_contours):
+        for what, warm in (("the DICOM decoders", warm_decoders), ("scikit-image's contours", warm_contours)):
             try:
                 warm()
             except Exception:  # noqa: BLE001 - a library that cannot load is reported when a view needs it
-                logging.getLogger("hicxr.dashboard").warning("could not preload %s", warm.__name__, exc_info=True)
+                logging.getLogger("hicxr.dashboard").warning("could not preload %s", what, exc_info=True)
         settle_heap()
 
     thread = threading.Thread(target=load_all, name="hicxr-warm-variants", daemon=True)
