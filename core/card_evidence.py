@@ -9,7 +9,8 @@ uses (:class:`core.inference.Predictor`: decoding, preprocessing, calibration, M
   the 764 images of patients first added to ``../shared/data/nih`` on 2026-12-01 and, for a model trained on
   ``train`` only, the validation split as well. The test split is never read here.
 * **out-of-population checks** (:func:`measure_ood`): the share of adult films flagged (false alarms: NIH test,
-  the adult DICOMs, the COVID-19 collection, Shenzhen) and of held-out pediatric films flagged (detection: the
+  the adult DICOMs, the half of the COVID-19 collection's and Shenzhen's patients the population classifier is not
+  fitted on) and of held-out pediatric films flagged (detection: the
   Kermany patients *not* used to fit the population classifier), per check.
 
 Scores are cached as ``.npz`` files in ``--cache`` so a second run only rewrites the cards.
@@ -17,14 +18,15 @@ Scores are cached as ``.npz`` files in ``--cache`` so a second run only rewrites
 A new export (:func:`core.export.export_model`) fits its card's call evidence with the same function
 (:func:`card_call_evidence`) on its own held-out predictions (out-of-fold, or the validation split); running this
 command afterwards replaces it with evidence on unseen patients, which holds only for models trained before
-2026-12-01: the added patients are in today's train and val splits, so a model trained on them must keep its
-export's evidence. The population-check rates (``ood.measured``) need image sets outside the training config
+2026-12-01: the added patients are in today's train and val splits, so a model trained on them keeps its export's
+evidence (:func:`core.growth.trained_after_growth`, from its card's image count). The population-check rates (``ood.measured``) need image sets outside the training config
 (other collections, held-out pediatric films) and are measured here only.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,7 @@ import torch
 from core.calls import CallEvidence, CallRule, card_rule, fit_call_evidence
 from core.card import ModelCard
 from core.card_sections import OODInfo
-from core.growth import unseen_rows
+from core.growth import trained_after_growth, unseen_rows
 from core.head import head_outputs
 from core.heldout import outlier_half
 from core.imaging import ImageError
@@ -110,14 +112,16 @@ def score_images(predictor: Predictor, paths: list[Path], batch: int = 64) -> di
 
 
 def cached_scores(predictor: Predictor, key: str, paths: list[Path], cache: Path) -> dict[str, Scores]:
-    """:func:`score_images`, cached per (set, variant, weights) in ``cache``: a retrained variant of the same name
-    is never given the previous weights' scores."""
+    """:func:`score_images`, cached per (set and its images, variant, weights) in ``cache``: a retrained variant of
+    the same name is never given the previous weights' scores."""
 
     def weights_id(name: str) -> str:
         card = predictor.get(name).card
         return (card.tensor_sha256 or "")[:12] if card is not None else ""
 
-    files = {v: cache / f"{key}__{v}_{weights_id(v)}.npz" for v in predictor.variant_names}
+    # The image list is part of the key too: a set whose membership changes must not get another list's scores.
+    images = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:8]
+    files = {v: cache / f"{key}_{images}__{v}_{weights_id(v)}.npz" for v in predictor.variant_names}
     if all(f.exists() for f in files.values()):
         loaded = {v: dict(np.load(f)) for v, f in files.items()}
         if all("adult_header" in d for d in loaded.values()):
@@ -138,14 +142,17 @@ def kermany_heldout(table: pd.DataFrame, n: int | None = None) -> pd.DataFrame:
 
 
 def adult_sets(data: Path) -> dict[str, list[Path]]:
-    """Every adult film the project holds outside training: NIH test, adult DICOMs, COVID-19 collection, Shenzhen."""
+    """Every adult film the project holds outside training and outside the population classifier's fit: NIH test,
+    adult DICOMs, and the COVID-19 collection's and Shenzhen's films of the patients in the half
+    (:func:`core.heldout.outlier_half`) that ``eval.ood_adults_*`` keeps out of the fit."""
     nih = pd.read_csv(data / "nih/labels.csv")
-    other = pd.read_csv(data / "other/labels.csv")
+    other = pd.read_csv(data / "other/labels.csv", dtype=str, keep_default_na=False)
+    held = other[other["patient_id"].map(outlier_half) == 1]
     return {
         "nih_test": [data / "nih/images" / f for f in nih.loc[nih["split"] == "test", "Image Index"]],
         "dicom_adult": sorted(p for p in (data / "dicom").glob("*.dcm") if "canine" not in p.name),
-        "covid": [data / "other" / f for f in other["file"] if f.startswith("covid_chestxray/")],
-        "shenzhen": [data / "other" / f for f in other["file"] if f.startswith("shenzhen/")],
+        "covid": [data / "other" / f for f in held["file"] if f.startswith("covid_chestxray/")],
+        "shenzhen": [data / "other" / f for f in held["file"] if f.startswith("shenzhen/")],
     }
 
 
@@ -222,10 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         loaded = predictor.get(name)
         card = loaded.card
         assert card is not None and loaded.variant is not None
-        if args.ood_only:
+        trained_on = str(card.data.trained_on or "train")
+        if args.ood_only or trained_after_growth(nih, trained_on, card.data.train_images):
+            # A model trained on the grown data trained on the images the evidence would be fitted on: it keeps
+            # the evidence its export fitted out of fold.
             rule, evidence = card.call_rule, card.call_evidence
         else:
-            rows = unseen_rows(unseen, str(card.data.trained_on or "train"), seen_in=nih)
+            rows = unseen_rows(unseen, trained_on, seen_in=nih)
             held = heldout_labels(unseen, rows, labels)
             rule, evidence = card_call_evidence(
                 card, nih_scores[name].mc_mean[rows], held,

@@ -208,6 +208,9 @@ class OODInfo(Record):
     population_flagged_heldout_outliers: float | None = None
     population_heldout_outliers: int | None = None
     population_flagged_outliers_cv: float | None = None
+    #: False alarms on the adult films of other collections that did not fit it (``eval.ood_adults_*``).
+    population_flagged_heldout_adults: float | None = None
+    population_heldout_adults: int | None = None
     test_flagged_distance: float | None = None
     test_flagged_population: float | None = None
     test_flagged: float | None = None

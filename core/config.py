@@ -94,6 +94,10 @@ class DataConfig:
     official_split: bool = True
     cache_budget_mb: float = DEFAULT_CACHE_BUDGET_MB
     jpeg_draft: bool = False
+    # Rows whose ``source_column`` value is listed are left out of every split: e.g. the copies the NIH data grew by
+    # on 2026-12-01, to rebuild a card of a model trained before on exactly the data it trained on.
+    exclude_sources: list[str] = field(default_factory=list)
+    source_column: str = "source_repo"
 
 
 @dataclass
@@ -173,6 +177,11 @@ class EvalConfig:
     ood_outliers_patient_column: str = "patient_id"
     ood_outliers_max: int = 1000
     ood_population_false_alarm: float = 0.025
+    # Adult films of other collections (same path and patient columns as the outlier table): half of their patients
+    # (the same hash) join the training images on the adult side of the population classifier, the other half
+    # measure its false alarms. Empty csv: the training images alone.
+    ood_adults_csv: str = ""
+    ood_adults_images: str = ""
 
 
 @dataclass

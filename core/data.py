@@ -116,6 +116,7 @@ def load_splits(config: Config, taxonomy: Taxonomy | None = None) -> dict[str, L
     With ``data.cv_folds = k`` the train and val rows are pooled and split by patient into ``k`` folds: fold
     ``data.cv_fold`` is returned as ``val`` and the rest as ``train`` (``test`` is untouched). With
     ``data.fit_on = train+val`` the val rows are trained on as well (``val`` is still returned, for logging only).
+    Rows from ``data.exclude_sources`` are in no split.
 
     Raises:
         LabelError: the CSV is missing, unreadable or lacks a column (named in the message).
@@ -123,6 +124,11 @@ def load_splits(config: Config, taxonomy: Taxonomy | None = None) -> dict[str, L
     """
     data = config.data
     labels, assignment = split_table(data, taxonomy)
+    if data.exclude_sources:
+        if data.source_column not in labels.metadata.columns:
+            raise SplitError(f"{data.csv}: no column {data.source_column!r} to leave out data.exclude_sources by")
+        left_out = labels.metadata[data.source_column].astype(str).isin(set(data.exclude_sources)).to_numpy()
+        assignment = np.where(left_out, "", assignment)
     if data.cv_folds:
         pool = np.flatnonzero((assignment == "train") | (assignment == "val"))
         folds = cv_folds(patient_ids(labels.subset(pool), data), data.cv_folds)

@@ -325,6 +325,20 @@ def export_variant(result: TrainResult, prefix: str | Path, argv: Sequence[str] 
                         reproduce=shlex.join(["python", "train.py", *(argv or [])]), aliases=aliases)
 
 
+def _same_training_data(card: ModelCard, config: Config) -> None:
+    """Refuse to rebuild a card from data other than the model trained on: everything the export fits (calibration,
+    operating points, the out-of-distribution reference, training positives) would describe images the model never
+    trained on, e.g. after the data set grew (2026-12-01) under a model trained before."""
+    if card.data.train_images is None:
+        return
+    now = len(load_splits(config)["train"])
+    if now != card.data.train_images:
+        raise ConfigError(
+            f"the card says the model trained on {card.data.train_images} images, but its config's training split "
+            f"has {now} now (the data changed since): rebuilding the card would describe other images. Export it "
+            "from the data it trained on, or retrain it (train.py ... --export).")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m core.export``: build or rebuild a variant's weights file and card; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m core.export", description=__doc__.split("\n\n")[0])
@@ -348,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = config_from_dict(data, f"{prefix}.json: training.config")
         else:
             raise ConfigError("no --config given and no existing card with a training config")
+        if old is not None and not args.source:
+            _same_training_data(old, config)
         model = load_model(source)
         training = {k: v for k, v in (old.training.to_dict() if old else {}).items() if k != "config"}
         aliases = args.alias or (old.aliases if old else [])

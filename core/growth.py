@@ -41,3 +41,11 @@ def unseen_rows(table: pd.DataFrame, trained_on: str, seen_in: pd.DataFrame | No
     older = ~full[SOURCE_COLUMN].isin(set(growth_sources))
     seen = set(full.loc[older & full["split"].isin(trained_splits(trained_on)), PATIENT_COLUMN].astype(str))
     return ((table["split"] != "test") & ~table[PATIENT_COLUMN].astype(str).isin(seen)).to_numpy()
+
+
+def trained_after_growth(table: pd.DataFrame, trained_on: str, train_images: int | None,
+                         growth_sources: Iterable[str] = GROWTH_SOURCES) -> bool:
+    """Whether a model that trained on ``train_images`` images of the splits ``trained_on`` names trained on more
+    than those splits held before the growth, i.e. on the grown data (its card's ``data`` section says both)."""
+    older = ~table[SOURCE_COLUMN].isin(set(growth_sources)) & table["split"].isin(trained_splits(trained_on))
+    return train_images is not None and train_images > int(older.sum())

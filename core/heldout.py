@@ -147,43 +147,61 @@ def fit_population(model: HiCXRNet, train_features: np.ndarray, config: Config
     """The population classifier (see :mod:`core.ood`) from ``eval.ood_outliers_*``, or ``None`` when unset.
 
     The outlier table's patients are split in two by a hash of their id: up to ``ood_outliers_max`` images of
-    one half fit the classifier, up to 300 of the other half measure it.
+    one half fit the classifier, up to 300 of the other half measure it. With ``eval.ood_adults_*``, the other
+    adult collections' patients are split by the same hash: one half joins the adult side, the other half measures
+    the false alarms.
     """
     e = config.eval
     if not e.ood_outliers_csv:
         return None, {}
     import pandas as pd
 
-    table = pd.read_csv(resolve_path(e.ood_outliers_csv), dtype=str, keep_default_na=False)
-    for column in (e.ood_outliers_path_column, e.ood_outliers_patient_column):
-        if column not in table.columns:
-            raise ValueError(f"{e.ood_outliers_csv}: no column {column!r} (eval.ood_outliers_*)")
-    half = table[e.ood_outliers_patient_column].map(outlier_half)
-    fit_rows = table[half == 0].sample(min(e.ood_outliers_max, int((half == 0).sum())), random_state=0)
-    held_rows = table[half == 1].sample(min(300, int((half == 1).sum())), random_state=0)
-    root = resolve_path(e.ood_outliers_images)
+    def table(csv: str) -> pd.DataFrame:
+        rows = pd.read_csv(resolve_path(csv), dtype=str, keep_default_na=False)
+        for column in (e.ood_outliers_path_column, e.ood_outliers_patient_column):
+            if column not in rows.columns:
+                raise ValueError(f"{csv}: no column {column!r} (eval.ood_outliers_*)")
+        return rows
 
-    def features(rows: pd.DataFrame) -> np.ndarray:
+    def features(rows: pd.DataFrame, images: str) -> np.ndarray:
         labels = LabelSet(paths=rows[e.ood_outliers_path_column].tolist(),
                           targets=np.zeros((len(rows), 1), np.float32), mask=np.zeros((len(rows), 1), bool),
                           labels=("none",), metadata=rows.reset_index(drop=True))
-        dataset = XrayDataset(labels, root, config.model.input_size, cache=True, progress=False,
+        dataset = XrayDataset(labels, resolve_path(images), config.model.input_size, cache=True, progress=False,
                               fit=Fit.of(model.config))
         return predict_outputs(model, dataset)[1]
 
-    classifier, cv_flagged = PopulationClassifier.fit(train_features, features(fit_rows),
-                                                      e.ood_population_false_alarm)
-    held_flagged = float((classifier.score(features(held_rows)) > classifier.threshold).mean())
+    outliers = table(e.ood_outliers_csv)
+    half = outliers[e.ood_outliers_patient_column].map(outlier_half)
+    fit_rows = outliers[half == 0].sample(min(e.ood_outliers_max, int((half == 0).sum())), random_state=0)
+    held_rows = outliers[half == 1].sample(min(300, int((half == 1).sum())), random_state=0)
+    adults_fit = adults_held = None
+    if e.ood_adults_csv:
+        adults = table(e.ood_adults_csv)
+        adult_half = adults[e.ood_outliers_patient_column].map(outlier_half)
+        adults_fit, adults_held = adults[adult_half == 0], adults[adult_half == 1]
+
+    classifier, cv_flagged = PopulationClassifier.fit(
+        train_features, features(fit_rows, e.ood_outliers_images), e.ood_population_false_alarm,
+        other_adults=None if adults_fit is None else features(adults_fit, e.ood_adults_images))
+    held_flagged = float((classifier.score(features(held_rows, e.ood_outliers_images)) > classifier.threshold).mean())
+    adult_side = "the model's training images"
+    if adults_fit is not None:
+        adult_side += (f" and {len(adults_fit)} adult films of half the patients of {e.ood_adults_csv} (weighted to "
+                       "count as much as the training images)")
     facts = {
-        "population_classifier": "logistic regression on standardised pooled features: the model's training "
-                                 f"images vs {len(fit_rows)} pediatric radiographs of half the patients of "
-                                 f"{e.ood_outliers_csv}",
+        "population_classifier": f"logistic regression on standardised pooled features: {adult_side} vs "
+                                 f"{len(fit_rows)} pediatric radiographs of half the patients of {e.ood_outliers_csv}",
         "population_threshold": classifier.threshold,
         "population_target_false_alarm": e.ood_population_false_alarm,
         "population_flagged_heldout_outliers": held_flagged,
         "population_heldout_outliers": len(held_rows),
         "population_flagged_outliers_cv": cv_flagged,
     }
+    if adults_held is not None:
+        held_adults = classifier.score(features(adults_held, e.ood_adults_images)) > classifier.threshold
+        facts |= {"population_flagged_heldout_adults": float(held_adults.mean()),
+                  "population_heldout_adults": len(adults_held)}
     return classifier, facts
 
 

@@ -44,6 +44,21 @@ def test_unseen_rows_say_what_is_wrong() -> None:
     assert unseen_rows(older_val, "train+val", ["b"])[0].tolist() == [2]
 
 
+def test_a_model_trained_on_the_grown_split_is_told_apart_by_its_image_count(shared_data) -> None:
+    """core.card_evidence must not fit a grown-data model's call evidence on the new films it trained on: the
+    card's image count says whether the model trained on more than its splits held before the growth."""
+    from core.growth import trained_after_growth
+
+    table = pd.read_csv(shared_data / "nih" / "labels.csv")
+    older = ~table["source_repo"].isin(GROWN_BY)
+    before = {"train": int((older & (table["split"] == "train")).sum()),
+              "train+val": int((older & table["split"].isin(["train", "val"])).sum())}
+    assert before == {"train": 1368, "train+val": 1449}  # the shipped older cards' counts (data README)
+    assert not trained_after_growth(table, "train", 1368) and not trained_after_growth(table, "train+val", 1449)
+    assert trained_after_growth(table, "train+val", 2234) and trained_after_growth(table, "train", 2079)
+    assert not trained_after_growth(table, "train", None)
+
+
 def _data(seed: int = 3, n: int = 300):
     rng = np.random.default_rng(seed)
     targets = (rng.random((n, 3)) < [0.3, 0.1, 0.02]).astype(np.float32)

@@ -54,7 +54,9 @@ def tiny(shared_data: Path, tmp_path_factory) -> tuple[dict, Path]:
                   "out_dir": str(root / "runs")},
         "eval": {"n_boot": 10, "min_train_positives": 3, "ood_components": 8,
                  "ood_outliers_csv": str(shared_data / "other" / "kermany" / "labels.csv"),
-                 "ood_outliers_images": str(shared_data / "other" / "kermany" / "images"), "ood_outliers_max": 40},
+                 "ood_outliers_images": str(shared_data / "other" / "kermany" / "images"), "ood_outliers_max": 40,
+                 "ood_adults_csv": str(shared_data / "other" / "labels.csv"),
+                 "ood_adults_images": str(shared_data / "other")},
     }
     return data, root
 
@@ -124,6 +126,9 @@ def test_cv_then_fit_then_export(tiny, taxonomy, tmp_path):
     assert not set(card.operating_points) & set(card.labels_not_learnt)
     assert card.ood.threshold_rule.startswith("quantile of the model's training scores at which")
     assert 0 <= card.ood.population_flagged_heldout_outliers <= 1
+    # Half the other adult collections' patients fit the classifier, the other half measure its false alarms.
+    assert 100 < card.ood.population_heldout_adults < 200 and 0 <= card.ood.population_flagged_heldout_adults <= 1
+    assert "adult films of half the patients" in card.ood.population_classifier
     assert card.cross_validation.folds == 2 and card.aliases == ["tiny_alias"] and written["aliases"] == ["tiny_alias"]
     assert card.data.trained_on == "train+val"
     # The export writes the call rule's evidence itself (no fallback to the analytic rule): what core.card_evidence

@@ -38,6 +38,24 @@ def test_split_column_gives_the_fixed_patient_split(nih):
     assert not patients["train"] & patients["val"] and not patients["train"] & patients["test"]
 
 
+def test_excluded_sources_give_back_the_split_before_the_growth(nih, tmp_path):
+    """Leaving out the two copies the data grew by gives the split the older models trained on (data README:
+    train had 1,368 images and val 81), test unchanged; CV folds pool only what is left."""
+    from core.datasets.splits import SplitError
+
+    grown_by = ["muhammedtalo/COVID-19", "MichaelNoya/nih-chest-xray-webdataset-subset"]
+    data = {"csv": str(nih[0]), "images": str(nih[1]), "exclude_sources": grown_by}
+    splits = load_splits(config_from_dict({"data": data}))
+    assert {k: len(v) for k, v in splits.items()} == {"train": 1368, "val": 81, "test": 122}
+    assert not any(set(v.metadata["source_repo"]) & set(grown_by) for v in splits.values())
+    folds = load_splits(config_from_dict({"data": {**data, "cv_folds": 5, "cv_fold": 0}}))
+    assert len(folds["train"]) + len(folds["val"]) == 1368 + 81
+    table = pd.read_csv(nih[0]).drop(columns="source_repo")
+    table.to_csv(tmp_path / "labels.csv", index=False)
+    with pytest.raises(SplitError, match="no column 'source_repo'"):
+        load_splits(config_from_dict({"data": {**data, "csv": str(tmp_path / "labels.csv")}}))
+
+
 def test_hash_split_is_deterministic_by_patient_and_follows_fractions(nih, tmp_path):
     df = pd.read_csv(nih[0]).drop(columns=["split"])
     csv = tmp_path / "nosplit.csv"

@@ -62,6 +62,35 @@ def test_population_classifier_flags_the_other_population_at_the_stated_false_al
     assert population_warning(clf.threshold + 1, clf) and population_warning(clf.threshold - 1, clf) is None
 
 
+def test_other_adult_collections_keep_the_classifier_from_learning_the_hospital():
+    """Adults of another hospital who share some features with the children (portable AP films, say) are called
+    children by a classifier that only knows the training hospital's adults; half of them on the adult side, weighted
+    as much as the training images, teach it the difference, and the other half are then rarely flagged while the
+    children still are."""
+    from core.ood import PopulationClassifier
+
+    rng = np.random.default_rng(3)
+    adults = rng.normal(0, 1, (800, 32))
+    children = rng.normal(0, 1, (600, 32))
+    children[:, :4] += 2.0
+    other = rng.normal(0, 1, (200, 32))
+    other[:, :2] += 2.0  # shares half the children's differences
+    other[:, 8] += 1.0  # and has one of its own
+    alone, _ = PopulationClassifier.fit(adults, children[:300], false_alarm=0.025)
+    taught, _ = PopulationClassifier.fit(adults, children[:300], false_alarm=0.025, other_adults=other[:100])
+
+    def flagged(clf, x):
+        return float((clf.score(x) > clf.threshold).mean())
+
+    assert flagged(alone, other[100:]) > 0.4  # 0.53
+    assert flagged(taught, other[100:]) < 0.15  # 0.08
+    assert flagged(taught, children[300:]) > 0.85  # 0.93 (0.99 alone)
+    # Without other adults the fit is the one it always was.
+    again, _ = PopulationClassifier.fit(adults, children[:300], false_alarm=0.025, other_adults=None)
+    np.testing.assert_allclose(again.weight, alone.weight)
+    assert again.threshold == alone.threshold
+
+
 def test_the_header_clears_a_child_flag_only_with_an_adult_age_or_an_adult_sized_field(shared_data):
     """The adult Canon DX film (0.16 mm pixels, 2,000 x 2,128) is no child's film whatever its crop looks like; the
     dog (5 years, 25 x 20 cm) and the 1,024 px copies whose spacing gives 17 cm are not cleared."""

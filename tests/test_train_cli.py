@@ -152,3 +152,21 @@ def test_the_configs_model_section_reaches_the_weights_file(taxonomy):
     assert stored.labels == list(taxonomy.labels) and stored.taxonomy_hash == taxonomy.hash
     default = model_config_for(config_from_dict({"data": {"csv": "x.csv"}}), taxonomy)
     assert (default.input_size, default.output_stride, default.dropout) == (320, 32, 0.5)
+
+
+def test_rebuilding_a_card_on_data_that_grew_since_is_refused(tmp_path, capsys):
+    """The older variants trained on 1,368 images; the training split has 2,079 since the data grew. Rebuilding
+    their card would fit calibration, operating points and the out-of-distribution reference on images they never
+    trained on (it did, once, before this check): a named error, nothing written."""
+    import hashlib
+    import shutil
+
+    from core.export import main as export_main
+
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(REPO_ROOT / "weights" / f"chmcnn{suffix}", tmp_path / f"chmcnn{suffix}")
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    assert export_main([str(tmp_path / "chmcnn")]) == 2
+    err = capsys.readouterr().err
+    assert "trained on 1368 images" in err and "has 2079 now" in err
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()} == before
