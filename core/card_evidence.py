@@ -19,8 +19,9 @@ A new export (:func:`core.export.export_model`) fits its card's call evidence wi
 (:func:`card_call_evidence`) on its own held-out predictions (out-of-fold, or the validation split); running this
 command afterwards replaces it with evidence on unseen patients, which holds only for models trained before
 2026-12-01: the added patients are in today's train and val splits, so a model trained on them keeps its export's
-evidence (:func:`core.growth.trained_after_growth`, from its card's image count). The population-check rates (``ood.measured``) need image sets outside the training config
-(other collections, held-out pediatric films) and are measured here only.
+evidence (:func:`core.growth.trained_after_growth`, from its card's image count). The population-check rates
+(``ood.measured``) need image sets outside the training config (other collections, held-out pediatric films) and
+are measured here only.
 """
 
 from __future__ import annotations
