@@ -156,15 +156,23 @@ def test_the_configs_model_section_reaches_the_weights_file(taxonomy):
 
 def test_rebuilding_a_card_on_data_that_grew_since_is_refused(tmp_path, capsys):
     """The older variants trained on 1,368 images; the training split has 2,079 since the data grew. Rebuilding
-    their card would fit calibration, operating points and the out-of-distribution reference on images they never
-    trained on (it did, once, before this check): a named error, nothing written."""
+    such a card from a config that does not leave the new copies out would fit calibration, operating points and the
+    out-of-distribution reference on images the model never trained on (it did, once, before this check): a named
+    error, nothing written. The shipped card's own config (``data.exclude_sources``) rebuilds on its 1,368 images."""
     import hashlib
     import shutil
 
+    from core.card import ModelCard
+    from core.export import _same_training_data
     from core.export import main as export_main
 
-    for suffix in (".json", ".safetensors"):
-        shutil.copy(REPO_ROOT / "weights" / f"chmcnn{suffix}", tmp_path / f"chmcnn{suffix}")
+    shipped = ModelCard.read(REPO_ROOT / "weights" / "chmcnn.json")
+    assert shipped.data.train_images == 1368
+    _same_training_data(shipped, config_from_dict(shipped.training.config))  # no error
+    card = json.loads((REPO_ROOT / "weights" / "chmcnn.json").read_text())
+    card["training"]["config"]["data"]["exclude_sources"] = []  # as the card read before the growth
+    (tmp_path / "chmcnn.json").write_text(json.dumps(card))
+    shutil.copy(REPO_ROOT / "weights" / "chmcnn.safetensors", tmp_path / "chmcnn.safetensors")
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
     assert export_main([str(tmp_path / "chmcnn")]) == 2
     err = capsys.readouterr().err
