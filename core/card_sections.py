@@ -191,6 +191,17 @@ class SplitMetrics(Record):
         return self.per_label.get(name) or LabelMetrics()
 
 
+#: The image sets ``ood.measured`` holds (:mod:`core.card_evidence`): what each is, and whether its films are adults'
+#: (a flag is a false alarm) or children's (a flag is a detection).
+MEASURED_SETS: dict[str, tuple[str, bool]] = {
+    "nih_test": ("NIH test split", True),
+    "dicom_adult": ("adult DICOM films (other scanners)", True),
+    "covid": ("COVID-19 collection, patients not used to fit the check", True),
+    "shenzhen": ("Shenzhen, patients not used to fit the check", True),
+    "kermany_heldout": ("children aged 1-5 (Kermany), patients not used to fit the check", False),
+}
+
+
 @dataclass
 class OODInfo(Record):
     """``ood``: the out-of-distribution rule (:mod:`core.ood`), its thresholds and what it flags."""

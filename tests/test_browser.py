@@ -296,6 +296,13 @@ def test_compare_variants_and_downloads(page):
     page.get_by_role("tab", name="Model card").click()
     page.locator(".st-key-card_auroc .js-plotly-plot").wait_for()
     _shot(page, "07_model_card")
+    # What the population checks flag, as measured on films the model never trained on.
+    heading = page.get_by_role("heading", name="When the outputs do not apply")
+    heading.scroll_into_view_if_needed()
+    # The grid draws on a canvas; its accessible cells (hidden) carry the rows.
+    page.get_by_text("children aged 1-5 (Kermany)").first.wait_for(state="attached")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "07b_model_card_population.png"))
 
     page.get_by_role("tab", name="Analysis").click()
     page.locator(TREE).wait_for()

@@ -41,7 +41,14 @@ from dashboard.components.image_view import (
     metadata_table,
     window_range,
 )
-from dashboard.components.model_card import auroc_figure, auroc_frame, calibration_frame, plot_paths, summary_table
+from dashboard.components.model_card import (
+    auroc_figure,
+    auroc_frame,
+    calibration_frame,
+    plot_paths,
+    population_frame,
+    summary_table,
+)
 from dashboard.components.tree import (
     REFERENCE_STDS,
     PreparedTree,
@@ -644,6 +651,36 @@ def test_app_compare_model_card_and_export_tabs(weights_dir, predictor, monkeypa
     at.run()
     _no_failure(at)
     assert {b.label for b in at.get("download_button")} >= {"Download JSON", "Download CSV", "Download PDF report"}
+
+
+def test_model_card_page_says_what_the_population_checks_flag(tmp_path, monkeypatch):
+    """The shipped `bce`'s measured population checks on its model-card page: five sets, adults' flags called false
+    alarms and children's detections, the numbers the card holds."""
+    import shutil
+
+    card = ModelCard.read(REPO_ROOT / "weights" / "bce.json")
+    frame = population_frame(card)
+    measured = card.ood.measured
+    assert len(frame) == 5 and frame["images"].tolist() == [int(m["images"]) for m in measured.values()]
+    children = frame[frame["a flag is"] == "a detection"]
+    assert len(children) == 1 and "children" in children["films"].iloc[0]
+    assert children["child-film check"].iloc[0] == measured["kermany_heldout"]["population"] >= 0.95
+    adults = frame[frame["a flag is"] == "a false alarm"]
+    assert len(adults) == 4 and (adults["child-film check"] <= 0.03).all()
+    card.ood.measured = {}
+    assert population_frame(card) is None
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(REPO_ROOT / "weights" / f"bce{suffix}", folder / f"bce{suffix}")
+    at = _app(folder, monkeypatch)
+    at.session_state["tab"] = "Model card"
+    at.run()
+    _no_failure(at)
+    shown = next(d.value for d in at.dataframe if "a flag is" in d.value.columns)
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), population_frame(ModelCard.read(folder / "bce.json")))
+    assert any(h.value == "When the outputs do not apply" for h in at.subheader)
 
 
 def test_app_without_weights_says_so(tmp_path, monkeypatch):

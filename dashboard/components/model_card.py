@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 
 from core.calls import card_evidence
 from core.card import ModelCard, finite
+from core.card_sections import MEASURED_SETS
 
 DISCLAIMER = "Research use only. Not a medical device: not for diagnosis, triage or treatment decisions."
 
@@ -253,6 +254,23 @@ def pointing_frame(card: ModelCard) -> tuple[pd.DataFrame, str] | None:
         verdict = (f"The maps do no better than always pointing at the image centre ({result.pairs} findings): "
                    "they are not evidence of where the finding is.")
     return pd.DataFrame(rows), verdict
+
+
+def population_frame(card: ModelCard) -> pd.DataFrame | None:
+    """What the out-of-population checks flag on films the model never trained on (``ood.measured``): per image
+    set, the share flagged by each check and by any, and whether a flag there is a false alarm (adults) or a
+    detection (children); ``None`` when the card has no such measurement."""
+    measured = card.ood.measured if card.ood is not None else {}
+    rows = []
+    for key, (title, adults) in MEASURED_SETS.items():
+        m = measured.get(key)
+        if not m:
+            continue
+        rows.append({"films": title, "images": int(m["images"]),
+                     "a flag is": "a false alarm" if adults else "a detection",
+                     "child-film check": m.get("population"), "feature distance": m.get("distance"),
+                     "header": m.get("header"), "any check": m.get("any")})
+    return pd.DataFrame(rows) if rows else None
 
 
 def label_map_frame(card: ModelCard) -> pd.DataFrame | None:

@@ -17,6 +17,7 @@ from dashboard.components.model_card import (
     penalty_frame,
     plot_paths,
     pointing_frame,
+    population_frame,
     summary_table,
 )
 from dashboard.ui.state import Context
@@ -107,6 +108,15 @@ def render_card(ctx: Context) -> None:
                      column_config={"share": st.column_config.NumberColumn(format="%.3f")})
         st.caption("Pointing game against NIH's radiologist boxes: a hit is the map's maximum inside a box of that "
                    "finding. Most boxed images here are training images.")
+    population = population_frame(card)
+    if population is not None:
+        st.subheader("When the outputs do not apply")
+        st.dataframe(population, hide_index=True, width="stretch", key="card_population",
+                     column_config={c: st.column_config.NumberColumn(format="percent") for c in
+                                    ("child-film check", "feature distance", "header", "any check")})
+        st.caption("Share of films flagged as outside the training population, on films the model never trained "
+                   "on: on adults' films a flag is a false alarm, on children's a detection. Any flag puts an image "
+                   "out of population: a banner, a grey tree, no calls.")
     mapping = label_map_frame(card)
     if mapping is not None:
         st.subheader("How its outputs map onto the taxonomy")
