@@ -41,7 +41,7 @@ from core.card import ModelCard
 from core.card_sections import OODInfo
 from core.growth import trained_after_growth, unseen_rows
 from core.head import head_outputs
-from core.heldout import outlier_half
+from core.heldout import HELD_HALF, patient_half
 from core.imaging import ImageError
 from core.inference import Predictor
 from core.labels import LabelSet, nih_labels
@@ -137,18 +137,17 @@ def cached_scores(predictor: Predictor, key: str, paths: list[Path], cache: Path
 def kermany_heldout(table: pd.DataFrame, n: int | None = None) -> pd.DataFrame:
     """Films of the Kermany patients not used to fit the population classifier (the half
     ``core.heldout.fit_population`` keeps out, by the same hash); a random sample of ``n`` when given."""
-    half = table["patient_id"].map(outlier_half)
-    rows = table[half == 1]
+    rows = patient_half(table, HELD_HALF)
     return rows if n is None or n >= len(rows) else rows.sample(n, random_state=1)
 
 
 def adult_sets(data: Path) -> dict[str, list[Path]]:
     """Every adult film the project holds outside training and outside the population classifier's fit: NIH test,
     adult DICOMs, and the COVID-19 collection's and Shenzhen's films of the patients in the half
-    (:func:`core.heldout.outlier_half`) that ``eval.ood_adults_*`` keeps out of the fit."""
+    (:func:`core.heldout.patient_half`) that ``eval.ood_adults_*`` keeps out of the fit."""
     nih = pd.read_csv(data / "nih/labels.csv")
     other = pd.read_csv(data / "other/labels.csv", dtype=str, keep_default_na=False)
-    held = other[other["patient_id"].map(outlier_half) == 1]
+    held = patient_half(other, HELD_HALF)
     return {
         "nih_test": [data / "nih/images" / f for f in nih.loc[nih["split"] == "test", "Image Index"]],
         "dicom_adult": sorted(p for p in (data / "dicom").glob("*.dcm") if "canine" not in p.name),

@@ -38,7 +38,7 @@ def heldout_films(folder: str | Path = KERMANY, per_class: int = 300, seed: int 
     import pandas as pd
 
     from core.config import resolve_path
-    from core.heldout import outlier_half
+    from core.heldout import HELD_HALF, patient_half
     from core.labels import LabelSet
     from core.taxonomy import load_taxonomy
 
@@ -49,7 +49,7 @@ def heldout_films(folder: str | Path = KERMANY, per_class: int = 300, seed: int 
     for column in ("file", "patient_id", "finding"):
         if column not in table.columns:
             raise HiCXRError(f"{table_path}: no column {column!r}")
-    table = table[table["patient_id"].map(outlier_half) == 1]
+    table = patient_half(table, HELD_HALF)
     normal = table["finding"] == NORMAL
     parts = [rows.sample(min(per_class, len(rows)), random_state=seed) for rows in (table[normal], table[~normal])]
     rows = pd.concat(parts).reset_index(drop=True)

@@ -19,7 +19,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from core.model import HiCXRNet, constraint_matrix, load_model, output_probabili
 from core.ood import FeatureReference, PopulationClassifier, transfer_quantile
 from core.preprocess import Fit
 from core.taxonomy import Taxonomy
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,17 @@ def outlier_half(patient: str) -> int:
     return int(hashlib.sha256(f"hicxr-ood:{patient}".encode()).hexdigest(), 16) % 2
 
 
+#: :func:`patient_half`'s halves: the one that fits the population classifier, the one that measures it.
+FIT_HALF, HELD_HALF = 0, 1
+
+
+def patient_half(table: pd.DataFrame, half: int, column: str = "patient_id") -> pd.DataFrame:
+    """The rows of ``table`` whose patient (``column``) is in ``half`` (:data:`FIT_HALF` or :data:`HELD_HALF`) by
+    :func:`outlier_half`: the one rule that splits every outside collection (children, other adults) between
+    fitting the population classifier and measuring it."""
+    return table[table[column].map(outlier_half) == half]
+
+
 def fit_population(model: HiCXRNet, train_features: np.ndarray, config: Config
                    ) -> tuple[PopulationClassifier | None, dict[str, Any]]:
     """The population classifier (see :mod:`core.ood`) from ``eval.ood_outliers_*``, or ``None`` when unset.
@@ -171,15 +185,15 @@ def fit_population(model: HiCXRNet, train_features: np.ndarray, config: Config
                               fit=Fit.of(model.config))
         return predict_outputs(model, dataset)[1]
 
+    column = e.ood_outliers_patient_column
     outliers = table(e.ood_outliers_csv)
-    half = outliers[e.ood_outliers_patient_column].map(outlier_half)
-    fit_rows = outliers[half == 0].sample(min(e.ood_outliers_max, int((half == 0).sum())), random_state=0)
-    held_rows = outliers[half == 1].sample(min(300, int((half == 1).sum())), random_state=0)
+    fit_rows, held_rows = (patient_half(outliers, h, column) for h in (FIT_HALF, HELD_HALF))
+    fit_rows = fit_rows.sample(min(e.ood_outliers_max, len(fit_rows)), random_state=0)
+    held_rows = held_rows.sample(min(300, len(held_rows)), random_state=0)
     adults_fit = adults_held = None
     if e.ood_adults_csv:
         adults = table(e.ood_adults_csv)
-        adult_half = adults[e.ood_outliers_patient_column].map(outlier_half)
-        adults_fit, adults_held = adults[adult_half == 0], adults[adult_half == 1]
+        adults_fit, adults_held = (patient_half(adults, h, column) for h in (FIT_HALF, HELD_HALF))
 
     classifier, cv_flagged = PopulationClassifier.fit(
         train_features, features(fit_rows, e.ood_outliers_images), e.ood_population_false_alarm,

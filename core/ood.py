@@ -140,14 +140,14 @@ class PopulationClassifier:
         ``other_adults`` are adult films of *other* collections (other hospitals, portable AP films), also label 0
         and weighted to count as much, all together, as the training images: without them a model trained on one
         hospital's films can learn "not this hospital" instead of "a child" (measured: a model trained on the grown
-        NIH data called 59% of held-out COVID-19 films a child's without them, 1% with them balanced so).
+        NIH data called 59% of held-out COVID-19 films a child's without them, 0.7% with them balanced so).
 
         The threshold is the ``1 - false_alarm`` quantile of the adult images' 5-fold cross-validated decision
         values (their in-sample values would be too low). Returns the classifier and the share of the outliers
         flagged in cross-validation.
         """
         from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
         adults = np.zeros((0, inside.shape[1])) if other_adults is None else np.asarray(other_adults)
         mean = inside.mean(axis=0)
@@ -158,10 +158,8 @@ class PopulationClassifier:
         weight = np.r_[np.ones(len(inside)), np.full(len(adults), len(inside) / max(len(adults), 1)),
                        np.ones(len(outside))]
         model = LogisticRegression(C=c, max_iter=5000)
-        cv = np.zeros(len(y))
-        for train, held in StratifiedKFold(5, shuffle=True, random_state=seed).split(x, y):
-            model.fit(x[train], y[train], sample_weight=weight[train])
-            cv[held] = model.decision_function(x[held])
+        folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+        cv = cross_val_predict(model, x, y, cv=folds, method="decision_function", params={"sample_weight": weight})
         threshold = float(np.quantile(cv[:n_in], 1.0 - false_alarm))
         model.fit(x, y, sample_weight=weight)
         out = cls(mean, scale, model.coef_[0].astype(np.float64), float(model.intercept_[0]), threshold)

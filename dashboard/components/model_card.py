@@ -268,8 +268,8 @@ def population_frame(card: ModelCard) -> pd.DataFrame | None:
             continue
         rows.append({"films": title, "images": int(m["images"]),
                      "a flag is": "a false alarm" if adults else "a detection",
-                     "child-film check": m.get("population"), "feature distance": m.get("distance"),
-                     "header": m.get("header"), "any check": m.get("any")})
+                     "child-film check": m["population"], "feature distance": m["distance"],
+                     "header": m["header"], "any check": m["any"]})
     return pd.DataFrame(rows) if rows else None
 
 
