@@ -553,6 +553,39 @@ def test_keyboard_selects_tree_nodes(page):
     _shot(page, "24_keyboard_selection")
 
 
+
+def _choose_variant(page, name: str) -> None:
+    """Pick ``name`` in the sidebar's Variant box (its option lists identical models after it)."""
+    page.locator(".st-key-variant").click()
+    page.get_by_role("option", name=re.compile(rf"^{re.escape(name)}( ≡ .*)?$")).click()
+
+
+def test_variant_switch_keeps_the_viewer_when_the_notices_change(page, shared_data):
+    """A variant that flags the image (a banner and a warning more above the viewer) must not make Streamlit draw
+    the viewer anew: a new frame asks for the image's pixels again (a second run, a few MB) on every switch."""
+    from core.registry import default_variant
+
+    # The first 512 px test film: the grown-data default finds it like its training images, the three older
+    # variants do not (their feature distance), so the notices above the viewer change with the variant.
+    film = shared_data / "nih" / "images" / "00000317_003.png"
+    _upload(page, film)
+    settled(page)
+    assert default_variant(REPO_ROOT / "weights") == "bce"
+    assert page.locator("[data-testid='stAlertContentError']").count() == 0
+    _viewer_frame(page).evaluate("() => { window.hicxrMark = 'first frame'; }")
+    before = _tree_text(page)
+    _choose_variant(page, "chmcnn")
+    _wait_tree_changed(page, before)
+    settled(page)
+    page.locator("[data-testid='stAlertContentError']").first.wait_for()  # the notices did change
+    assert _viewer_frame(page).evaluate("() => window.hicxrMark") == "first frame"
+    before = _tree_text(page)
+    _choose_variant(page, "bce")
+    _wait_tree_changed(page, before)
+    settled(page)
+    assert page.locator("[data-testid='stAlertContentError']").count() == 0
+    assert _viewer_frame(page).evaluate("() => window.hicxrMark") == "first frame"
+
 @pytest.mark.parametrize("width", [1280, 1920])
 def test_compare_grid_never_overlaps(browser, server, width):
     context = browser.new_context(viewport={"width": width, "height": 1400})

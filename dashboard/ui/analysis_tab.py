@@ -58,11 +58,15 @@ def population_banner(analysis) -> None:
 def render_analysis(ctx: Context) -> None:
     """Draw the Analysis tab for the current image and variant: the viewer first (above the fold), then the tree
     and the table of every output, then the image's details."""
-    population_banner(ctx.analysis)
-    in_banner = {c.message for c in ctx.analysis.population_checks}
-    for warning in ctx.analysis.warnings:
-        if warning not in in_banner:  # the banner already says it
-            st.warning(warning, icon=":material/warning:")
+    # The notices live in one container, so the viewer below keeps its place in the page whatever their number: a
+    # variant with one warning more would otherwise move it, and Streamlit would draw its frame anew (the browser
+    # then asks for the image's pixels again, a second run and a few MB per variant switch).
+    with st.container(key="notices"):
+        population_banner(ctx.analysis)
+        in_banner = {c.message for c in ctx.analysis.population_checks}
+        for warning in ctx.analysis.warnings:
+            if warning not in in_banner:  # the banner already says it
+                st.warning(warning, icon=":material/warning:")
     _workspace(ctx)
     # Outside the fragments: what depends on the analysis only (the tree's legend, the table) is not sent again
     # when a label is picked.
