@@ -24,7 +24,7 @@ served from a previous repeat's session cache), then the goals:
   file, waiting for the new one) and ``display_over_analysing_run`` the ratio against it.
 
 Uploads and variant switches are timed in the page (``performance.now()``): from the file input's change, or the
-click on the variant, until the new tree shows and the page's last script run has finished. Beside each, the
+press on the variant, until the new tree shows and the page's last script run has finished. Beside each, the
 ``*_wall_s`` figure is the driver's clock, which adds what no reader waits for (Playwright's checks before a click,
 the file's transfer from the driver into the browser, the driver's polling; about 0.1-0.3 s here).
 
@@ -159,13 +159,13 @@ def upload(page, path: Path, runs_log: Path) -> tuple[float, float]:
 
 
 def choose_variant(page, option: str, runs_log: Path) -> tuple[float, float]:
-    """Seconds from the click on ``option`` in the sidebar's Variant box until the tree shows it and the page is
+    """Seconds from the press on ``option`` in the sidebar's Variant box until the tree shows it and the page is
     idle: measured in the page, and by the driver's clock (which adds Playwright's checks before the click)."""
     before = _tree_text(page)
     page.locator(".st-key-variant").click()
     target = page.get_by_role("option", name=option, exact=True)
     target.wait_for()
-    page.evaluate(_ARM_TIMELINE, ["click", TREE])
+    page.evaluate(_ARM_TIMELINE, ["pointerdown", TREE])  # the press, not the click that follows its release
     start = time.perf_counter()
     target.click()
     _wait_tree_changed(page, before)
