@@ -42,6 +42,28 @@ def test_unseen_rows_say_what_is_wrong() -> None:
                               "split": ["train", "val", "train"]})
     assert unseen_rows(older_val, "train", ["b"])[0].tolist() == [1, 2]
     assert unseen_rows(older_val, "train+val", ["b"])[0].tolist() == [2]
+    # Either kind alone: the new images, or the older validation image a train-only model never saw.
+    assert unseen_rows(older_val, "train", ["b"], kind="new")[0].tolist() == [2]
+    assert unseen_rows(older_val, "train", ["b"], kind="older")[0].tolist() == [1]
+    with pytest.raises(ComparisonError, match="no older image is unseen by a model trained on train\\+val"):
+        unseen_rows(older_val, "train+val", ["b"], kind="older")
+    with pytest.raises(ComparisonError, match="unknown kind of image 'old'"):
+        unseen_rows(older_val, "train", ["b"], kind="old")
+
+
+def test_the_older_unseen_images_of_a_train_only_model_are_the_older_validation_split(shared_data) -> None:
+    table = pd.read_csv(shared_data / "nih" / "labels.csv")
+    table = table[table["split"].isin(["train", "val"])].reset_index(drop=True)
+    rows, _ = unseen_rows(table, "train", GROWN_BY, kind="older")
+    chosen = table.iloc[rows]
+    older_val = table[(table["split"] == "val") & ~table["source_repo"].isin(GROWN_BY)]
+    older_train_patients = set(table.loc[(table["split"] == "train") & ~table["source_repo"].isin(GROWN_BY),
+                                         "Patient ID"].astype(str))
+    assert set(chosen.index) == set(older_val.index[~older_val["Patient ID"].astype(str).isin(older_train_patients)])
+    assert 0 < len(chosen) <= 81 and set(chosen["split"]) == {"val"}
+    new_rows, _ = unseen_rows(table, "train", GROWN_BY, kind="new")
+    all_rows, _ = unseen_rows(table, "train", GROWN_BY)
+    assert sorted([*rows, *new_rows]) == sorted(all_rows)
 
 
 def test_a_model_trained_on_the_grown_split_is_told_apart_by_its_image_count(shared_data) -> None:
