@@ -134,12 +134,17 @@ def head_outputs(
         logits = calibrated(model.label_logits(rows))
         probability = output_probabilities(logits, descendants)
         t0 = time.perf_counter()
-        masks = dropout_masks(mc_samples, pooled.shape[1], float(model.dropout.p), seed, features.device)
-        # (N, B, K) masked features -> (N, B, L) probabilities; all images share the seed's N masks.
-        mc_logits = calibrated(model.label_logits(
-            torch.nn.functional.linear(masks[:, None, :] * pooled[None], weight, bias)))
-        mc_probs = output_probabilities(mc_logits, descendants)
-        mc_mean, mc_std = mc_probs.mean(0), mc_probs.std(0, correction=0)
+        if float(model.dropout.p) <= 0.0:
+            # No dropout: every sample is the deterministic pass. Sampling anyway can show a spread that is not
+            # there: a batched matrix product may round identical rows differently in the last bit (seen: 6e-8).
+            mc_mean, mc_std = probability, torch.zeros_like(probability)
+        else:
+            masks = dropout_masks(mc_samples, pooled.shape[1], float(model.dropout.p), seed, features.device)
+            # (N, B, K) masked features -> (N, B, L) probabilities; all images share the seed's N masks.
+            mc_logits = calibrated(model.label_logits(
+                torch.nn.functional.linear(masks[:, None, :] * pooled[None], weight, bias)))
+            mc_probs = output_probabilities(mc_logits, descendants)
+            mc_mean, mc_std = mc_probs.mean(0), mc_probs.std(0, correction=0)
         t1 = time.perf_counter()
         relative = source = None
         if with_cams:
