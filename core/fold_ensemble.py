@@ -63,60 +63,54 @@ def fold_model_paths(cv_dir: str | Path) -> list[Path]:
     return [fold_weights(cv_dir, fold) for fold in range(folds)]
 
 
-def ensemble_probabilities(paths: Sequence[str | Path], dataset, batch_size: int = 64) -> np.ndarray:
-    """The mean over ``paths``' models of their probabilities ``(N, L)`` on ``dataset`` (no temperature).
+def ensemble_probabilities(models: Sequence, dataset, batch_size: int = 64) -> np.ndarray:
+    """The mean over ``models`` (loaded fold models) of their probabilities ``(N, L)`` on ``dataset`` (no
+    temperature).
 
     Raises:
-        ModelLoadError: a file does not load, or the models do not share the dataset's input contract.
+        ModelLoadError: no model, or a model whose input contract is not the one ``dataset`` was decoded for.
     """
     import torch
 
     from core.evaluate import predict_dataset
-    from core.model import ModelLoadError, constraint_matrix, load_model, output_probabilities
+    from core.model import ModelLoadError, constraint_matrix, output_probabilities
     from core.preprocess import Fit
     from core.taxonomy import load_taxonomy
 
-    taxonomy = load_taxonomy()
-    total = None
-    for path in paths:
-        model = load_model(path, taxonomy)
-        if (model.config.input_size, Fit.of(model.config)) != (dataset.input_size, dataset.fit):
-            raise ModelLoadError(f"{path}: input contract differs from the other fold models'")
-        logits = predict_dataset(model, dataset, batch_size)
-        probs = output_probabilities(torch.from_numpy(logits), constraint_matrix(model.config, taxonomy)).numpy()
-        total = probs if total is None else total + probs
-    if total is None:
+    if not models:
         raise ModelLoadError("no fold model given")
-    return total / len(paths)
+    taxonomy = load_taxonomy()
+    total = np.zeros((len(dataset), len(taxonomy.labels)), np.float64)
+    for i, model in enumerate(models):
+        if (model.config.input_size, Fit.of(model.config)) != (dataset.input_size, dataset.fit):
+            raise ModelLoadError(f"fold model {i}: its input contract differs from the fitted model's")
+        logits = predict_dataset(model, dataset, batch_size)
+        total += output_probabilities(torch.from_numpy(logits), constraint_matrix(model.config, taxonomy)).numpy()
+    return (total / len(models)).astype(np.float32)
 
 
-def _compare(variant: Path, folds: list[Path], labels, images: Path, learnt_labels: set[str] | None, note: str,
-             n_boot: int) -> tuple[PairedComparison, object]:
-    """One unseen set: the fitted variant against the ensemble (and the decoded dataset, for timing)."""
+def _cpu_seconds(work):
+    """``work()``'s result and the CPU seconds (all of this process's threads) it took."""
+    start = time.process_time()
+    result = work()
+    return result, time.process_time() - start
+
+
+def _compare(variant: Path, folds: Sequence, labels, images: Path, learnt_labels: set[str] | None, note: str,
+             n_boot: int) -> tuple[PairedComparison, object, float]:
+    """One unseen set: the fitted variant against the ensemble of the loaded ``folds``; also the decoded dataset
+    and the ensemble's CPU seconds per image over it."""
     from core.evaluate import variant_paths, variant_probabilities
 
     [(fitted, dataset, card, _)] = variant_probabilities([variant], labels, images).values()
-    ensemble = ensemble_probabilities(folds, dataset)
+    ensemble, ensemble_s = _cpu_seconds(lambda: ensemble_probabilities(folds, dataset))
     not_learnt = set(card.labels_not_learnt) if card is not None else set()
     learnt = np.array([name not in not_learnt and (learnt_labels is None or name in learnt_labels)
                        for name in labels.labels])
     comparison = paired_comparison(fitted, ensemble, dataset.labels.targets, dataset.labels.mask, dataset.groups,
                                    labels.labels, learnt, n_boot=n_boot, note=note,
                                    names=(variant_paths(variant)[0].stem, f"{len(folds)}-fold ensemble"))
-    return comparison, dataset
-
-
-def seconds_per_image(paths: Sequence[str | Path], dataset) -> float:
-    """CPU seconds (all of this process's threads) per image to predict ``dataset`` (already decoded) with every
-    model of ``paths``: loading each model is left out, as the dashboard loads its variants once."""
-    from core.evaluate import predict_dataset
-    from core.model import load_model
-
-    models = [load_model(path) for path in paths]
-    start = time.process_time()
-    for model in models:
-        predict_dataset(model, dataset)
-    return (time.process_time() - start) / len(dataset)
+    return comparison, dataset, ensemble_s / len(dataset)
 
 
 def check_ensemble(cv_dir: str | Path, variant: str | Path, kermany_per_class: int = 300,
@@ -127,8 +121,9 @@ def check_ensemble(cv_dir: str | Path, variant: str | Path, kermany_per_class: i
         HiCXRError: a CV folder, variant or data problem, with a message naming it.
     """
     from core.config import load_config, resolve_path
-    from core.evaluate import split_labels, variant_paths
+    from core.evaluate import predict_dataset, split_labels, variant_paths
     from core.external_check import KERMANY, LABEL_ON_PNEUMONIA, heldout_films
+    from core.model import load_model
     from core.taxonomy import load_taxonomy
 
     cv_dir, variant = resolve_path(cv_dir), resolve_path(variant)
@@ -136,19 +131,21 @@ def check_ensemble(cv_dir: str | Path, variant: str | Path, kermany_per_class: i
     if not config_file.is_file():
         raise HiCXRError(f"{config_file}: missing (the cross-validation saves its config there)")
     config = load_config(config_file)
-    folds = fold_model_paths(cv_dir)
+    folds = [load_model(path) for path in fold_model_paths(cv_dir)]
     test = split_labels(config.data.csv, config.data.images, "test", load_taxonomy(), config.data)
-    on_test, test_films = _compare(variant, folds, test, resolve_path(config.data.images), None, "test split", n_boot)
-    fitted_s = seconds_per_image([variant_paths(variant)[0]], test_films)
-    ensemble_s = seconds_per_image(folds, test_films)
+    on_test, test_films, ensemble_s = _compare(variant, folds, test, resolve_path(config.data.images), None,
+                                               "test split", n_boot)
+    # The fitted model's pass once more on the decoded films: its first also loaded it and decoded them.
+    fitted = load_model(variant_paths(variant)[0])
+    _, fitted_s = _cpu_seconds(lambda: predict_dataset(fitted, test_films))
     comparisons = [on_test]
     if kermany_per_class > 0:
         films = heldout_films(KERMANY, kermany_per_class)
-        on_kermany, _ = _compare(variant, folds, films, resolve_path(KERMANY / "images"), set(LABEL_ON_PNEUMONIA),
-                                 f"held-out Kermany films ({kermany_per_class} normal, {kermany_per_class} "
-                                 "pneumonia at most)", n_boot)
+        on_kermany, _, _ = _compare(variant, folds, films, resolve_path(KERMANY / "images"),
+                                    set(LABEL_ON_PNEUMONIA), f"held-out Kermany films ({kermany_per_class} normal, "
+                                    f"{kermany_per_class} pneumonia at most)", n_boot)
         comparisons.append(on_kermany)
-    return EnsembleCheck(comparisons, len(folds), fitted_s, ensemble_s)
+    return EnsembleCheck(comparisons, len(folds), fitted_s / len(test_films), ensemble_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from core.crossval import CVError
 from core.evaluate import split_labels, variant_probabilities
 from core.external_check import LABEL_ON_PNEUMONIA
 from core.fold_ensemble import check_ensemble, ensemble_probabilities, fold_model_paths
-from core.model import ModelLoadError, save_model
+from core.model import ModelLoadError, load_model, save_model
 
 
 def _cv_dir(root: Path, seeds: tuple[int, ...] = (1, 2)) -> Path:
@@ -63,7 +63,8 @@ def test_an_ensemble_of_one_model_twice_is_that_model(shared_data, taxonomy, tmp
     test = split_labels("../shared/data/nih/labels.csv", "../shared/data/nih/images", "test", taxonomy)
     [(alone, dataset, _, _)] = variant_probabilities([fold_model_paths(cv)[0].with_suffix("")], test,
                                                      shared_data / "nih" / "images").values()
-    np.testing.assert_allclose(ensemble_probabilities(fold_model_paths(cv), dataset), alone, rtol=0, atol=1e-6)
+    twice = [load_model(path) for path in fold_model_paths(cv)]
+    np.testing.assert_allclose(ensemble_probabilities(twice, dataset), alone, rtol=0, atol=1e-6)
 
 
 def test_a_missing_fold_or_another_input_size_is_said(shared_data, taxonomy, tmp_path):
@@ -75,5 +76,7 @@ def test_a_missing_fold_or_another_input_size_is_said(shared_data, taxonomy, tmp
     test = split_labels("../shared/data/nih/labels.csv", "../shared/data/nih/images", "test", taxonomy)
     [(_, dataset, _, _)] = variant_probabilities([fold_model_paths(cv)[0].with_suffix("")], test,
                                                  shared_data / "nih" / "images").values()
-    with pytest.raises(ModelLoadError, match="input contract differs"):
-        ensemble_probabilities(fold_model_paths(cv), dataset)
+    with pytest.raises(ModelLoadError, match="fold model 1: its input contract differs"):
+        ensemble_probabilities([load_model(path) for path in fold_model_paths(cv)], dataset)
+    with pytest.raises(ModelLoadError, match="no fold model"):
+        ensemble_probabilities([], dataset)
