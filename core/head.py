@@ -7,7 +7,8 @@ bias ``b``:
   a C-HMCNN model, the max-constraint module (:func:`core.model.output_probabilities`);
 * Monte-Carlo dropout: ``N`` Bernoulli masks on the pooled features (where the model's dropout sits), drawn from a
   private ``torch.Generator`` seeded per image, so a result depends only on (image, variant, N, seed), not on the
-  batch it ran in or on other threads; mean and population standard deviation (ddof=0) of the ``N`` outputs;
+  batch it ran in or on other threads; mean and population standard deviation (ddof=0) of the ``N`` outputs (a
+  model without dropout has nothing to sample: the deterministic probability with a standard deviation of 0);
 * CAMs for every label: ``relu(sum_k W_lk A_k)``, each scaled by its own maximum (all-zero maps stay zero). For a
   ReLU -> GAP -> linear head this is Grad-CAM at the post-ReLU layer up to a positive factor (``1/(h*w)``);
   ``tests/test_explain.py`` checks that against pytorch-grad-cam. Under the max constraint a label's probability
