@@ -41,11 +41,11 @@ from core.card import ModelCard
 from core.card_sections import OODInfo
 from core.growth import trained_after_growth, unseen_rows
 from core.head import head_outputs
-from core.heldout import HELD_HALF, patient_half
 from core.imaging import ImageError
 from core.inference import Predictor
 from core.labels import LabelSet, nih_labels
 from core.ood import header_rules_out_child, header_warnings
+from core.patient_halves import HELD_HALF, patient_half
 from core.preprocess import fit_to_model, normalize
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def kermany_heldout(table: pd.DataFrame, n: int | None = None) -> pd.DataFrame:
 def adult_sets(data: Path) -> dict[str, list[Path]]:
     """Every adult film the project holds outside training and outside the population classifier's fit: NIH test,
     adult DICOMs, and the COVID-19 collection's and Shenzhen's films of the patients in the half
-    (:func:`core.heldout.patient_half`) that ``eval.ood_adults_*`` keeps out of the fit."""
+    (:func:`core.patient_halves.patient_half`) that ``eval.ood_adults_*`` keeps out of the fit."""
     nih = pd.read_csv(data / "nih/labels.csv")
     other = pd.read_csv(data / "other/labels.csv", dtype=str, keep_default_na=False)
     held = patient_half(other, HELD_HALF)

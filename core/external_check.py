@@ -2,7 +2,7 @@
 
 The Kermany pediatric set (``../shared/data/other/kermany``: normal films and bacterial or viral pneumonia) is
 outside every model's training data; the patients of one half (by the same hash as
-:func:`core.heldout.outlier_half`) fit the population classifier, so only the other half is used here. The films
+:func:`core.patient_halves.outlier_half`) fit the population classifier, so only the other half is used here. The films
 are children's, which the dashboard warns about: this is a check of what the features carry to another hospital
 and population, not a claim about children. Per variant the batch path of :mod:`core.evaluate` gives the
 probabilities; labels: Pneumonia and Abnormal (1 for pneumonia) and No Finding (1 for normal). Every later variant
@@ -38,8 +38,8 @@ def heldout_films(folder: str | Path = KERMANY, per_class: int = 300, seed: int 
     import pandas as pd
 
     from core.config import resolve_path
-    from core.heldout import HELD_HALF, patient_half
     from core.labels import LabelSet
+    from core.patient_halves import HELD_HALF, patient_half
     from core.taxonomy import load_taxonomy
 
     table_path = resolve_path(Path(folder) / "labels.csv")

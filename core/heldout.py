@@ -15,7 +15,6 @@ is never used to fit anything here; :mod:`core.export` only *measures* on it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from core.labels import LabelSet
 from core.metrics import expected_calibration_error
 from core.model import HiCXRNet, constraint_matrix, load_model, output_probabilities
 from core.ood import FeatureReference, PopulationClassifier, transfer_quantile
+from core.patient_halves import FIT_HALF, HELD_HALF, patient_half
 from core.preprocess import Fit
 from core.taxonomy import Taxonomy
 
@@ -137,23 +137,6 @@ def measure_operating_points(points: dict[str, OperatingPoint], probs: np.ndarra
             positives=int(y.sum()), negatives=int((~y).sum()),
         )
     return out
-
-
-def outlier_half(patient: str) -> int:
-    """0 or 1: which half of the outlier table's patients ``patient`` is in (0 fits the population classifier, 1
-    measures it). A hash of the id, so the halves are the same on every machine and run."""
-    return int(hashlib.sha256(f"hicxr-ood:{patient}".encode()).hexdigest(), 16) % 2
-
-
-#: :func:`patient_half`'s halves: the one that fits the population classifier, the one that measures it.
-FIT_HALF, HELD_HALF = 0, 1
-
-
-def patient_half(table: pd.DataFrame, half: int, column: str = "patient_id") -> pd.DataFrame:
-    """The rows of ``table`` whose patient (``column``) is in ``half`` (:data:`FIT_HALF` or :data:`HELD_HALF`) by
-    :func:`outlier_half`: the one rule that splits every outside collection (children, other adults) between
-    fitting the population classifier and measuring it."""
-    return table[table[column].map(outlier_half) == half]
 
 
 def fit_population(model: HiCXRNet, train_features: np.ndarray, config: Config

@@ -50,6 +50,7 @@ from core.data import build_augment
 from core.distributed import pick_device
 from core.model import HiCXRNet, ModelConfig, save_model
 from core.optim import build_optimizer, build_scheduler
+from core.patient_halves import FIT_HALF, HELD_HALF
 from core.preprocess import normalize
 from core.pretrain_data import (
     PretrainDataset,
@@ -131,6 +132,10 @@ def load_pretrain_config(path: str | Path, overrides: list[str] | None = None) -
     if not config.sources:
         raise ConfigError(f"{path}: 'sources' lists no image source")
     sources = config.source_configs()
+    for i, s in enumerate(sources):
+        if s.patient_half is not None and (s.patient_half not in (FIT_HALF, HELD_HALF) or not s.patient_column):
+            raise ConfigError(f"{path}: sources[{i}] ({s.name!r}): patient_half must be {FIT_HALF} or {HELD_HALF} "
+                              "and needs a patient_column")
     if config.method == "supervised" and not any(s.label_column for s in sources):
         raise ConfigError(f"{path}: method 'supervised' needs at least one source with a label_column")
     if config.model.output_stride not in OUTPUT_STRIDES or config.model.input_size < MIN_INPUT_SIZE:

@@ -22,6 +22,7 @@ from core.config import resolve_path
 from core.data import RandomDegrade, RandomGamma
 from core.errors import HiCXRError
 from core.imaging import ImageError, read_image, to_uint8
+from core.patient_halves import patient_half
 from core.preprocess import resize_square
 from core.progress import progress
 
@@ -45,6 +46,10 @@ class SourceConfig:
     filter: dict[str, str] = field(default_factory=dict)
     label_map: dict[str, str] = field(default_factory=dict)
     attribution: str = ""
+    #: keep only this half of the patients (:mod:`core.patient_halves`; needs ``patient_column``): ``0`` keeps the
+    #: half that fits the population classifier, so the other half, which measures it and is the external check's
+    #: held-out set, is never seen in pretraining. ``None``: every patient.
+    patient_half: int | None = None
 
 
 @dataclass
@@ -103,6 +108,8 @@ def load_sources(sources: list[SourceConfig], size: int, holdout: float, show: b
             raise PretrainError(f"source {src.name!r}: {table} has no column(s) {', '.join(map(repr, missing))}")
         for column, value in src.filter.items():
             df = df[df[column].astype(str) == str(value)]
+        if src.patient_half is not None:
+            df = patient_half(df, src.patient_half, str(src.patient_column))
         paths = df[src.path_column].tolist()
         absent = [p for p in paths if not (root / p).is_file()]
         if absent:

@@ -9,7 +9,7 @@ import torch
 from conftest import make_weights_dir
 
 from core.external_check import LABEL_ON_PNEUMONIA, external_check, heldout_films, main
-from core.heldout import outlier_half
+from core.patient_halves import outlier_half
 
 
 def test_heldout_films_are_the_other_half_balanced_and_labelled(shared_data) -> None:

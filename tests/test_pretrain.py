@@ -8,12 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from core.config import REPO_ROOT, ConfigError
 from core.model import ModelConfig, build_model, load_model
+from core.patient_halves import FIT_HALF, HELD_HALF, outlier_half
 from core.pretrain import load_pretrain_config, nt_xent
+from core.pretrain_data import SourceConfig, load_sources
 
 
 def _sources(shared_data: Path) -> str:
@@ -42,12 +46,38 @@ def test_shipped_pretraining_configs_load_and_bad_ones_are_refused(tmp_path):
     nih = next(s for s in both.source_configs() if s.name == "nih_train")
     assert nih.filter == {"split": "train"} and nih.label_column is None  # never NIH val/test, never NIH labels
     assert all("nih" not in s.csv for s in sup.source_configs())
+    labelled = [s for c in (sup, both) for s in c.source_configs() if s.label_column]
+    assert len(labelled) == 4 and all(s.patient_half == FIT_HALF for s in labelled)  # the held half stays unseen
     with pytest.raises(ConfigError, match="method"):
         load_pretrain_config(REPO_ROOT / "configs" / "pretrain_supervised.yaml", ["method=magic"])
     path = tmp_path / "p.yaml"
     path.write_text("method: supervised\nsources: [{name: x, csv: x.csv, images: x}]\n")
     with pytest.raises(ConfigError, match="label_column"):
         load_pretrain_config(path)
+    for source in ("{name: x, csv: x.csv, images: x, label_column: y, patient_half: 0}",
+                   "{name: x, csv: x.csv, images: x, label_column: y, patient_column: p, patient_half: 2}"):
+        path.write_text(f"method: supervised\nsources: [{source}]\n")
+        with pytest.raises(ConfigError, match="patient_half"):
+            load_pretrain_config(path)
+
+
+def test_patient_half_keeps_exactly_that_half_of_the_patients(shared_data, tmp_path):
+    """Pretraining on half of Kermany's patients reads exactly the rows of that half, in order, and nothing else."""
+    kermany = shared_data / "other" / "kermany"
+    rows = pd.read_csv(kermany / "labels.csv", dtype=str, keep_default_na=False).iloc[::200].head(24)
+    halves = rows["patient_id"].map(outlier_half).to_numpy()
+    assert 0 < (halves == HELD_HALF).sum() < len(rows)  # both halves among the rows, or the test proves nothing
+    rows.to_csv(tmp_path / "k.csv", index=False)
+
+    def load(half: int | None) -> np.ndarray:
+        src = SourceConfig(name="k", csv=str(tmp_path / "k.csv"), images=str(kermany / "images"), label_column="finding",
+                           patient_column="patient_id", patient_half=half)
+        return load_sources([src], 32, 0.1, show=False).pixels
+
+    every = load(None)
+    assert len(every) == len(rows)
+    for half in (FIT_HALF, HELD_HALF):
+        assert np.array_equal(load(half), every[halves == half])
 
 
 @pytest.mark.slow

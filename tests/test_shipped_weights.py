@@ -14,8 +14,8 @@ import pytest
 from conftest import CARD_KEYS, REPO_ROOT
 
 from core.evaluate import evaluate_variants
-from core.heldout import outlier_half
 from core.inference import Predictor
+from core.patient_halves import outlier_half
 from core.registry import default_variant, scan_weights
 
 WEIGHTS = REPO_ROOT / "weights"
