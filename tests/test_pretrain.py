@@ -70,8 +70,8 @@ def test_patient_half_keeps_exactly_that_half_of_the_patients(shared_data, tmp_p
     rows.to_csv(tmp_path / "k.csv", index=False)
 
     def load(half: int | None) -> np.ndarray:
-        src = SourceConfig(name="k", csv=str(tmp_path / "k.csv"), images=str(kermany / "images"), label_column="finding",
-                           patient_column="patient_id", patient_half=half)
+        src = SourceConfig(name="k", csv=str(tmp_path / "k.csv"), images=str(kermany / "images"),
+                           label_column="finding", patient_column="patient_id", patient_half=half)
         return load_sources([src], 32, 0.1, show=False).pixels
 
     every = load(None)
