@@ -350,8 +350,13 @@ class ModelCard(Record):
 
     @property
     def attribution(self) -> str:
-        """The attribution the training data requires (from the card's ``data.attribution``)."""
-        return self.data.attribution
+        """The attribution the training data requires: ``data.attribution``, then that of every source its backbone
+        was pretrained on (``training.pretraining``), since those images shaped the weights too."""
+        parts = [self.data.attribution]
+        if self.training.pretraining is not None:
+            parts += [f"Pretraining data ({s.name}): {s.attribution}" for s in self.training.pretraining.sources
+                      if s.attribution]
+        return " ".join(p for p in parts if p)
 
     @property
     def loss_name(self) -> str:

@@ -115,8 +115,46 @@ class PenaltyRow(Record):
 
 
 @dataclass
+class PretrainingSource(Record):
+    """One image source of a pretraining run: its name, the half of its patients used, its attribution."""
+
+    name: str = ""
+    patient_half: int | None = None
+    attribution: str = ""
+
+
+@dataclass
+class PretrainingInfo(Record):
+    """``training.pretraining``: the backbone a model started from (``model.pretrained``) and how it was made.
+
+    ``sha256`` is the hash of the backbone file, so the weights can be traced to one pretraining run; the run's
+    facts (``run`` ... ``sources``) come from the ``config.yaml`` and ``metrics.csv`` beside it (``pretrain.py``)
+    and are absent for a backbone from elsewhere.
+    """
+
+    backbone: str = ""
+    sha256: str | None = optional()
+    run: str | None = optional()
+    method: str | None = optional()
+    epochs: int | None = optional()
+    holdout_accuracy: float | None = optional()
+    sources: list[PretrainingSource] = omitted_when_empty(list)
+
+    def describe(self) -> str:
+        """One line for people: method, sources (with the patient half), epochs, held-out accuracy."""
+        if not self.run:
+            return f"backbone {self.backbone}" + (f" (sha256 {self.sha256[:12]})" if self.sha256 else "")
+        names = ", ".join(s.name + ("" if s.patient_half is None else f" (patient half {s.patient_half})")
+                          for s in self.sources)
+        text = f"{self.method or '?'} pretraining on {names or '?'}, {self.epochs if self.epochs else '?'} epochs"
+        if self.holdout_accuracy is not None:
+            text += f", held-out accuracy {self.holdout_accuracy:.3f}"
+        return text + (f" (backbone sha256 {self.sha256[:12]})" if self.sha256 else "")
+
+
+@dataclass
 class TrainingInfo(Record):
-    """``training``: the resolved config and facts of the run."""
+    """``training``: the resolved config and facts of the run; ``pretraining`` when it started from a backbone."""
 
     config: dict[str, Any] = field(default_factory=dict)
     epochs_run: int | None = optional()
@@ -124,6 +162,7 @@ class TrainingInfo(Record):
     best_val_macro_auroc: float | None = optional()
     monitored_val_labels: list[str] | None = optional()
     seconds: float | None = optional()
+    pretraining: PretrainingInfo | None = optional()
 
 
 @dataclass

@@ -167,7 +167,7 @@ def export_model(
         taxonomy=TaxonomyInfo(name=taxonomy.name, hash=taxonomy.hash, edges=taxonomy.to_dict()["edges"]),
         loss=loss_info(config.loss, m.constraint),
         penalty_table=penalty_rows(config, train.labels, taxonomy), calibration=measured.calibration,
-        training=TrainingInfo.from_dict({"config": config.to_dict(), **(training or {})}, "training"),
+        training=_training_info(config, training),
         data=DataInfo.from_dict({
             "train_images": len(train), "val_images": len(ds.get("val", [])), "test_images": len(test),
             "trained_on": "train+val" if config.data.fit_on == "train+val" else "train",
@@ -303,6 +303,17 @@ def _cross_validation(cv_dir: str | Path | None, prefix: Path, plots: dict[str, 
     if curve.is_file():
         shutil.copyfile(curve, prefix.parent / f"{prefix.name}_cv.png")
         plots["cross_validation"] = f"{prefix.name}_cv.png"
+    return info
+
+
+def _training_info(config: Config, training: dict[str, Any] | None) -> TrainingInfo:
+    """The card's ``training``: the config, the run's facts, and where its backbone came from when it had one (kept
+    from ``training`` when a card is rebuilt, since the backbone file may be gone by then)."""
+    info = TrainingInfo.from_dict({"config": config.to_dict(), **(training or {})}, "training")
+    if config.model.pretrained and info.pretraining is None:
+        from core.pretrain import backbone_provenance
+
+        info.pretraining = backbone_provenance(config.model.pretrained)
     return info
 
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from core.card_sections import PretrainingInfo, PretrainingSource
 from core.checkpoints import epochs_done, load_training_state, save_training_state
 from core.config import (
     AugmentConfig,
@@ -361,3 +362,53 @@ def _yaml(config: PretrainConfig) -> str:
 def completed_epochs(config: PretrainConfig) -> int:
     """Epochs a run has finished (0 if it never saved a checkpoint)."""
     return epochs_done(config.run_dir() / "checkpoints")
+
+
+def backbone_provenance(path: str | Path) -> PretrainingInfo:
+    """What the model card records about the backbone ``model.pretrained`` names (``path`` as configured).
+
+    The hash identifies the file (for safetensors the hash of its tensors, :func:`core.registry.tensor_sha256`, so
+    it matches however the header names the run); the run's method, sources, epochs and last held-out accuracy are
+    read from the ``config.yaml`` and ``metrics.csv`` that :func:`pretrain` writes beside ``backbone.safetensors``.
+    A backbone that is not there, or not from ``pretrain.py`` (a torchvision checkpoint), is recorded with what is
+    known, never refused: the model is already trained.
+    """
+    import csv
+    import hashlib
+
+    from core.registry import RegistryError, tensor_sha256
+
+    file = resolve_path(path)
+    info = PretrainingInfo(backbone=str(path))
+    if not file.is_file():
+        return info
+    try:
+        if file.suffix == ".safetensors":
+            info.sha256 = tensor_sha256(file)
+        else:
+            with file.open("rb") as f:
+                info.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    except (OSError, RegistryError):
+        return info
+    try:
+        run = load_pretrain_config(file.parent / "config.yaml")
+        with (file.parent / "metrics.csv").open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, ConfigError, csv.Error):
+        return info
+    info.run, info.method = run.name, run.method
+    info.sources = [PretrainingSource(name=s.name, patient_half=s.patient_half, attribution=s.attribution)
+                    for s in run.source_configs()]
+    if rows:
+        info.epochs = int(rows[-1]["epoch"])
+        accuracy = _float_or_none(rows[-1].get("holdout_accuracy"))
+        info.holdout_accuracy = None if accuracy is None else round(accuracy, 4)
+    return info
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from core.card_sections import PenaltyRow
 from core.checkpoints import CheckpointError, LoopState, load_checkpoint, save_checkpoint
-from core.config import Config
+from core.config import Config, resolve_path
 from core.contract import contract_of
 from core.data import XrayDataset, build_datasets
 from core.distributed import (
@@ -220,7 +220,9 @@ def _build_run(config: Config, info: DistInfo, taxonomy: Taxonomy, datasets: dic
                run_dir: Path, resume: bool) -> _Run:
     """Model, EMA, loaders, optimiser and schedule, restored from the last checkpoint when resuming."""
     seed_everything(config.train.seed)  # identical initial weights on every rank and every (re)start
-    model = build_model(model_config_for(config, taxonomy), config.model.pretrained).to(info.device)
+    # A relative backbone path is read from the repository root, like every other path of a config.
+    backbone = resolve_path(config.model.pretrained) if config.model.pretrained else None
+    model = build_model(model_config_for(config, taxonomy), backbone).to(info.device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_loader = make_loader(datasets["train"], config, info, train=True)

@@ -110,3 +110,31 @@ def test_sections_are_typed_and_keep_unknown_keys():
         ModelCard.from_dict(_card(loss={"lambda": "one"}), "v.json")
     with pytest.raises(CardError, match=r"metrics\['test'\].per_label\['Cardiomegaly'\].positives must be int"):
         ModelCard.from_dict(_card(metrics={"test": {"per_label": {"Cardiomegaly": {"positives": "many"}}}}), "v.json")
+
+
+def test_a_pretrained_backbone_is_recorded_shown_and_attributed(tmp_path):
+    from core.pretrain import backbone_provenance
+    from dashboard.components.model_card import initialisation, summary_table
+
+    pretraining = {"backbone": "runs/pt/backbone.safetensors", "sha256": "ab" * 32, "run": "pt",
+                   "method": "supervised", "epochs": 5, "holdout_accuracy": 0.8208,
+                   "sources": [{"name": "kermany", "patient_half": 0, "attribution": "Kermany D. et al. (CC BY 4.0)"},
+                               {"name": "covid_shenzhen", "patient_half": 0, "attribution": ""}]}
+    data = _card(training={"config": {"model": {"pretrained": "runs/pt/backbone.safetensors"}},
+                           "pretraining": pretraining}, data={"attribution": "NIH Clinical Center."})
+    card = ModelCard.from_dict(data)
+    assert json.loads(json.dumps(card.to_dict()))["training"]["pretraining"] == pretraining  # round trip
+    line = ("supervised pretraining on kermany (patient half 0), covid_shenzhen (patient half 0), 5 epochs, "
+            "held-out accuracy 0.821 (backbone sha256 abababababab)")
+    assert initialisation(card) == line
+    assert dict(zip(summary_table(card)["field"], summary_table(card)["value"], strict=True))["Initialisation"] == line
+    # The pretraining images shaped the weights: their licence's attribution goes wherever the card's goes.
+    assert card.attribution == "NIH Clinical Center. Pretraining data (kermany): Kermany D. et al. (CC BY 4.0)"
+    # A card trained from random weights says so; one with no training record does not pretend to know.
+    assert initialisation(ModelCard.from_dict(_card(training={"config": {"model": {}}}))) == "random (no pretraining)"
+    assert initialisation(ModelCard.from_dict({"variant": "v"})) == "not reported"
+    # A backbone that is gone by the time of the export is recorded by name only, never refused.
+    gone = backbone_provenance(tmp_path / "nope.safetensors")
+    assert gone.backbone == str(tmp_path / "nope.safetensors") and gone.sha256 is None and gone.run is None
+    with pytest.raises(CardError, match=r"training.pretraining.epochs must be int"):
+        ModelCard.from_dict(_card(training={"pretraining": {**pretraining, "epochs": "five"}}), "v.json")

@@ -16,8 +16,9 @@ import torch
 from core.config import REPO_ROOT, ConfigError
 from core.model import ModelConfig, build_model, load_model
 from core.patient_halves import FIT_HALF, HELD_HALF, outlier_half
-from core.pretrain import load_pretrain_config, nt_xent
+from core.pretrain import backbone_provenance, load_pretrain_config, nt_xent
 from core.pretrain_data import SourceConfig, load_sources
+from core.registry import tensor_sha256
 
 
 def _sources(shared_data: Path) -> str:
@@ -101,6 +102,14 @@ def test_pretrain_runs_resumes_and_feeds_training(method, shared_data, tmp_path)
     model = build_model(ModelConfig.for_taxonomy(input_size=64, output_stride=8), backbone)
     assert torch.equal(model.features.denseblock2.denselayer3.conv1.weight,
                        saved.features.denseblock2.denselayer3.conv1.weight)
+    # What a model card records about this backbone: the file's hash and the run beside it.
+    info = backbone_provenance(backbone)
+    assert info.backbone == str(backbone) and info.sha256 == tensor_sha256(backbone)
+    assert (info.run, info.method, info.epochs) == ("pt", method, 2)
+    assert [(s.name, s.patient_half) for s in info.sources] == [("covid_shenzhen", None)]
+    if method != "simclr":
+        assert info.holdout_accuracy == pytest.approx(float(rows[-1]["holdout_accuracy"]), abs=1e-4)
+    assert f"{method} pretraining on covid_shenzhen, 2 epochs" in info.describe()
     bad = _run("--config", "configs/pretrain_supervised.yaml", "--set", "sources=[{name: x, csv: /nope.csv, "
                "images: /nope, label_column: label}]", "--set", f"train.out_dir={tmp_path}")
     assert bad.returncode == 2 and "/nope.csv" in bad.stderr

@@ -15,6 +15,7 @@ from conftest import CARD_KEYS, write_tiny_nih_csv
 from core.calls import CallRule
 from core.config import REPO_ROOT, ConfigError, config_from_dict, load_config, resolve_path
 from core.model import load_model
+from core.registry import tensor_sha256
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,8 @@ def test_train_and_export_writes_a_complete_model_card(tiny_csv, shared_data, tm
         "--set", f"data.csv={tiny_csv}", "--set", "model.input_size=64", "--set", "train.batch_size=8",
         "--set", "train.min_val_positives=2", "--set", f"train.out_dir={tmp_path / 'runs'}",
         "--set", "eval.n_boot=20", "--epochs", "2", "--name", "cli", "--export", str(prefix),
+        # A shipped model's features as the starting backbone, named relative to the repository root (the CWD is /).
+        "--set", "model.pretrained=weights/bce.safetensors",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "cli"
@@ -68,6 +71,10 @@ def test_train_and_export_writes_a_complete_model_card(tiny_csv, shared_data, tm
     assert card["call_evidence"]["source"].startswith("validation split (16 images);")
     assert sorted(card["call_evidence"]["labels"]) == sorted(set(taxonomy.labels) - set(card["labels_not_learnt"]))
     assert card["training"]["epochs_run"] == 2 and 1 <= card["training"]["best_epoch"] <= 2
+    # Where the weights started is on the card: the backbone as configured and the hash of its tensors (no
+    # pretraining run beside a shipped weights file, so nothing more is claimed).
+    assert card["training"]["pretraining"] == {"backbone": "weights/bce.safetensors",
+                                               "sha256": tensor_sha256(REPO_ROOT / "weights" / "bce.safetensors")}
     assert "--export" in card["reproduce"] and "nih_hbce_soft_data.yaml" in card["reproduce"]
     assert "not a medical device" in card["intended_use"]
     for plot in card["plots"].values():

@@ -165,6 +165,7 @@ def summary_table(card: ModelCard) -> pd.DataFrame:
         ("Variant", card.variant),
         ("Created", card.created),
         ("Backbone", model.backbone),
+        ("Initialisation", initialisation(card)),
         ("Input", f"{or_unknown(model.input_size)} px, {or_unknown(model.in_channels)} channel(s), "
          f"CAM grid {model.cam_grid}"),
         ("Loss", card.loss.describe()),
@@ -185,6 +186,15 @@ def summary_table(card: ModelCard) -> pd.DataFrame:
         ("Reproduce", card.reproduce),
     ]
     return pd.DataFrame([{"field": k, "value": fmt(v) if not isinstance(v, str) else v} for k, v in rows])
+
+
+def initialisation(card: ModelCard) -> str:
+    """Where the weights started: a pretraining run (its one-line description), imported, or random."""
+    if card.training.pretraining is not None:
+        return card.training.pretraining.describe()
+    if card.imported is not None:
+        return f"imported from {card.imported.source or '?'}"
+    return "random (no pretraining)" if card.training.config else "not reported"
 
 
 def or_unknown(value: Any) -> str:

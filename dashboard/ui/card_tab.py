@@ -94,6 +94,9 @@ def render_card(ctx: Context) -> None:
         if source["citation"]:
             line += f" — cite: {source['citation']}"
         st.markdown(line)
+    pretraining = card.training.pretraining
+    if pretraining is not None:
+        st.markdown(f"**Initialised from a pretrained backbone** — {pretraining.describe()}")
     if card.attribution:
         st.caption(card.attribution)
 
