@@ -401,14 +401,9 @@ def backbone_provenance(path: str | Path) -> PretrainingInfo:
                     for s in run.source_configs()]
     if rows:
         info.epochs = int(rows[-1]["epoch"])
-        accuracy = _float_or_none(rows[-1].get("holdout_accuracy"))
-        info.holdout_accuracy = None if accuracy is None else round(accuracy, 4)
+        try:  # "nan" when the run had no supervised head
+            accuracy = float(rows[-1].get("holdout_accuracy") or "nan")
+        except ValueError:
+            accuracy = math.nan
+        info.holdout_accuracy = round(accuracy, 4) if math.isfinite(accuracy) else None
     return info
-
-
-def _float_or_none(text: str | None) -> float | None:
-    try:
-        value = float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) else None

@@ -295,6 +295,8 @@ def test_compare_variants_and_downloads(page):
 
     page.get_by_role("tab", name="Model card").click()
     page.locator(".st-key-card_auroc .js-plotly-plot").wait_for()
+    # Where the weights started: the shipped models were trained from random weights, and the card says so.
+    page.get_by_text("random (no pretraining)", exact=True).first.wait_for()
     _shot(page, "07_model_card")
     # What the population checks flag, as measured on films the model never trained on.
     heading = page.get_by_role("heading", name="When the outputs do not apply")
