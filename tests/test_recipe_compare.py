@@ -15,7 +15,7 @@ from core.config import config_from_dict
 from core.crossval import CVError, cv_probabilities, fold_config
 from core.data import load_splits
 from core.paired import ComparisonError
-from core.recipe_compare import compare_recipes, finished_folds
+from core.recipe_compare import compare_recipes, finished_folds, native_side
 from core.taxonomy import load_taxonomy
 
 FOLDS, EPOCH, GROWN = 3, 2, "grown/repo"
@@ -86,3 +86,17 @@ def test_runs_whose_held_out_rows_changed_are_refused(two_cvs) -> None:
     rows.write_text("\n".join(reversed(rows.read_text().splitlines())) + "\n")
     with pytest.raises(CVError, match="held-out rows differ from fold 0"):
         compare_recipes(a, b, EPOCH, min_positives=2, n_boot=0)
+
+
+def test_native_resolution_selects_thumbnails_or_full_resolution_films(two_cvs) -> None:
+    a, b, config = two_cvs
+    held = [load_splits(fold_config(config, FOLDS, k))["val"] for k in range(FOLDS)]
+    sides = np.concatenate([native_side(h.metadata["native_size"].tolist()) for h in held])
+    assert (sides <= 64).any() and (sides > 64).any(), "the tiny table should mix thumbnails and full films"
+    small = compare_recipes(a, b, EPOCH, native_at_most=64, min_positives=1, n_boot=0)
+    large = compare_recipes(a, b, EPOCH, native_above=64, min_positives=1, n_boot=0)
+    assert small.pooled.images == int((sides <= 64).sum()) and large.pooled.images == int((sides > 64).sum())
+    assert "native <= 64 px" in small.pooled.note and "native > 64 px" in large.pooled.note
+    assert list(native_side(["1024x1024", "64x64", "256x224"])) == [1024, 64, 224]
+    with pytest.raises(ComparisonError, match="native_size: a value is not WxH"):
+        native_side(["1024 px"])
