@@ -64,6 +64,15 @@ def _epochs_done(run_dir: Path) -> int:
     return int(json.loads(state.read_text(encoding="utf-8"))["loop"]["epoch"])
 
 
+def fold_finished(cv_folder: str | Path, fold: int) -> bool:
+    """Whether fold ``fold`` of a cross-validation folder has trained all the epochs its config asks for."""
+    from core.config import load_config
+
+    fold_dir = Path(cv_folder) / f"fold{fold}"
+    config_file = fold_dir / "config.yaml"
+    return config_file.is_file() and _epochs_done(fold_dir) >= load_config(config_file).train.epochs
+
+
 def run_cv(config: Config, folds: int = 5, taxonomy: Taxonomy | None = None,
            only: Sequence[int] | None = None) -> dict[str, Any]:
     """Train every fold (skipping finished ones, resuming interrupted ones), then summarise; returns the summary.
