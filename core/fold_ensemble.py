@@ -148,15 +148,20 @@ def check_ensemble(cv_dir: str | Path, variant: str | Path, kermany_per_class: i
     return EnsembleCheck(comparisons, len(folds), fitted_s / len(test_films), ensemble_s)
 
 
+def add_unseen_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a comparison on unseen films: how many Kermany films, bootstrap resamples, a JSON copy."""
+    parser.add_argument("--kermany-per-class", type=int, default=300,
+                        help="held-out Kermany films of each class (0: the test split only)")
+    parser.add_argument("--n-boot", type=int, default=1000, help="paired patient-level bootstrap resamples")
+    parser.add_argument("--json", default=None, help="also write the comparisons to this JSON file")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m core.fold_ensemble", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cv", required=True, help="the cross-validation folder (runs/NAME_cvK)")
     parser.add_argument("--variant", required=True, help="the model fitted from it, e.g. weights/bce")
-    parser.add_argument("--kermany-per-class", type=int, default=300,
-                        help="held-out Kermany films of each class (0: the test split only)")
-    parser.add_argument("--n-boot", type=int, default=1000, help="paired patient-level bootstrap resamples")
-    parser.add_argument("--json", default=None, help="also write the comparisons to this JSON file")
+    add_unseen_arguments(parser)
     args = parser.parse_args(argv)
     return report(lambda: check_ensemble(args.cv, args.variant, args.kermany_per_class, args.n_boot), args.json)
 

@@ -98,13 +98,12 @@ def compare_unseen(cv_a: str | Path, cv_b: str | Path, kermany_per_class: int = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
+    from core.fold_ensemble import add_unseen_arguments
+
     parser = argparse.ArgumentParser(prog="python -m core.recipe_unseen", description=__doc__.split("\n\n")[0])
     parser.add_argument("cv_a", help="the first cross-validation folder (the baseline), e.g. runs/nih_chmcnn_cv5")
     parser.add_argument("cv_b", help="the second one (the recipe tried)")
-    parser.add_argument("--kermany-per-class", type=int, default=300,
-                        help="held-out Kermany films of each class (0: the test split only)")
-    parser.add_argument("--n-boot", type=int, default=1000, help="paired patient-level bootstrap resamples")
-    parser.add_argument("--json", default=None, help="also write the comparisons to this JSON file")
+    add_unseen_arguments(parser)
     args = parser.parse_args(argv)
     return report(lambda: compare_unseen(args.cv_a, args.cv_b, args.kermany_per_class, args.n_boot), args.json)
 
