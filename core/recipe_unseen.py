@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.fold_ensemble import add_unseen_arguments
 from core.paired import ComparisonError, PairedComparison, paired_comparison, report
 
 
@@ -48,7 +49,10 @@ def _recipe_probabilities(models: Sequence, labels, images: Path):
     first = models[0].config
     dataset = XrayDataset(labels, images, first.input_size, cache=True, progress=sys.stderr.isatty(),
                           fit=Fit.of(first))
-    return dataset, ensemble_probabilities(models, dataset), [ensemble_probabilities([m], dataset) for m in models]
+    # One pass per model: the ensemble is the mean of the single models' probabilities (as ensemble_probabilities
+    # computes it), so the models are not run a second time for it.
+    singles = [ensemble_probabilities([m], dataset) for m in models]
+    return dataset, np.mean(np.stack(singles), axis=0, dtype=np.float64).astype(np.float32), singles
 
 
 def compare_unseen(cv_a: str | Path, cv_b: str | Path, kermany_per_class: int = 300, n_boot: int = 1000,
@@ -98,8 +102,6 @@ def compare_unseen(cv_a: str | Path, cv_b: str | Path, kermany_per_class: int = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    from core.fold_ensemble import add_unseen_arguments
-
     parser = argparse.ArgumentParser(prog="python -m core.recipe_unseen", description=__doc__.split("\n\n")[0])
     parser.add_argument("cv_a", help="the first cross-validation folder (the baseline), e.g. runs/nih_chmcnn_cv5")
     parser.add_argument("cv_b", help="the second one (the recipe tried)")
