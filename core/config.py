@@ -97,6 +97,10 @@ class DataConfig:
     # Rows whose ``source_column`` value is listed are left out of every split: e.g. the copies the NIH data grew by
     # on 2026-12-01, to rebuild a card of a model trained before on exactly the data it trained on.
     exclude_sources: list[str] = field(default_factory=list)
+    # Rows whose ``source_column`` value is listed are never trained on but still scored: they keep their split and
+    # CV fold (so two CVs with and without this hold out the same images) and are dropped from ``train`` only.
+    # For a source whose selection ties its look to its labels (a folder sampled half No Finding, half Pneumonia).
+    untrained_sources: list[str] = field(default_factory=list)
     source_column: str = "source_repo"
 
 

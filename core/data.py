@@ -116,7 +116,8 @@ def load_splits(config: Config, taxonomy: Taxonomy | None = None) -> dict[str, L
     With ``data.cv_folds = k`` the train and val rows are pooled and split by patient into ``k`` folds: fold
     ``data.cv_fold`` is returned as ``val`` and the rest as ``train`` (``test`` is untouched). With
     ``data.fit_on = train+val`` the val rows are trained on as well (``val`` is still returned, for logging only).
-    Rows from ``data.exclude_sources`` are in no split.
+    Rows from ``data.exclude_sources`` are in no split; rows from ``data.untrained_sources`` keep their split and
+    fold but are left out of ``train``.
 
     Raises:
         LabelError: the CSV is missing, unreadable or lacks a column (named in the message).
@@ -125,10 +126,7 @@ def load_splits(config: Config, taxonomy: Taxonomy | None = None) -> dict[str, L
     data = config.data
     labels, assignment = split_table(data, taxonomy)
     if data.exclude_sources:
-        if data.source_column not in labels.metadata.columns:
-            raise SplitError(f"{data.csv}: no column {data.source_column!r} to leave out data.exclude_sources by")
-        left_out = labels.metadata[data.source_column].astype(str).isin(set(data.exclude_sources)).to_numpy()
-        assignment = np.where(left_out, "", assignment)
+        assignment = np.where(_from_sources(labels, data, "exclude_sources"), "", assignment)
     if data.cv_folds:
         pool = np.flatnonzero((assignment == "train") | (assignment == "val"))
         folds = cv_folds(patient_ids(labels.subset(pool), data), data.cv_folds)
@@ -137,7 +135,20 @@ def load_splits(config: Config, taxonomy: Taxonomy | None = None) -> dict[str, L
     out = {s: labels.subset(assignment == s) for s in SPLITS}
     if data.fit_on == "train+val":
         out["train"] = labels.subset((assignment == "train") | (assignment == "val"))
+    if data.untrained_sources:
+        out["train"] = out["train"].subset(~_from_sources(out["train"], data, "untrained_sources"))
     return out
+
+
+def _from_sources(labels: LabelSet, data: DataConfig, option: str) -> np.ndarray:
+    """Per row: is its ``data.source_column`` value one of ``data.<option>``?
+
+    Raises:
+        SplitError: the table has no such column.
+    """
+    if data.source_column not in labels.metadata.columns:
+        raise SplitError(f"{data.csv}: no column {data.source_column!r} to select data.{option} by")
+    return labels.metadata[data.source_column].astype(str).isin(set(getattr(data, option))).to_numpy()
 
 
 # --------------------------------------------------------------------------------------------- transforms

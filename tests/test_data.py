@@ -56,6 +56,24 @@ def test_excluded_sources_give_back_the_split_before_the_growth(nih, tmp_path):
         load_splits(config_from_dict({"data": {**data, "csv": str(tmp_path / "labels.csv")}}))
 
 
+def test_untrained_sources_keep_their_folds_and_leave_only_training(nih):
+    """A source never trained on still holds out the same images in each fold (so a CV with it and one without
+    compare image for image) and stays in val and test; only train loses its rows, also when fitting on
+    train+val."""
+    untrained = "muhammedtalo/COVID-19"
+    data = {"csv": str(nih[0]), "images": str(nih[1]), "cv_folds": 5}
+    for fold in range(5):
+        base = load_splits(config_from_dict({"data": {**data, "cv_fold": fold}}))
+        held = load_splits(config_from_dict({"data": {**data, "cv_fold": fold, "untrained_sources": [untrained]}}))
+        assert held["val"].paths == base["val"].paths and held["test"].paths == base["test"].paths
+        in_base = base["train"].metadata["source_repo"] == untrained
+        assert in_base.sum() > 100 and untrained not in set(held["train"].metadata["source_repo"])
+        assert held["train"].paths == [p for p, u in zip(base["train"].paths, in_base, strict=True) if not u]
+    fit = {"csv": str(nih[0]), "images": str(nih[1]), "fit_on": "train+val", "untrained_sources": [untrained]}
+    splits = load_splits(config_from_dict({"data": fit}))
+    assert len(splits["train"]) == 2079 + 155 - 756 and untrained in set(splits["val"].metadata["source_repo"])
+
+
 def test_hash_split_is_deterministic_by_patient_and_follows_fractions(nih, tmp_path):
     df = pd.read_csv(nih[0]).drop(columns=["split"])
     csv = tmp_path / "nosplit.csv"
