@@ -86,6 +86,8 @@ def test_studies_are_analysed_sent_and_read_back_as_the_csv_says(first_run, pacs
     not_learnt = set(card.labels_not_learnt)
     for row in analysed:
         study_uid, series_uid, sop_uid = row["file"].split("/")
+        held = [r.series_description for r in pacs.client().instances(study_uid)]
+        assert sorted(d.split()[1] for d in held if d.startswith("HiCXR")) == ["SR", "map"], (study_uid, held, err)
         (sr,) = _results(pacs, study_uid, "SR")
         (sc,) = _results(pacs, study_uid, "map")
         source = next(ds for s in chest for ds in s.datasets if str(ds.SOPInstanceUID) == sop_uid)

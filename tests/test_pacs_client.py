@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from core.imaging import read_image
@@ -197,3 +198,30 @@ def test_settings_come_from_the_secrets_file_or_the_environment(tmp_path: Path) 
     (tmp_path / "bad.toml").write_text("[pacs\npassword = 'x'")
     with pytest.raises(PacsSettingsError, match="not valid TOML"):
         load_settings(environ={}, secrets_file=tmp_path / "bad.toml")
+
+
+def test_an_instance_the_answer_does_not_list_as_stored_is_retried_then_reported(shared_data: Path) -> None:
+    """A STOW-RS answer lists what was stored (Referenced SOP Sequence); an instance it neither lists nor refuses is
+    not counted as sent: it is sent again, and reported if no answer ever lists it."""
+    datasets = all_datasets(demo_studies(shared_data, nih_count=1, real_dicoms=False))[:2]
+    first, second = (str(ds.SOPInstanceUID) for ds in datasets)
+    answers = []
+
+    def store_instances(sent: list[pydicom.Dataset]) -> pydicom.Dataset:
+        answers.append([str(ds.SOPInstanceUID) for ds in sent])
+        answer = pydicom.Dataset()
+        item = pydicom.Dataset()
+        item.ReferencedSOPInstanceUID = first
+        answer.ReferencedSOPSequence = [item] if first in answers[-1] else []
+        answer.FailedSOPSequence = []
+        return answer
+
+    client = PacsClient(PacsSettings(url="http://127.0.0.1:1/dicom-web"), store_attempts=3, retry_wait_s=0.01)
+    client._client.store_instances = store_instances  # the answer of a PACS that silently drops `second`
+    outcome = client.store(datasets)
+    assert outcome.stored == [first] and not outcome.ok and outcome.attempts == 3
+    assert outcome.failed == {second: "the PACS's answer did not list it as stored"}
+    assert answers == [[first, second], [second], [second]]
+    empty = PacsClient(PacsSettings(url="http://127.0.0.1:1/dicom-web"), store_attempts=3, retry_wait_s=0.01)
+    empty._client.store_instances = lambda sent: pydicom.Dataset()  # a lax server: success with an empty body
+    assert empty.store(datasets).ok

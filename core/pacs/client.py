@@ -398,9 +398,12 @@ class PacsClient:
                 outcome.failed = {uid: str(exc) for uid in pending}
                 continue
             refused = _failed_uids(answer)
+            listed = _stored_uids(answer)
             for uid in list(pending):
                 if uid in refused:
                     outcome.failed[uid] = refused[uid]
+                elif listed is not None and uid not in listed:  # neither stored nor refused: not known to be kept
+                    outcome.failed[uid] = "the PACS's answer did not list it as stored"
                 else:
                     outcome.stored.append(uid)
                     outcome.failed.pop(uid, None)
@@ -421,6 +424,15 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _stored_uids(answer: pydicom.Dataset) -> set[str] | None:
+    """The SOP Instance UIDs a STOW-RS answer lists as stored (its Referenced SOP Sequence, PS3.18 10.5.3), or
+    None when the answer has no such list at all (a lax server that answers success with an empty body)."""
+    items = getattr(answer, "ReferencedSOPSequence", None)
+    if items is None:
+        return None
+    return {str(getattr(item, "ReferencedSOPInstanceUID", "")) for item in items}
 
 
 def _failed_uids(answer: pydicom.Dataset) -> dict[str, str]:
