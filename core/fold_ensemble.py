@@ -63,9 +63,9 @@ def fold_model_paths(cv_dir: str | Path) -> list[Path]:
     return [fold_weights(cv_dir, fold) for fold in range(folds)]
 
 
-def ensemble_probabilities(models: Sequence, dataset, batch_size: int = 64) -> np.ndarray:
-    """The mean over ``models`` (loaded fold models) of their probabilities ``(N, L)`` on ``dataset`` (no
-    temperature).
+def fold_probabilities(models: Sequence, dataset, batch_size: int = 64) -> list[np.ndarray]:
+    """Each of ``models``' (loaded fold models) probabilities ``(N, L)`` on ``dataset`` (no temperature), one pass
+    per model.
 
     Raises:
         ModelLoadError: no model, or a model whose input contract is not the one ``dataset`` was decoded for.
@@ -80,13 +80,29 @@ def ensemble_probabilities(models: Sequence, dataset, batch_size: int = 64) -> n
     if not models:
         raise ModelLoadError("no fold model given")
     taxonomy = load_taxonomy()
-    total = np.zeros((len(dataset), len(taxonomy.labels)), np.float64)
+    out = []
     for i, model in enumerate(models):
         if (model.config.input_size, Fit.of(model.config)) != (dataset.input_size, dataset.fit):
             raise ModelLoadError(f"fold model {i}: its input contract differs from the fitted model's")
         logits = predict_dataset(model, dataset, batch_size)
-        total += output_probabilities(torch.from_numpy(logits), constraint_matrix(model.config, taxonomy)).numpy()
-    return (total / len(models)).astype(np.float32)
+        probs = output_probabilities(torch.from_numpy(logits), constraint_matrix(model.config, taxonomy)).numpy()
+        out.append(probs.astype(np.float32))
+    return out
+
+
+def mean_probabilities(singles: Sequence[np.ndarray]) -> np.ndarray:
+    """The ensemble of single models' probabilities: their mean (float64 sum, float32 result)."""
+    return np.mean(np.stack(singles), axis=0, dtype=np.float64).astype(np.float32)
+
+
+def ensemble_probabilities(models: Sequence, dataset, batch_size: int = 64) -> np.ndarray:
+    """The mean over ``models`` (loaded fold models) of their probabilities ``(N, L)`` on ``dataset`` (no
+    temperature).
+
+    Raises:
+        ModelLoadError: no model, or a model whose input contract is not the one ``dataset`` was decoded for.
+    """
+    return mean_probabilities(fold_probabilities(models, dataset, batch_size))
 
 
 def _cpu_seconds(work):

@@ -43,16 +43,14 @@ def common_folds(cv_a: str | Path, cv_b: str | Path) -> list[int]:
 def _recipe_probabilities(models: Sequence, labels, images: Path):
     """The decoded dataset at the models' input contract, the ensemble's probabilities and each model's alone."""
     from core.data import XrayDataset
-    from core.fold_ensemble import ensemble_probabilities
+    from core.fold_ensemble import fold_probabilities, mean_probabilities
     from core.preprocess import Fit
 
     first = models[0].config
     dataset = XrayDataset(labels, images, first.input_size, cache=True, progress=sys.stderr.isatty(),
                           fit=Fit.of(first))
-    # One pass per model: the ensemble is the mean of the single models' probabilities (as ensemble_probabilities
-    # computes it), so the models are not run a second time for it.
-    singles = [ensemble_probabilities([m], dataset) for m in models]
-    return dataset, np.mean(np.stack(singles), axis=0, dtype=np.float64).astype(np.float32), singles
+    singles = fold_probabilities(models, dataset)  # one pass per model; the ensemble is their mean
+    return dataset, mean_probabilities(singles), singles
 
 
 def compare_unseen(cv_a: str | Path, cv_b: str | Path, kermany_per_class: int = 300, n_boot: int = 1000,
