@@ -115,7 +115,11 @@ class ModelSection(Architecture):
 @dataclass
 class LossConfig:
     """The loss: ``hbce`` with ``penalty`` none (plain BCE), fixed or data_driven and ``violation`` hard or soft;
-    or ``mcloss``, C-HMCNN's max-constraint loss (needs ``model.constraint: max``)."""
+    or ``mcloss``, C-HMCNN's max-constraint loss (needs ``model.constraint: max``).
+
+    ``source_offsets``: add each training image's source prior to its logits inside the loss (per-source logit
+    adjustment, :mod:`core.source_prior`; sources from ``data.source_column``), shrunk towards the pooled prior by
+    ``source_prior_strength`` pseudo-counts. Training only: inference never adds an offset."""
 
     name: str = "hbce"
     penalty: str = "data_driven"
@@ -123,6 +127,8 @@ class LossConfig:
     lam: float = 1.0
     fixed_value: float = 0.5
     alpha: float = 1.0
+    source_offsets: bool = False
+    source_prior_strength: float = 50.0
 
 
 @dataclass
@@ -389,6 +395,12 @@ def validate(config: Config, source: str = "config") -> Config:
         raise ConfigError(f"{source}: data.cv_fold must be in [0, {config.data.cv_folds}), got {config.data.cv_fold}")
     if not 0.0 <= config.train.ema_decay < 1.0 or config.train.mixup < 0:
         raise ConfigError(f"{source}: train.ema_decay must be in [0, 1) and train.mixup >= 0")
+    if config.loss.source_prior_strength < 0:
+        raise ConfigError(f"{source}: loss.source_prior_strength must be >= 0, got "
+                          f"{config.loss.source_prior_strength}")
+    if config.loss.source_offsets and config.train.mixup > 0:
+        # A mixed image has two sources; rather than guess its prior, the two options are kept apart.
+        raise ConfigError(f"{source}: loss.source_offsets and train.mixup cannot be combined")
     if not 0.0 <= config.data.augment.degrade <= 1.0 or not 0.0 < config.data.augment.degrade_min_scale <= 1.0:
         raise ConfigError(f"{source}: data.augment.degrade must be a probability and degrade_min_scale in (0, 1]")
     if config.train.keep_epoch is not None and not 1 <= config.train.keep_epoch <= config.train.epochs:

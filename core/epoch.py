@@ -34,9 +34,12 @@ class TrainError(HiCXRError, RuntimeError):
 def train_one_epoch(
     model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     scheduler: Any, config: Config, info: DistInfo, scaler: torch.amp.GradScaler | None, state: LoopState,
-    show: bool, ema: torch.optim.swa_utils.AveragedModel | None = None,
+    show: bool, ema: torch.optim.swa_utils.AveragedModel | None = None, offsets: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One pass over the training loader; returns mean loss, BCE and penalty (averaged over ranks).
+
+    ``offsets``: ``(n_rows, n_labels)`` added to the logits of each batch row (by its dataset index) before the
+    loss, the per-source priors of :mod:`core.source_prior`; never to what the model outputs elsewhere.
 
     With ``train.mixup`` = alpha > 0, each batch is mixed with a shuffled copy of itself with a weight drawn from
     Beta(alpha, alpha): images and targets are mixed, and an entry is known only where both images know it.
@@ -49,7 +52,7 @@ def train_one_epoch(
     # Without a terminal (nohup, CI logs) there is no bar: log a plain line about every fifth of the epoch instead.
     log_every = max(1, len(loader) // 5) if show and not sys.stderr.isatty() else 0
     t0 = time.perf_counter()
-    for step, (x, y, m, _) in enumerate(progress(loader, show, desc=f"epoch {state.epoch}", unit="batch"), 1):
+    for step, (x, y, m, rows) in enumerate(progress(loader, show, desc=f"epoch {state.epoch}", unit="batch"), 1):
         x = normalize(x.to(info.device, non_blocking=True), mcfg)
         y, m = y.to(info.device, non_blocking=True), m.to(info.device, non_blocking=True)
         if config.train.mixup > 0:
@@ -58,7 +61,10 @@ def train_one_epoch(
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_context(info.device, config.train.amp):
             logits = model(x)
-        terms = loss_fn.terms(logits.float(), y, m)
+        logits = logits.float()
+        if offsets is not None:
+            logits = logits + offsets[rows.to(offsets.device)]
+        terms = loss_fn.terms(logits, y, m)
         loss = terms.total
         if not torch.isfinite(loss):
             raise TrainError(f"loss became {loss.item()} at step {state.global_step}; lower optim.lr")

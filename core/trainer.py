@@ -58,6 +58,7 @@ from core.metrics import per_label_auroc
 from core.model import HiCXRNet, ModelConfig, build_model, constraint_matrix, load_model, output_probabilities
 from core.optim import build_optimizer, build_scheduler
 from core.progress import append_row, progress
+from core.source_prior import source_priors
 from core.taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,20 @@ def _prepare_run_dir(config: Config, resume: bool, info: DistInfo) -> Path:
     return run_dir
 
 
+def _source_offsets(config: Config, train_labels: LabelSet, info: DistInfo) -> torch.Tensor | None:
+    """The training rows' per-source logit offsets (``loss.source_offsets``), logged per source; None when off."""
+    if not config.loss.source_offsets:
+        return None
+    try:
+        priors = source_priors(train_labels, config.data.source_column, config.loss.source_prior_strength)
+    except KeyError as exc:
+        raise TrainError(f"loss.source_offsets: {exc.args[0]} (data.source_column)") from None
+    if info.is_main:
+        log.info("per-source logit offsets (strength %g), largest per source:\n  %s",
+                 config.loss.source_prior_strength, "\n  ".join(priors.summary(train_labels.labels)))
+    return torch.from_numpy(priors.row_offsets()).to(info.device)
+
+
 def _monitored(val_ds: XrayDataset, config: Config) -> list[int]:
     """The validation labels early stopping watches; :class:`TrainError` when there is none."""
     selected = selected_val_labels(val_ds.labels, config.train.min_val_positives)
@@ -253,7 +268,8 @@ def _build_run(config: Config, info: DistInfo, taxonomy: Taxonomy, datasets: dic
 
 
 def _run_epoch(run: _Run, epoch: int, config: Config, info: DistInfo, loss_fn: nn.Module, val_ds: XrayDataset,
-               selected: list[int], descendants: torch.Tensor | None, run_dir: Path, show: bool) -> dict[str, float]:
+               selected: list[int], descendants: torch.Tensor | None, run_dir: Path, show: bool,
+               offsets: torch.Tensor | None = None) -> dict[str, float]:
     """Train one epoch, validate, step a plateau schedule; the epoch's metrics row."""
     t0 = time.perf_counter()
     run.state.epoch = epoch
@@ -265,7 +281,7 @@ def _run_epoch(run: _Run, epoch: int, config: Config, info: DistInfo, loss_fn: n
         loader.generator.manual_seed(config.train.seed * 100_003 + epoch)
     row: dict[str, float] = {"epoch": epoch}
     row.update(train_one_epoch(run.ddp_model, loader, loss_fn, run.optimizer, run.scheduler, config, info,
-                               run.scaler, run.state, show, run.ema))
+                               run.scaler, run.state, show, run.ema, offsets))
     broadcast_buffers(run.model, info)
     if run.ema is not None:
         broadcast_buffers(run.ema.module, info)
@@ -358,6 +374,7 @@ def train(config: Config, resume: bool = False, taxonomy: Taxonomy | None = None
     monitored = [taxonomy.labels[j] for j in selected]
     loss_fn, table = build_loss(config, train_ds.labels, taxonomy)
     loss_fn = loss_fn.to(info.device)
+    offsets = _source_offsets(config, train_ds.labels, info)
     run = _build_run(config, info, taxonomy, datasets, run_dir, resume)
     state = run.state
     if info.is_main:
@@ -374,7 +391,8 @@ def train(config: Config, resume: bool = False, taxonomy: Taxonomy | None = None
     for epoch in _epochs(state.epoch + 1, last_epoch, info.is_main and not stopped):
         if stopped:
             break
-        row = _run_epoch(run, epoch, config, info, loss_fn, val_ds, selected, descendants, run_dir, info.is_main)
+        row = _run_epoch(run, epoch, config, info, loss_fn, val_ds, selected, descendants, run_dir, info.is_main,
+                         offsets)
         improved = _keep_best(state, row, fixed_epoch)
         history.append(row)
         if info.is_main:
