@@ -48,7 +48,7 @@ class SourcePriors:
     def summary(self, labels: tuple[str, ...], top: int = 3) -> list[str]:
         """One line per source: its size and its largest offsets (for the training log)."""
         lines = []
-        for s, (name, n) in enumerate(zip(self.sources, self.counts)):
+        for s, (name, n) in enumerate(zip(self.sources, self.counts, strict=True)):
             order = np.argsort(-np.abs(self.offsets[s]))[:top]
             parts = ", ".join(f"{labels[j]} {self.offsets[s, j]:+.2f}" for j in order)
             lines.append(f"{name} ({n} images): {parts}")

@@ -73,14 +73,14 @@ def test_real_nih_sources_get_their_skew_as_offsets():
     config = load_config("configs/nih_bce.yaml")
     train = load_splits(config)["train"]
     priors = source_priors(train, "source_repo", config.loss.source_prior_strength)
-    offset = {s: dict(zip(train.labels, priors.offsets[i])) for i, s in enumerate(priors.sources)}
+    offset = {s: dict(zip(train.labels, priors.offsets[i], strict=True)) for i, s in enumerate(priors.sources)}
     assert offset["muhammedtalo/COVID-19"]["Pneumonia"] > 1.0
     assert offset["dinbe0527/kcr2019d1"]["Pneumonia"] < -1.0
     assert offset["jrzech/reproduce-chexnet"]["No Finding"] < -0.5
     # A source of one image moves its prior by little: the pseudo-counts hold it near the pool.
     small = [i for i, n in enumerate(priors.counts) if n <= 3]
     assert small and np.abs(priors.offsets[small]).max() < 0.5
-    # Weighted by images, the offsets roughly cancel (they are relative to the pooled share).
+    # Every training row belongs to exactly one source.
     assert sum(priors.counts) == len(train)
 
 
