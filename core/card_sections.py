@@ -72,6 +72,8 @@ class LossInfo(Record):
         violation: ``hard`` (the paper's step) or ``soft`` (``relu(p_child - p_parent)``).
         fixed_value: The fixed penalty, for ``penalty_source: fixed``.
         constraint: The model's output constraint (``max`` for C-HMCNN).
+        source_prior_strength: Set when each training source's label prior was taken out of the loss
+            (``loss.source_offsets``, :mod:`core.source_prior`): its pseudo-count strength. None: not used.
     """
 
     name: str | None = None
@@ -80,6 +82,7 @@ class LossInfo(Record):
     violation: str | None = None
     fixed_value: float | None = None
     constraint: str | None = None
+    source_prior_strength: float | None = optional()
 
     @property
     def loss_name(self) -> str:
@@ -93,6 +96,9 @@ class LossInfo(Record):
 
     def describe(self) -> str:
         """One line for pickers, the model card and reports."""
+        return self._describe_loss() + self._describe_priors()
+
+    def _describe_loss(self) -> str:
         if self.loss_name == "mcloss":
             return "C-HMCNN: max-constraint module + MCLoss (coherent by construction)"
         if not self.reported:
@@ -101,6 +107,11 @@ class LossInfo(Record):
             return "plain BCE (λ = 0)"
         lam = "?" if self.lam is None else f"{self.lam:g}"
         return f"BCE + {self.violation or '?'} penalty, {self.penalty_source or '?'}, λ = {lam}"
+
+    def _describe_priors(self) -> str:
+        if self.source_prior_strength is None:
+            return ""
+        return f"; each image source's label prior taken out in training (strength {self.source_prior_strength:g})"
 
 
 @dataclass

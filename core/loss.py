@@ -246,4 +246,5 @@ def loss_info(loss: LossConfig, constraint: str) -> LossInfo:
     """The model card's ``loss`` section for a config's loss (λ is 0 when there is no penalty)."""
     return LossInfo(name=loss.name, lam=0.0 if loss.penalty == "none" else loss.lam, penalty_source=loss.penalty,
                     violation=loss.violation, fixed_value=loss.fixed_value if loss.penalty == "fixed" else None,
-                    constraint=constraint)
+                    constraint=constraint,
+                    source_prior_strength=loss.source_prior_strength if loss.source_offsets else None)

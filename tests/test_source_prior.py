@@ -131,3 +131,24 @@ def test_an_epoch_adds_each_rows_offset_to_its_logits_before_the_loss(shared_dat
     with_offsets = epoch(offsets)
     assert with_offsets == pytest.approx(total / n, rel=1e-4)
     assert abs(epoch(None) - with_offsets) > 0.1
+
+
+def test_the_card_says_the_priors_were_taken_out_and_stays_silent_otherwise():
+    from core.card_sections import LossInfo
+    from core.config import LossConfig
+    from core.loss import loss_info
+
+    on = loss_info(LossConfig(penalty="none", lam=0.0, source_offsets=True, source_prior_strength=50.0), "none")
+    assert on.describe() == "plain BCE (λ = 0); each image source's label prior taken out in training (strength 50)"
+    assert LossInfo.from_dict(on.to_dict()).source_prior_strength == 50.0
+    off = loss_info(LossConfig(penalty="none", lam=0.0), "none")
+    assert off.describe() == "plain BCE (λ = 0)" and "source_prior_strength" not in off.to_dict()
+
+
+def test_training_without_a_source_column_says_which_column(tmp_path, taxonomy):
+    from core.trainer import TrainError, _source_offsets
+
+    config = config_from_dict({"data": {"csv": "x.csv", "source_column": "site"}, "loss": {"source_offsets": True}})
+    with pytest.raises(TrainError, match="site"):
+        _source_offsets(config, _toy(), DistInfo())
+    assert _source_offsets(config_from_dict({"data": {"csv": "x.csv"}}), _toy(), DistInfo()) is None
