@@ -1,7 +1,7 @@
 """Per-source label priors taken out of training: logit offsets added to the model's logits inside the loss.
 
 Why: the training images come from sources whose label mix differs wildly (NIH's grown data: a folder sampled as
-half No Finding, half Pneumonia; thumbnails that are half No Finding; full-resolution films that are a fifth), and
+half No Finding, half Pneumonia; thumbnails that are half No Finding; full-resolution films a fifth No Finding), and
 each source has its own look (size, sharpness, processing). A network can lower its loss by recognising the look
 and predicting the source's prior, a shortcut that does not carry to films from elsewhere. Logit adjustment removes
 that incentive: during training the loss sees
