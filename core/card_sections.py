@@ -134,6 +134,10 @@ class PretrainingSource(Record):
     attribution: str = ""
 
 
+# How ``pretrain.py``'s methods read in a sentence: ``both`` trains NT-Xent and the supervised heads together.
+_METHOD_WORDS = {"supervised": "supervised", "simclr": "SimCLR", "both": "SimCLR + supervised"}
+
+
 @dataclass
 class PretrainingInfo(Record):
     """``training.pretraining``: the backbone a model started from (``model.pretrained``) and how it was made.
@@ -157,7 +161,8 @@ class PretrainingInfo(Record):
             return f"backbone {self.backbone}" + (f" (sha256 {self.sha256[:12]})" if self.sha256 else "")
         names = ", ".join(s.name + ("" if s.patient_half is None else f" (patient half {s.patient_half})")
                           for s in self.sources)
-        text = f"{self.method or '?'} pretraining on {names or '?'}, {self.epochs if self.epochs else '?'} epochs"
+        method = _METHOD_WORDS.get(self.method or "", self.method or "?")
+        text = f"{method} pretraining on {names or '?'}, {self.epochs if self.epochs else '?'} epochs"
         if self.holdout_accuracy is not None:
             text += f", held-out accuracy {self.holdout_accuracy:.3f}"
         return text + (f" (backbone sha256 {self.sha256[:12]})" if self.sha256 else "")
