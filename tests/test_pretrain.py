@@ -108,7 +108,8 @@ def test_pretrain_runs_resumes_and_feeds_training(method, shared_data, tmp_path)
     assert (info.run, info.method, info.epochs) == ("pt", method, 2)
     assert [(s.name, s.patient_half) for s in info.sources] == [("covid_shenzhen", None)]
     assert info.holdout_accuracy == pytest.approx(float(rows[-1]["holdout_accuracy"]), abs=1e-4)
-    assert f"{method} pretraining on covid_shenzhen, 2 epochs" in info.describe()
+    words = {"supervised": "supervised", "both": "SimCLR + supervised"}[method]
+    assert f"{words} pretraining on covid_shenzhen, 2 epochs" in info.describe()
     bad = _run("--config", "configs/pretrain_supervised.yaml", "--set", "sources=[{name: x, csv: /nope.csv, "
                "images: /nope, label_column: label}]", "--set", f"train.out_dir={tmp_path}")
     assert bad.returncode == 2 and "/nope.csv" in bad.stderr
