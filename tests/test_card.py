@@ -131,6 +131,11 @@ def test_a_pretrained_backbone_is_recorded_shown_and_attributed(tmp_path):
     # pretrain.py's `both` (NT-Xent and the supervised heads together) reads as what it did.
     both = ModelCard.from_dict(_card(training={"pretraining": {**pretraining, "method": "both"}}))
     assert initialisation(both).startswith("SimCLR + supervised pretraining on kermany (patient half 0), ")
+    # Every method pretrain.py accepts has its words (a new method would otherwise read as its raw name).
+    from core.card_sections import _METHOD_WORDS
+    from core.pretrain import METHODS
+
+    assert set(_METHOD_WORDS) == set(METHODS)
     # The pretraining images shaped the weights: their licence's attribution goes wherever the card's goes.
     assert card.attribution == "NIH Clinical Center. Pretraining data (kermany): Kermany D. et al. (CC BY 4.0)"
     # A card trained from random weights says so; one with no training record does not pretend to know.
