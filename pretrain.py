@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoints/last")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    from core.pretrain import load_pretrain_config, pretrain
+    from core.pretrain import completed_epochs, load_pretrain_config, pretrain
 
     path = Path(args.config)
     if not path.exists():
@@ -42,7 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HiCXRError as exc:  # config, data, checkpoint, device...: a message, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"backbone: {backbone}")
+    if backbone is None:
+        print(f"stopped after epoch {completed_epochs(config)} of {config.train.epochs}; the backbone is written "
+              f"when the run finishes: continue with --resume")
+    else:
+        print(f"backbone: {backbone}")
     return 0
 
 

@@ -10,7 +10,10 @@ Two objectives, alone or together (``method``):
 * ``both``: the sum of the two losses on every batch.
 
 The result is ``<out_dir>/<name>/backbone.safetensors``, a HiCXR model file whose ``features.*`` weights
-``model.pretrained`` loads (its classifier is untrained and ignored). The run is resumable (``--resume``, with
+``model.pretrained`` loads (its classifier is untrained and ignored). It is written once, when the last epoch is
+done (a fresh start of the same run removes the previous one): a training started from it mid-run would otherwise
+learn from an unfinished backbone while its model card, read at export, described the finished one. The run is
+resumable (``--resume``, with
 ``train.stop_after_epochs`` to slice long CPU runs), logs one line per epoch to ``metrics.csv`` (loss terms,
 held-out accuracy of the supervised heads, held-out NT-Xent loss) and shows tqdm progress on a terminal.
 
@@ -219,8 +222,9 @@ def _losses(net: PretrainNet, batch: tuple, config: PretrainConfig, names: list[
     return out
 
 
-def pretrain(config: PretrainConfig, resume: bool = False) -> Path:
-    """Run (or resume) a pretraining run; returns the path of ``backbone.safetensors``.
+def pretrain(config: PretrainConfig, resume: bool = False) -> Path | None:
+    """Run (or resume) a pretraining run; returns the path of ``backbone.safetensors``, or None when this call
+    stopped before the last epoch (``train.stop_after_epochs``; the backbone is written when the run finishes).
 
     Raises:
         PretrainError: bad sources, nothing to resume, or a loss that is not finite.
@@ -233,8 +237,10 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> Path:
     run_dir = config.run_dir()
     ckpt = run_dir / "checkpoints"
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume and (run_dir / "metrics.csv").exists():
-        (run_dir / "metrics.csv").unlink()
+    backbone_file = run_dir / "backbone.safetensors"
+    if not resume:  # a fresh start: nothing of an earlier run of this name may be read as this one's
+        for stale in (run_dir / "metrics.csv", backbone_file):
+            stale.unlink(missing_ok=True)
     (run_dir / "config.yaml").write_text(_yaml(config), encoding="utf-8")
     show = sys.stderr.isatty()
     images = load_sources(config.source_configs(), config.model.input_size, config.train.holdout, show)
@@ -305,7 +311,6 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> Path:
                "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 1)}
         loop["epoch"] = epoch
         loop["seconds"] += row["seconds"]
-        save_model(net.backbone, run_dir / "backbone.safetensors")
         _save_net(net, ckpt / "last.safetensors")
         save_training_state(ckpt, optimizer, scheduler, loop)
         append_row(run_dir / "metrics.csv", row, METRIC_COLUMNS)
@@ -316,7 +321,12 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> Path:
         if config.train.stop_after_epochs and done_this_call >= config.train.stop_after_epochs:
             log.info("stopping after %d epoch(s) as asked; continue with --resume", done_this_call)
             break
-    return run_dir / "backbone.safetensors"
+    if loop["epoch"] < config.train.epochs:
+        return None
+    # Written whole under another name, then renamed: a reader never sees half a file.
+    partial = save_model(net.backbone, run_dir / "backbone.partial.safetensors")
+    partial.replace(backbone_file)
+    return backbone_file
 
 
 @torch.no_grad()

@@ -89,6 +89,9 @@ def test_pretrain_runs_resumes_and_feeds_training(method, shared_data, tmp_path)
               "--set", "train.batch_size=16", "--set", "model.output_stride=16"]
     first = _run(*common, "--set", "train.stop_after_epochs=1")
     assert first.returncode == 0, first.stderr[-3000:]
+    # Unfinished: no backbone yet, so nothing can be fine-tuned from an epoch-1 backbone described as finished.
+    assert not (tmp_path / "pt" / "backbone.safetensors").exists()
+    assert "stopped after epoch 1 of 2" in first.stdout and "--resume" in first.stdout
     second = _run(*common, "--resume")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed" in second.stderr and "epoch 2/2" in second.stderr
@@ -110,6 +113,9 @@ def test_pretrain_runs_resumes_and_feeds_training(method, shared_data, tmp_path)
     assert info.holdout_accuracy == pytest.approx(float(rows[-1]["holdout_accuracy"]), abs=1e-4)
     words = {"supervised": "supervised", "both": "SimCLR + supervised"}[method]
     assert f"{words} pretraining on covid_shenzhen, 2 epochs" in info.describe()
+    # A fresh start of the same run takes the finished backbone away until it finishes again.
+    again = _run(*common, "--set", "train.stop_after_epochs=1")
+    assert again.returncode == 0 and not backbone.exists(), again.stderr[-3000:]
     bad = _run("--config", "configs/pretrain_supervised.yaml", "--set", "sources=[{name: x, csv: /nope.csv, "
                "images: /nope, label_column: label}]", "--set", f"train.out_dir={tmp_path}")
     assert bad.returncode == 2 and "/nope.csv" in bad.stderr
