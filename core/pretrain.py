@@ -13,9 +13,9 @@ The result is ``<out_dir>/<name>/backbone.safetensors``, a HiCXR model file whos
 ``model.pretrained`` loads (its classifier is untrained and ignored). It is written once, when the last epoch is
 done (a fresh start of the same run removes the previous one): a training started from it mid-run would otherwise
 learn from an unfinished backbone while its model card, read at export, described the finished one. The run is
-resumable (``--resume``, with
-``train.stop_after_epochs`` to slice long CPU runs), logs one line per epoch to ``metrics.csv`` (loss terms,
-held-out accuracy of the supervised heads, held-out NT-Xent loss) and shows tqdm progress on a terminal.
+resumable (``--resume``, with ``train.stop_after_epochs`` to slice long CPU runs), logs one line per epoch to
+``metrics.csv`` (loss terms, held-out accuracy of the supervised heads, held-out NT-Xent loss) and shows tqdm
+progress on a terminal.
 
 A fixed share of each labelled source's patients (``holdout``) is kept out of training to monitor the heads;
 sources are read from label tables (``csv`` + ``path_column``, optional ``label_column`` and row ``filter``).
@@ -238,8 +238,9 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> Path | None:
     ckpt = run_dir / "checkpoints"
     run_dir.mkdir(parents=True, exist_ok=True)
     backbone_file = run_dir / "backbone.safetensors"
+    partial_file = run_dir / "backbone.partial.safetensors"
     if not resume:  # a fresh start: nothing of an earlier run of this name may be read as this one's
-        for stale in (run_dir / "metrics.csv", backbone_file):
+        for stale in (run_dir / "metrics.csv", backbone_file, partial_file):
             stale.unlink(missing_ok=True)
     (run_dir / "config.yaml").write_text(_yaml(config), encoding="utf-8")
     show = sys.stderr.isatty()
@@ -324,8 +325,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> Path | None:
     if loop["epoch"] < config.train.epochs:
         return None
     # Written whole under another name, then renamed: a reader never sees half a file.
-    partial = save_model(net.backbone, run_dir / "backbone.partial.safetensors")
-    partial.replace(backbone_file)
+    save_model(net.backbone, partial_file).replace(backbone_file)
     return backbone_file
 
 
